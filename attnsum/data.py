@@ -1,0 +1,345 @@
+"""Corpora: every source yields `Document(id, sentences, reference)`.
+
+Sources
+-------
+- ``embedded``: the real ACL papers shipped by the PyPI package ``aclsum`` (train 100 / val 50 /
+  test 100), read as JSON Lines through ``datasets``. Sentences are the abstract, introduction
+  and conclusion in that order; the reference is the challenge, approach and outcome summaries.
+- ``cnn_dailymail``: ``datasets.load_dataset("abisee/cnn_dailymail", "3.0.0")`` (needs the hub).
+- a local ``.jsonl``/``.jsonl.gz``/``.json``/``.parquet`` file, or a folder of them, with
+  configurable field names; the article is raw text (split here) or a list of sentences.
+
+Bad input
+---------
+Malformed JSON, a missing field, a field of the wrong type or non-UTF-8 bytes raise
+`DataError` naming the file and line. Documents with an empty article or an empty reference are
+skipped and counted in `Corpus.skipped` (reason -> count), which callers report at the end.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
+LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+
+
+class DataError(ValueError):
+    """A corpus could not be read; the message names the file and line and says what to do."""
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    sentences: list[str]  # the article, one sentence per item, in document order
+    reference: list[str]  # the reference summary, one sentence per item
+
+
+@dataclass
+class Corpus:
+    name: str
+    split: str
+    documents: list[Document]
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+
+
+
+def format_skips(skipped: Counter) -> str:
+    """``skipped 3 document(s): 1 empty article, 2 empty reference`` or ``""``."""
+    if not skipped:
+        return ""
+    parts = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+    return f"skipped {sum(skipped.values())} document(s): {parts}"
+
+
+def normalize_split(split: str) -> str:
+    split = _SPLIT_ALIASES.get(split, split)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: use one of train, val (validation), test")
+    return split
+
+
+# --------------------------------------------------------------------------- sentence splitting
+
+
+@lru_cache(maxsize=1)
+def _segmenter():
+    import pysbd
+
+    return pysbd.Segmenter(language="en", clean=False)
+
+
+_ATTACHED_PUNCT = re.compile(r"[A-Za-z]{2,}[.?!,]")
+
+
+def looks_tokenized(text: str) -> bool:
+    """True for PTB-style text whose punctuation stands apart (``he said . then``)."""
+    tokens = text.split()
+    apart = sum(t in (".", "?", "!", ",") for t in tokens)
+    attached = sum(bool(_ATTACHED_PUNCT.fullmatch(t)) for t in tokens)
+    return apart > 2 * attached
+
+
+def _split_tokenized(text: str) -> list[str]:
+    """Sentences of tokenized text end at a ``.``/``?``/``!`` token, taking along a closing
+    quote or bracket (a ``"`` closes when the sentence has an odd number of them)."""
+    out, cur = [], []
+    tokens = text.split()
+    for i, tok in enumerate(tokens):
+        cur.append(tok)
+        ends = tok in (".", "?", "!") or (len(cur) > 1 and cur[-2] in (".", "?", "!"))
+        if not ends:
+            continue
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+        if tok in (".", "?", "!") and (
+                nxt in (")", "'", "''") or (nxt == '"' and cur.count('"') % 2 == 1)):
+            continue  # the closing mark belongs to this sentence
+        out.append(" ".join(cur))
+        cur = []
+    if cur:
+        out.append(" ".join(cur))
+    return out
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split news text into sentences: raw text with pysbd's rules ("U.S.", "Mr.", decimals,
+    quotes), tokenized lowercased text (CNN/DailyMail's pointer-generator form) at its
+    sentence-final tokens. Newlines are hard boundaries (highlights are one sentence a line)."""
+    out = []
+    for paragraph in text.split("\n"):
+        paragraph = paragraph.strip()
+        if not paragraph:
+            continue
+        if looks_tokenized(paragraph):
+            out.extend(_split_tokenized(paragraph))
+        else:
+            out.extend(s.strip() for s in _segmenter().segment(paragraph) if s.strip())
+    return out
+
+
+# --------------------------------------------------------------------------- records -> documents
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Where a record keeps its parts. ``article``/``summary`` may hold text or a list of
+    sentences; text is split with `split_sentences`."""
+
+    article: str = "article"
+    summary: str = "highlights"
+    id: str = "id"
+
+
+def _as_sentences(value, what: str, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return split_sentences(value)
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        return [s.strip() for s in value if s.strip()]
+    raise DataError(f"{where}: field {what!r} must be a string or a list of strings, "
+                    f"got {type(value).__name__}")
+
+
+def record_to_document(record: dict, fields: Fields, where: str, index: int) -> Document:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for name in (fields.article, fields.summary):
+        if name not in record:
+            raise DataError(f"{where}: missing field {name!r} (fields present: "
+                            f"{', '.join(sorted(record)) or 'none'}); choose the field names "
+                            "with --article-field / --summary-field")
+    doc_id = record.get(fields.id, index)
+    return Document(str(doc_id), _as_sentences(record[fields.article], fields.article, where),
+                    _as_sentences(record[fields.summary], fields.summary, where))
+
+
+def _collect(name: str, split: str, docs: Iterable[Document], limit: int | None) -> Corpus:
+    corpus = Corpus(name, split, [])
+    for doc in docs:
+        if limit is not None and len(corpus.documents) >= limit:
+            break
+        if not doc.sentences:
+            corpus.skipped["empty article"] += 1
+        elif not doc.reference:
+            corpus.skipped["empty reference"] += 1
+        else:
+            corpus.documents.append(doc)
+    return corpus
+
+
+# --------------------------------------------------------------------------- local files
+
+
+def _read_json_lines(path: Path) -> Iterator[tuple[str, object]]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}); "
+                                "re-encode the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+
+
+def _read_json_array(path: Path) -> Iterator[tuple[str, object]]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        # A .json file may also be JSON Lines.
+        if e.msg == "Extra data":
+            yield from _read_json_lines(path)
+            return
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of objects or JSON Lines")
+    for i, rec in enumerate(data):
+        yield f"{path}[{i}]", rec
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, object]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    for i, rec in enumerate(table.to_pylist()):
+        yield f"{path}[row {i}]", rec
+
+
+def local_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(LOCAL_SUFFIXES))
+        if not files:
+            raise DataError(f"{path}: folder holds no {', '.join(LOCAL_SUFFIXES)} file")
+        return files
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if not path.name.endswith(LOCAL_SUFFIXES):
+        raise DataError(f"{path}: unsupported file type; use one of {', '.join(LOCAL_SUFFIXES)}")
+    return [path]
+
+
+def _local_documents(files: list[Path], fields: Fields) -> Iterator[Document]:
+    index = 0
+    for path in files:
+        if path.name.endswith(".parquet"):
+            records = _read_parquet(path)
+        elif path.name.endswith((".json", ".json.gz")):
+            records = _read_json_array(path)
+        else:
+            records = _read_json_lines(path)
+        for where, rec in records:
+            yield record_to_document(rec, fields, where, index)
+            index += 1
+
+
+def _split_files(path: Path, split: str) -> list[Path]:
+    """A folder may hold one file per split (``train.jsonl``, ``val.jsonl``, ``test.parquet``...):
+    pick those whose name starts with the split; otherwise every file is the split."""
+    files = local_files(path)
+    if not path.is_dir():
+        return files
+    names = {split, *(a for a, s in _SPLIT_ALIASES.items() if s == split)}
+    chosen = [f for f in files if f.name.split(".")[0].split("-")[0] in names]
+    return chosen or files
+
+
+# --------------------------------------------------------------------------- named corpora
+
+
+def _aclsum_dir() -> Path:
+    try:
+        import aclsum
+    except ImportError:
+        raise DataError("the embedded corpus needs the package aclsum: pip install aclsum") from None
+    return Path(aclsum.__file__).parent / "dataset"
+
+
+def _embedded_documents(split: str) -> Iterator[Document]:
+    import datasets
+
+    name = {"train": "train", "validation": "val", "test": "test"}[split]
+    path = _aclsum_dir() / f"{name}.jsonl"
+    datasets.disable_progress_bars()
+    ds = datasets.load_dataset("json", data_files=str(path), split="train")
+    for rec in ds:
+        sentences = [s for sec in ("abstract", "introduction", "conclusion")
+                     for s in rec["sentences"][sec] or []]
+        summary = rec["summary"]
+        reference = [summary[a].strip() for a in ("challenge", "approach", "outcome")
+                     if summary.get(a) and summary[a].strip()]
+        yield Document(rec["id"], sentences, reference)
+
+
+CNNDM_HELP = (
+    "CNN/DailyMail could not be loaded from the Hugging Face hub ({reason}). It needs internet "
+    "access once: run `python -c \"import datasets; datasets.load_dataset('abisee/cnn_dailymail', "
+    "'3.0.0')\"` on a connected machine (it is cached under ~/.cache/huggingface), or download "
+    "the dataset's files and pass their folder as --dataset PATH (JSON Lines or Parquet with "
+    "fields id/article/highlights). Without it, use --dataset embedded, the corpus shipped with "
+    "the package aclsum."
+)
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cnndm_documents(split: str) -> Iterator[Document]:
+    import datasets
+
+    if not _hub_reachable():
+        # Read only the local cache instead of retrying the hub for half a minute.
+        datasets.config.HF_HUB_OFFLINE = True
+    try:
+        ds = datasets.load_dataset("abisee/cnn_dailymail", "3.0.0", split=split)
+    except Exception as e:  # offline: ConnectionError, OfflineModeIsEnabled, HfHubHTTPError...
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        raise DataError(CNNDM_HELP.format(reason=reason)) from None
+    fields = Fields("article", "highlights", "id")
+    for i, rec in enumerate(ds):
+        yield record_to_document(rec, fields, f"cnn_dailymail/{split}[{i}]", i)
+
+
+def load_corpus(dataset: str, split: str = "test", *, fields: Fields | None = None,
+                limit: int | None = None) -> Corpus:
+    """Load `split` of `dataset` (``embedded``, ``cnn_dailymail`` or a local path)."""
+    split = normalize_split(split)
+    if dataset == "embedded":
+        return _collect(dataset, split, _embedded_documents(split), limit)
+    if dataset in ("cnn_dailymail", "cnndm"):
+        return _collect("cnn_dailymail", split, _cnndm_documents(split), limit)
+    path = Path(os.path.expanduser(dataset))
+    if not path.exists():
+        raise DataError(f"unknown dataset {dataset!r}: use embedded, cnn_dailymail, or the path "
+                        "of a JSON Lines/Parquet file or folder")
+    docs = _local_documents(_split_files(path, split), fields or Fields())
+    return _collect(str(path), split, docs, limit)

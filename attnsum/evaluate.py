@@ -1,0 +1,133 @@
+"""ROUGE evaluation of extractive systems.
+
+Convention (PAPER.md section 6): rouge-score with ``use_stemmer=True``; ROUGE-1, ROUGE-2 and
+ROUGE-Lsum F1 over newline-joined sentences; corpus score = mean over documents, with a 95%
+percentile bootstrap interval over documents.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write_json, atomic_write_text
+from .preprocess import Example
+
+METRICS = ("rouge1", "rouge2", "rougeLsum")
+
+
+def _scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
+
+
+def rouge_per_document(predictions: Sequence[Sequence[str]],
+                       references: Sequence[Sequence[str]]) -> np.ndarray:
+    """(n_docs, 3) F1 of ROUGE-1/2/Lsum, in percent."""
+    scorer = _scorer()
+    rows = []
+    for pred, ref in zip(predictions, references, strict=True):
+        s = scorer.score("\n".join(ref), "\n".join(pred))
+        rows.append([100 * s[m].fmeasure for m in METRICS])
+    return np.asarray(rows, dtype=np.float64).reshape(-1, len(METRICS))
+
+
+@dataclass
+class Score:
+    mean: float
+    low: float
+    high: float
+
+    def __str__(self):
+        return f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+
+def bootstrap(per_doc: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> dict[str, Score]:
+    """Mean of each column with its 95% percentile bootstrap interval (documents resampled)."""
+    if len(per_doc) == 0:
+        raise ValueError("no document to score")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per_doc), size=(n_resamples, len(per_doc)))
+    means = per_doc[idx].mean(axis=1)  # (n_resamples, 3)
+    lo, hi = np.percentile(means, [2.5, 97.5], axis=0)
+    return {m: Score(float(per_doc[:, i].mean()), float(lo[i]), float(hi[i]))
+            for i, m in enumerate(METRICS)}
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def _trigrams(sentence: str) -> set[tuple[str, ...]]:
+    w = sentence.lower().split()
+    return {tuple(w[i:i + 3]) for i in range(len(w) - 2)}
+
+
+def select_top_k(scores: Sequence[float], sentences: Sequence[str], k: int = 3,
+                 trigram_blocking: bool = True) -> list[int]:
+    """Indices (in document order) of the `k` best-scored sentences; with trigram blocking a
+    sentence sharing a trigram with one already chosen is passed over (BERTSum)."""
+    chosen: list[int] = []
+    seen: set = set()
+    for i in sorted(range(len(scores)), key=lambda j: (-scores[j], j)):
+        tri = _trigrams(sentences[i])
+        if trigram_blocking and tri & seen:
+            continue
+        chosen.append(i)
+        seen |= tri
+        if len(chosen) == k:
+            break
+    return sorted(chosen)
+
+
+SYSTEMS = ("lead3", "oracle")
+
+
+def system_selection(system: str, ex: Example) -> tuple[list[int], list[str]]:
+    """Indices and sentences a baseline system picks from one example's kept sentences."""
+    if system == "lead3":
+        idx = list(range(min(3, len(ex.all_sentences))))
+    elif system == "oracle":
+        idx = list(ex.oracle)
+    else:
+        raise ValueError(f"unknown system {system!r}: use one of {', '.join(SYSTEMS)}")
+    return idx, [ex.all_sentences[i] for i in idx]
+
+
+def evaluate_selections(examples: Sequence[Example], selections: Sequence[list[int]],
+                        sentences_of, out_dir: Path | None, name: str,
+                        extra: dict | None = None) -> dict[str, Score]:
+    """Score selections and, with `out_dir`, write ``<name>.predictions.jsonl`` and
+    ``<name>.scores.json`` there."""
+    preds = [sentences_of(ex, sel) for ex, sel in zip(examples, selections, strict=True)]
+    per_doc = rouge_per_document(preds, [ex.reference for ex in examples])
+    scores = bootstrap(per_doc)
+    if out_dir is not None:
+        lines = [json.dumps({"id": ex.id, "selected": sel, "summary": p, "reference": ex.reference,
+                             **dict(zip(METRICS, map(float, row), strict=True))})
+                 for ex, sel, p, row in zip(examples, selections, preds, per_doc, strict=True)]
+        atomic_write_text(out_dir / f"{name}.predictions.jsonl", "\n".join(lines) + "\n")
+        atomic_write_json(out_dir / f"{name}.scores.json", {
+            "system": name, "documents": len(examples),
+            **{m: vars(s) for m, s in scores.items()}, **(extra or {})})
+    return scores
+
+
+def evaluate_system(system: str, examples: Sequence[Example], out_dir: Path | None = None,
+                    extra: dict | None = None) -> dict[str, Score]:
+    selections = [system_selection(system, ex)[0] for ex in examples]
+    return evaluate_selections(examples, selections,
+                               lambda ex, sel: [ex.all_sentences[i] for i in sel],
+                               out_dir, system, extra)
+
+
+def format_table(rows: dict[str, dict[str, Score]]) -> str:
+    head = f"{'system':<12} {'ROUGE-1':>22} {'ROUGE-2':>22} {'ROUGE-Lsum':>22}"
+    lines = [head, "-" * len(head)]
+    for name, s in rows.items():
+        lines.append(f"{name:<12} " + " ".join(f"{str(s[m]):>22}" for m in METRICS))
+    return "\n".join(lines)

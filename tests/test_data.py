@@ -1,0 +1,154 @@
+"""Corpora, loaders on small files, bad inputs, and the sentence splitter on real text."""
+
+import gzip
+import json
+
+import pytest
+
+from attnsum.data import DataError, Fields, format_skips, load_corpus, split_sentences
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+RECORDS = [
+    {"id": "a", "article": "Mr. Brown went to Washington. He met the U.S. president.",
+     "highlights": "Brown met the president.\nIt was brief."},
+    {"id": "b", "article": ["First sentence .", "Second sentence ."], "highlights": ["One ."]},
+]
+
+
+def test_embedded_splits_are_real_documents():
+    sizes = {s: len(load_corpus("embedded", s).documents) for s in ("train", "val", "test")}
+    assert sizes == {"train": 100, "val": 50, "test": 100}
+    doc = load_corpus("embedded", "test").documents[0]
+    assert len(doc.reference) == 3  # challenge, approach, outcome
+    assert len(doc.sentences) > 10
+
+
+def test_jsonl_raw_text_and_presplit(tmp_path):
+    corpus = load_corpus(str(_write_jsonl(tmp_path / "d.jsonl", RECORDS)), "test")
+    a, b = corpus.documents
+    assert a.id == "a" and a.sentences == ["Mr. Brown went to Washington.",
+                                           "He met the U.S. president."]
+    assert a.reference == ["Brown met the president.", "It was brief."]
+    assert b.sentences == ["First sentence .", "Second sentence ."] and b.reference == ["One ."]
+
+
+def test_gzip_parquet_and_folder_with_splits(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    with gzip.open(folder / "train.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps(RECORDS[0]) + "\n")
+    recs = [{"doc": "x", "text": "One sentence here. Another one there.", "summ": "Here."}]
+    pq.write_table(pa.Table.from_pylist(recs), folder / "test.parquet")
+    train = load_corpus(str(folder), "train")
+    assert [d.id for d in train.documents] == ["a"]
+    test = load_corpus(str(folder), "test", fields=Fields("text", "summ", "doc"))
+    assert test.documents[0].id == "x" and len(test.documents[0].sentences) == 2
+
+
+def test_empty_documents_are_skipped_and_counted(tmp_path):
+    recs = RECORDS + [{"id": "e", "article": "", "highlights": "x."},
+                      {"id": "f", "article": "Text here.", "highlights": "  "}]
+    corpus = load_corpus(str(_write_jsonl(tmp_path / "d.jsonl", recs)), "test")
+    assert [d.id for d in corpus.documents] == ["a", "b"]
+    assert corpus.skipped == {"empty article": 1, "empty reference": 1}
+    assert format_skips(corpus.skipped) == "skipped 2 document(s): 1 empty article, 1 empty reference"
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(json.dumps(RECORDS[0]) + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: malformed JSON"):
+        load_corpus(str(p), "test")
+
+
+def test_missing_field_names_file_line_and_fields(tmp_path):
+    p = _write_jsonl(tmp_path / "m.jsonl", [{"id": "x", "text": "a"}])
+    with pytest.raises(DataError, match=r"m\.jsonl:1: missing field 'article'.*text"):
+        load_corpus(str(p), "test")
+
+
+def test_wrong_type_field(tmp_path):
+    p = _write_jsonl(tmp_path / "w.jsonl", [{"article": 3, "highlights": "x"}])
+    with pytest.raises(DataError, match=r"w\.jsonl:1: field 'article' must be"):
+        load_corpus(str(p), "test")
+
+
+def test_non_utf8_bytes(tmp_path):
+    p = tmp_path / "latin.jsonl"
+    p.write_bytes(json.dumps(RECORDS[0]).encode() + b"\n" + b'{"article": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin\.jsonl:2: not valid UTF-8"):
+        load_corpus(str(p), "test")
+
+
+def test_unknown_dataset_split_and_type(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_corpus("no-such-corpus", "test")
+    with pytest.raises(DataError, match="unknown split"):
+        load_corpus("embedded", "dev2")
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="unsupported file type"):
+        load_corpus(str(tmp_path / "x.csv"), "test")
+
+
+def test_cnn_dailymail_offline_gives_a_clear_error(monkeypatch):
+    import attnsum.data as data
+
+    monkeypatch.setattr(data, "_hub_reachable", lambda *a, **k: False)
+    with pytest.raises(DataError, match="--dataset embedded"):
+        load_corpus("cnn_dailymail", "test", limit=1)
+
+
+# Real news sentences (CNN), each with a trap for a naive splitter.
+REAL_TEXT = (
+    'The U.S. Supreme Court ruled 5-4 on Friday. Mr. Obama called it "a victory for America." '
+    "Shares rose 2.5 percent to $41.80 by 4 p.m. in New York. "
+    "\"Is this the end?\" she asked. Nobody answered."
+)
+
+
+def test_splitter_on_real_sentences():
+    assert split_sentences(REAL_TEXT) == [
+        "The U.S. Supreme Court ruled 5-4 on Friday.",
+        'Mr. Obama called it "a victory for America."',
+        "Shares rose 2.5 percent to $41.80 by 4 p.m. in New York.",
+        '"Is this the end?" she asked.',
+        "Nobody answered.",
+    ]
+
+
+def test_splitter_on_tokenized_news():
+    # CNN/DailyMail's pointer-generator form: lowercased, punctuation split off, quotes as ".
+    text = ('( cnn ) the u.s. army said it had 2.5 million troops . " we are ready . " '
+            'he asked : " why now ? " nobody knew !')
+    assert split_sentences(text) == [
+        "( cnn ) the u.s. army said it had 2.5 million troops .",
+        '" we are ready . "',
+        'he asked : " why now ? "',
+        "nobody knew !",
+    ]
+
+
+def test_shared_cnndm_original_text(cnndm_dir):
+    corpus = load_corpus(str(cnndm_dir / "val-original-1000.jsonl.gz"), "validation", limit=50)
+    assert len(corpus.documents) == 50
+    lens = [len(d.sentences) for d in corpus.documents]
+    assert sum(lens) / len(lens) > 10  # news articles hold tens of sentences
+    for d in corpus.documents:
+        assert 1 <= len(d.reference) <= 10  # highlights: one sentence a line
+        assert all(len(s) < 2000 for s in d.sentences)  # no runaway unsplit sentence
+
+
+def test_shared_cnndm_tokenized(cnndm_dir):
+    corpus = load_corpus(str(cnndm_dir / "val.jsonl.gz"), "validation", limit=20)
+    for d in corpus.documents:
+        assert len(d.sentences) > 5
+        assert sum(s.endswith((".", "?", "!", "'", '"', ")")) for s in d.sentences) > len(
+            d.sentences) // 2
