@@ -1,0 +1,331 @@
+"""Attention patterns as code.
+
+A pattern is a predicate over (query i, key j): ``mask_mod(b, h, q_idx, kv_idx) -> bool`` in the
+style of FlexAttention / attention-gym, built per batch from a `PatternContext`. One definition
+serves the dense reference, the analysis (pattern scores) and the Hugging Face mask.
+
+Built-in patterns also describe themselves as *ranges* (DESIGN.md): in some ordering of the
+positions, query p attends the contiguous keys [lo[p], hi[p]) of that ordering, minus itself
+when ``exclude_self[p]``. The fast paths (PyTorch here, Triton in ``attnsum_kernels``) run only
+on ranges; a new pattern that has no ranges runs on the dense reference path.
+
+Padding keys are never attended. Padding queries of a pattern head attend nothing (their
+output is zero). A query whose pattern allows no key (the +1 pattern at the last token, say)
+outputs zero as well, in both modes.
+
+The matching-token pattern for token ids ``a b a c`` (self excluded; row 3 has no match and
+falls back to full attention with ``fallback="full"``, to itself with ``fallback="self"``)::
+
+          k0 k1 k2 k3
+      q0 [ .  .  x  . ]
+      q1 [ .  .  .  . ]  <- no match: full row, or only q1 with fallback="self"
+      q2 [ x  .  .  . ]
+      q3 [ .  .  .  . ]  <- no match
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+MODES = ("mask", "synth")
+
+
+class PatternError(ValueError):
+    """A pattern, plan or context does not fit its input."""
+
+
+# --------------------------------------------------------------------------- combinators
+
+
+def and_masks(*mods: MaskMod) -> MaskMod:
+    def mask_mod(b, h, q, kv):
+        out = mods[0](b, h, q, kv)
+        for m in mods[1:]:
+            out = out & m(b, h, q, kv)
+        return out
+
+    mask_mod.__name__ = "and(" + ",".join(m.__name__ for m in mods) + ")"
+    return mask_mod
+
+
+def or_masks(*mods: MaskMod) -> MaskMod:
+    def mask_mod(b, h, q, kv):
+        out = mods[0](b, h, q, kv)
+        for m in mods[1:]:
+            out = out | m(b, h, q, kv)
+        return out
+
+    mask_mod.__name__ = "or(" + ",".join(m.__name__ for m in mods) + ")"
+    return mask_mod
+
+
+# --------------------------------------------------------------------------- per-batch context
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Query p (in `order`) attends keys order[lo[p]:hi[p]], minus order[p] if exclude_self[p].
+
+    perm: (B, N) long, position p of the ordering holds token perm[b, p]; None = natural order.
+    lo, hi: (B, N) int32, indexed by ordered query position. exclude_self: (B, N) bool.
+    full: (B, N) bool or None, rows that attend every non-padding key (their range is the
+    whole valid prefix of the order); fast paths may treat them as dense rows.
+    """
+
+    perm: torch.Tensor | None
+    lo: torch.Tensor
+    hi: torch.Tensor
+    exclude_self: torch.Tensor
+    full: torch.Tensor | None = None
+
+    def counts(self) -> torch.Tensor:  # (B, N) number of allowed keys per ordered query
+        return (self.hi - self.lo - self.exclude_self.int()).clamp_min(0)
+
+
+@dataclass
+class PatternContext:
+    """Everything a pattern needs about one batch, built once and shared by all layers.
+
+    token_ids: (B, N) long. valid: (B, N) bool, False at padding.
+    sentence_ids: (B, N) long, index of the sentence holding each token, -1 outside sentences.
+    """
+
+    token_ids: torch.Tensor
+    valid: torch.Tensor
+    sentence_ids: torch.Tensor
+    _ranges: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.token_ids.shape)
+
+    @classmethod
+    def from_spans(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                   spans: Sequence[Sequence[tuple[int, int]]]) -> PatternContext:
+        """`spans[b]` lists the [start, end) of each sentence of document b (in order, not
+        overlapping, inside the non-padding tokens)."""
+        if input_ids.dim() != 2:
+            raise PatternError(f"input_ids must be (B, N), got shape {tuple(input_ids.shape)}")
+        B, N = input_ids.shape
+        valid = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                 else attention_mask.bool())
+        if len(spans) != B:
+            raise PatternError(f"got sentence spans for {len(spans)} documents, batch has {B}")
+        sid = torch.full((B, N), -1, dtype=torch.long)
+        lengths = valid.sum(1).tolist()
+        for b, doc in enumerate(spans):
+            prev_end = 0
+            for i, (s, e) in enumerate(doc):
+                if not (prev_end <= s < e <= lengths[b]):
+                    raise PatternError(
+                        f"sentence span {i} = [{s}, {e}) of document {b} does not fit its "
+                        f"{lengths[b]} tokens (spans must be ordered, non-empty, non-overlapping)")
+                sid[b, s:e] = i
+                prev_end = e
+        return cls(input_ids, valid, sid.to(input_ids.device))
+
+    @classmethod
+    def from_bertsum(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     cls_id: int = 101) -> PatternContext:
+        """Sentences of a BERTSum input: each starts at a [CLS] and runs to the next one."""
+        valid = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                 else attention_mask.bool())
+        sid = torch.cumsum((input_ids == cls_id) & valid, dim=1) - 1
+        sid = torch.where(valid, sid, torch.full_like(sid, -1))
+        return cls(input_ids, valid, sid)
+
+    def ranges(self, pattern: Pattern) -> Ranges:
+        """The pattern's range table for this batch, computed once and cached."""
+        key = pattern.name
+        if key not in self._ranges:
+            self._ranges[key] = pattern.ranges(self)
+        return self._ranges[key]
+
+
+# --------------------------------------------------------------------------- patterns
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A named pattern. `predicate(ctx)` returns its mask_mod for a batch (padding is handled
+    by the caller); `ranges(ctx)`, when defined, its range table for the fast paths."""
+
+    name: str
+    predicate: Callable[[PatternContext], MaskMod]
+    range_fn: Callable[[PatternContext], Ranges] | None = None
+    modes: tuple[str, ...] = MODES
+    description: str = ""
+
+    def mask_mod(self, ctx: PatternContext) -> MaskMod:
+        """The full predicate: the pattern on non-padding queries and keys."""
+        valid = ctx.valid
+
+        def padding(b, h, q, kv):
+            return valid[b, q] & valid[b, kv]
+
+        return and_masks(padding, self.predicate(ctx))
+
+    @property
+    def has_ranges(self) -> bool:
+        return self.range_fn is not None
+
+    def ranges(self, ctx: PatternContext) -> Ranges:
+        if self.range_fn is None:
+            raise PatternError(f"pattern {self.name!r} has no range form; use the reference path")
+        return self.range_fn(ctx)
+
+
+def dense_mask(mask_mod: MaskMod, B: int, N: int, device=None) -> torch.Tensor:
+    """Evaluate a mask_mod on every (b, q, kv): (B, N, N) bool."""
+    b = torch.arange(B, device=device)[:, None, None]
+    q = torch.arange(N, device=device)[None, :, None]
+    kv = torch.arange(N, device=device)[None, None, :]
+    h = torch.zeros((), dtype=torch.long, device=device)
+    return mask_mod(b, h, q, kv).expand(B, N, N)
+
+
+# ---- matching token
+
+
+def generate_matching_token(fallback: str = "full") -> Pattern:
+    """token_id[i] == token_id[j] and i != j; a row with no match attends every key
+    (``fallback="full"``, as in the paper's code) or only itself (``fallback="self"``)."""
+    if fallback not in ("full", "self"):
+        raise PatternError(f"matching-token fallback must be 'full' or 'self', got {fallback!r}")
+
+    def predicate(ctx: PatternContext) -> MaskMod:
+        tok, valid = ctx.token_ids, ctx.valid
+        same = (tok[:, :, None] == tok[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+        has_match = (same.sum(-1) > 1)  # (B, N), self always matches itself
+
+        def matching_token(b, h, q, kv):
+            match = (tok[b, q] == tok[b, kv]) & (q != kv)
+            other = (q == kv) if fallback == "self" else torch.ones_like(match)
+            return torch.where(has_match[b, q], match, other)
+
+        return matching_token
+
+    def ranges(ctx: PatternContext) -> Ranges:
+        tok, valid = ctx.token_ids, ctx.valid
+        big = torch.iinfo(torch.long).max
+        keys = torch.where(valid, tok.long(), big)  # padding sorts last
+        keys_sorted, perm = torch.sort(keys, dim=1, stable=True)
+        lo = torch.searchsorted(keys_sorted, keys_sorted, side="left")
+        hi = torch.searchsorted(keys_sorted, keys_sorted, side="right")
+        valid_sorted = torch.gather(valid, 1, perm)
+        has_match = (hi - lo) > 1
+        pos = torch.arange(tok.shape[1], device=tok.device).expand_as(lo)
+        if fallback == "full":
+            n_valid = valid.sum(1, keepdim=True).expand_as(lo)
+            lo = torch.where(has_match, lo, 0)
+            hi = torch.where(has_match, hi, n_valid)
+        else:
+            lo = torch.where(has_match, lo, pos)
+            hi = torch.where(has_match, hi, pos + 1)
+        lo = torch.where(valid_sorted, lo, 0).int()
+        hi = torch.where(valid_sorted, hi, 0).int()
+        full = (~has_match & valid_sorted) if fallback == "full" else None
+        return Ranges(perm, lo, hi, has_match & valid_sorted, full)
+
+    name = "match" if fallback == "full" else "match-self"
+    return Pattern(name, predicate, ranges, description=f"matching token, no match -> {fallback}")
+
+
+# ---- intra-sentence
+
+
+def generate_intra_sentence() -> Pattern:
+    """i and j lie in the same sentence (its [CLS] and [SEP] included)."""
+
+    def predicate(ctx: PatternContext) -> MaskMod:
+        sid = ctx.sentence_ids
+
+        def intra_sentence(b, h, q, kv):
+            return (sid[b, q] == sid[b, kv]) & (sid[b, q] >= 0)
+
+        return intra_sentence
+
+    def ranges(ctx: PatternContext) -> Ranges:
+        sid = ctx.sentence_ids
+        # Number the runs of equal sentence ids; a run is a sentence (or a stretch outside
+        # sentences, which gets an empty range below). Runs are ordered, so searchsorted finds
+        # each run's [start, end).
+        change = torch.ones_like(sid, dtype=torch.long)
+        change[:, 1:] = (sid[:, 1:] != sid[:, :-1]).long()
+        run = torch.cumsum(change, dim=1)
+        lo = torch.searchsorted(run, run, side="left")
+        hi = torch.searchsorted(run, run, side="right")
+        inside = (sid >= 0) & ctx.valid
+        return Ranges(None, torch.where(inside, lo, 0).int(), torch.where(inside, hi, 0).int(),
+                      torch.zeros_like(inside))
+
+    return Pattern("sent", predicate, ranges, description="intra-sentence")
+
+
+# ---- positional offset
+
+
+def generate_offset(k: int) -> Pattern:
+    """j == i + k (k = +1: next token, k = -1: previous token)."""
+    if k == 0:
+        raise PatternError("offset 0 is attention to self; use a k other than 0")
+
+    def predicate(ctx: PatternContext) -> MaskMod:
+        def offset(b, h, q, kv):
+            return kv == q + k
+
+        offset.__name__ = f"offset_{k}"
+        return offset
+
+    def ranges(ctx: PatternContext) -> Ranges:
+        B, N = ctx.valid.shape
+        pos = torch.arange(N, device=ctx.valid.device).expand(B, N)
+        j = pos + k
+        inside = (j >= 0) & (j < N)
+        ok = inside & torch.gather(ctx.valid, 1, j.clamp(0, N - 1)) & ctx.valid
+        return Ranges(None, torch.where(ok, j, 0).int(), torch.where(ok, j + 1, 0).int(),
+                      torch.zeros_like(ok))
+
+    name = {1: "next", -1: "prev"}.get(k, f"offset:{k}")
+    return Pattern(name, predicate, ranges, description=f"positional offset {k:+d}")
+
+
+# --------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, Pattern] = {}
+
+
+def register_pattern(pattern: Pattern) -> Pattern:
+    """Make a pattern available by name to head plans (``name/mode``)."""
+    for m in pattern.modes:
+        if m not in MODES:
+            raise PatternError(f"pattern {pattern.name!r}: unknown mode {m!r}")
+    _REGISTRY[pattern.name] = pattern
+    return pattern
+
+
+for _p in (generate_matching_token("full"), generate_matching_token("self"),
+           generate_intra_sentence(), generate_offset(1), generate_offset(-1)):
+    register_pattern(_p)
+
+
+def get_pattern(name: str) -> Pattern:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith("offset:"):
+        try:
+            k = int(name.split(":", 1)[1])
+        except ValueError:
+            raise PatternError(f"bad offset pattern {name!r}: use offset:K with an integer K") from None
+        return register_pattern(generate_offset(k)) if k not in (1, -1) else get_pattern(
+            {1: "next", -1: "prev"}[k])
+    raise PatternError(f"unknown pattern {name!r}: use one of {', '.join(sorted(_REGISTRY))} "
+                       "or offset:K")
+
+
+def pattern_names() -> list[str]:
+    return sorted(_REGISTRY)
