@@ -11,6 +11,7 @@ attend their pattern's keys; padding queries and rows with no allowed key output
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from .patterns import PatternContext, PatternError, Ranges, dense_mask
 from .plan import LayerPlan
 
 BACKENDS = ("auto", "triton", "torch", "reference")
+WINDOW_BLOCK = 64  # queries per block of the PyTorch path's masked heads
 
 
 def _check(q, k, v, plan: LayerPlan, ctx: PatternContext) -> None:
@@ -56,11 +58,12 @@ def _synth_flags(plan: LayerPlan, device) -> torch.Tensor:
     return torch.tensor([s is not None and s.mode == "synth" for s in plan], device=device)
 
 
-def reference_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense reference: (out (B, H, N, D), probs (B, H, N, N) fp32)."""
+def reference_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None,
+                        upcast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense reference: (out (B, H, N, D), probs (B, H, N, N), fp32 if upcast)."""
     _check(q, k, v, plan, ctx)
-    return attention_ref(q, k, v, layer_allowed(plan, ctx), _synth_flags(plan, q.device), scale)
+    return attention_ref(q, k, v, layer_allowed(plan, ctx), _synth_flags(plan, q.device), scale,
+                         upcast)
 
 
 # --------------------------------------------------------------------------- fast PyTorch path
@@ -100,12 +103,26 @@ def _synthesize(v: torch.Tensor, r: Ranges) -> torch.Tensor:
     return _scatter_n(out.to(v.dtype), r.perm)
 
 
-def _masked_windows(q, k, v, r: Ranges, scale: float, block: int = 64) -> torch.Tensor:
-    """Softmax attention restricted to ranges, in the ranges' order: each block of `block`
-    ordered queries scores only the window of keys its rows' ranges span (block skipping)."""
-    qo, ko, vo = (_gather_n(x, r.perm) for x in (q, k, v))
-    B, h, N, D = qo.shape
-    lo, hi, excl = r.lo.long(), r.hi.long(), r.exclude_self
+@dataclass
+class _Windows:
+    """Index plan of a masked head group for one batch (shared by every layer): blocks of
+    `block` ordered queries, each scoring only the window of `width` keys its rows span."""
+
+    perm: torch.Tensor | None  # (B, N) the ranges' order
+    block: int
+    width: int
+    keys: torch.Tensor  # (B, nblk * width) ordered key index of each window slot
+    bias: torch.Tensor  # (B, 1, nblk, block, width) 0 where allowed, -inf elsewhere
+    nonempty: torch.Tensor  # (B, 1, N, 1) rows with at least one banded key
+    full_rows: torch.Tensor | None  # (B, m) ordered rows that attend every valid key
+    full_mask: torch.Tensor | None  # (B, 1, m, 1) which of those m slots are real
+    full_keys: torch.Tensor | None  # (B, 1, 1, N) bool, the valid keys of those rows
+
+
+def _build_windows(r: Ranges, N: int, block: int) -> _Windows:
+    B = r.lo.shape[0]
+    dev = r.lo.device
+    lo, hi = r.lo.long(), r.hi.long()
     banded = hi > lo
     if r.full is not None:
         banded = banded & ~r.full
@@ -115,50 +132,55 @@ def _masked_windows(q, k, v, r: Ranges, scale: float, block: int = 64) -> torch.
     def blocks(x, fill):
         return F.pad(x, (0, pad), value=fill).view(B, nblk, block)
 
-    # Window of each query block: [min lo, max hi) over its banded rows.
-    start = blocks(torch.where(banded, lo, N), N).amin(-1)
+    start = blocks(torch.where(banded, lo, N), N).amin(-1)  # window of each query block
     end = blocks(torch.where(banded, hi, 0), 0).amax(-1)
-    width = int((end - start).clamp_min(0).max().item()) if N else 0
-    out = qo.new_zeros(B, h, N, D)
-    if width > 0:
-        start = torch.minimum(start, end)
-        j = start[:, :, None] + torch.arange(width, device=q.device)  # (B, nblk, W)
-        in_seq = j < N
-        jc = j.clamp_max(N - 1)
-        bidx = torch.arange(B, device=q.device)[:, None, None]
-        kw = ko.transpose(1, 2)[bidx, jc].permute(0, 3, 1, 2, 4)  # (B, h, nblk, W, D)
-        vw = vo.transpose(1, 2)[bidx, jc].permute(0, 3, 1, 2, 4)
-        qb = F.pad(qo, (0, 0, 0, pad)).view(B, h, nblk, block, D)
-        s = torch.matmul(qb, kw.transpose(-1, -2)).float() * scale  # (B, h, nblk, C, W)
-        p = torch.arange(nblk * block, device=q.device).view(1, nblk, block, 1)
-        jj = j[:, :, None, :]  # (B, nblk, 1, W)
-        ok = ((jj >= blocks(lo, 0)[..., None]) & (jj < blocks(hi, 0)[..., None])
-              & blocks(banded, False)[..., None] & in_seq[:, :, None, :]
-              & ~(blocks(excl, False)[..., None] & (jj == p)))  # (B, nblk, C, W)
-        ok = ok[:, None]
-        any_key = ok.any(-1, keepdim=True)
-        s = torch.where(ok, s, float("-inf"))
-        s = torch.where(any_key, s, 0.0)
-        prob = (torch.softmax(s, dim=-1) * any_key).to(vw.dtype)
-        out = torch.matmul(prob, vw).view(B, h, nblk * block, D)[:, :, :N]
+    width = max(1, int((end - start).clamp_min(0).max().item()))
+    start = torch.minimum(start, end)
+    j = start[:, :, None] + torch.arange(width, device=dev)  # (B, nblk, W)
+    p = torch.arange(nblk * block, device=dev).view(1, nblk, block, 1)
+    jj = j[:, :, None, :]
+    ok = ((jj >= blocks(lo, 0)[..., None]) & (jj < blocks(hi, 0)[..., None])
+          & blocks(banded, False)[..., None] & (jj < N)
+          & ~(blocks(r.exclude_self, False)[..., None] & (jj == p)))  # (B, nblk, C, W)
+    rows_ok = ok.any(-1, keepdim=True)
+    bias = torch.zeros(ok.shape, device=dev).masked_fill(~ok & rows_ok, float("-inf"))
+    nonempty = rows_ok.view(B, 1, nblk * block, 1)[:, :, :N]
+    full_rows = full_mask = full_keys = None
     if r.full is not None and bool(r.full.any()):
-        out = out + _full_rows(qo, ko, vo, r, scale)
-    return _scatter_n(out, r.perm)
+        m = int(r.full.sum(1).max().item())
+        full_rows = torch.argsort((~r.full).int(), dim=1, stable=True)[:, :m]  # full rows first
+        full_mask = torch.gather(r.full, 1, full_rows)[:, None, :, None]
+        n_valid = r.hi.max(dim=1).values  # a full row's range is the valid prefix
+        full_keys = (torch.arange(N, device=dev)[None, :] < n_valid[:, None])[:, None, None, :]
+    return _Windows(r.perm, block, width, j.clamp_max(N - 1).view(B, -1), bias[:, None],
+                    nonempty, full_rows, full_mask, full_keys)
 
 
-def _full_rows(qo, ko, vo, r: Ranges, scale: float) -> torch.Tensor:
-    """Rows that attend every valid key (e.g. matching token with no match): gathered and run
-    densely; zero elsewhere. Valid keys are the prefix [0, n_valid) of the order."""
+def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, h, N, D), idx (B, M) -> (B, h, M, D)."""
+    B, h, _, D = x.shape
+    return torch.gather(x, 2, idx[:, None, :, None].expand(B, h, idx.shape[1], D))
+
+
+def _masked_windows(q, k, v, w: _Windows, scale: float) -> torch.Tensor:
+    """Softmax attention restricted to ranges (block skipping), in the ranges' order."""
+    qo, ko, vo = (_gather_n(x, w.perm) for x in (q, k, v))
     B, h, N, D = qo.shape
-    m = int(r.full.sum(1).max().item())
-    rows = torch.argsort((~r.full).int(), dim=1, stable=True)[:, :m]  # full rows first
-    is_full = torch.gather(r.full, 1, rows)  # (B, m)
-    qf = torch.gather(qo, 2, rows[:, None, :, None].expand(B, h, m, D))
-    n_valid = r.hi.max(dim=1).values  # the full range's end is the valid prefix length
-    key_valid = torch.arange(N, device=qo.device)[None, :] < n_valid[:, None]
-    of = _learned(qf, ko, vo, key_valid, scale) * is_full[:, None, :, None]
-    out = qo.new_zeros(B, h, N, D)
-    return out.scatter_add(2, rows[:, None, :, None].expand(B, h, m, D), of.to(out.dtype))
+    nblk = w.keys.shape[1] // w.width
+    pad = nblk * w.block - N
+    kw = _gather_rows(ko, w.keys).view(B, h, nblk, w.width, D)
+    vw = _gather_rows(vo, w.keys).view(B, h, nblk, w.width, D)
+    qb = F.pad(qo, (0, 0, 0, pad)).view(B, h, nblk, w.block, D)
+    # A plain softmax: on CPU it beats SDPA, which takes its slow path with a float mask.
+    scores = torch.matmul(qb, kw.transpose(-1, -2)) * scale + w.bias.to(q.dtype)
+    out = torch.matmul(torch.softmax(scores, dim=-1), vw)
+    out = out.reshape(B, h, nblk * w.block, D)[:, :, :N] * w.nonempty.to(q.dtype)
+    if w.full_rows is not None:  # rows that attend every key (matching token with no match)
+        of = F.scaled_dot_product_attention(_gather_rows(qo, w.full_rows), ko, vo,
+                                            attn_mask=w.full_keys, scale=scale)
+        idx = w.full_rows[:, None, :, None].expand(B, h, w.full_rows.shape[1], D)
+        out = out.scatter_add(2, idx, of * w.full_mask.to(of.dtype))
+    return _scatter_n(out, w.perm)
 
 
 def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None
@@ -171,25 +193,33 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
     groups: dict[object, list[int]] = {}
     for h, spec in enumerate(plan):
         groups.setdefault(spec, []).append(h)
-    outs, order = [], []
-    for spec, heads in groups.items():
-        idx = torch.tensor(heads, device=q.device)
-        qh, kh, vh = q[:, idx], k[:, idx], v[:, idx]
+    # One head permutation that makes each group contiguous, then views per group: one
+    # gather in forward and one scatter in backward instead of one per group.
+    order = [h for heads in groups.values() for h in heads]
+    permuted = order != list(range(len(order)))
+    if permuted:
+        idx = torch.tensor(order, device=q.device)
+        q, k, v = (x.index_select(1, idx) for x in (q, k, v))
+    sizes = [len(heads) for heads in groups.values()]
+    outs = []
+    for spec, qh, kh, vh in zip(groups, q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1),
+                                strict=True):
         if spec is None:
             o = _learned(qh, kh, vh, ctx.valid, scale)
         elif not spec.pat.has_ranges:
-            sub = (spec,) * len(heads)
+            sub = (spec,) * qh.shape[1]
             o = attention_ref(qh, kh, vh, layer_allowed(sub, ctx), _synth_flags(sub, q.device),
                               scale)[0]
         elif spec.mode == "synth":
             o = _synthesize(vh, ctx.ranges(spec.pat))
         else:
-            o = _masked_windows(qh, kh, vh, ctx.ranges(spec.pat), scale)
+            w = ctx.memo(("windows", spec.pattern, WINDOW_BLOCK),
+                         lambda p=spec.pat, n=q.shape[2]: _build_windows(ctx.ranges(p), n, WINDOW_BLOCK))
+            o = _masked_windows(qh, kh, vh, w, scale)
         outs.append(o.to(q.dtype))
-        order.extend(heads)
     out = torch.cat(outs, dim=1)
-    if order != sorted(order):
-        out = out[:, torch.argsort(torch.tensor(order, device=q.device))]
+    if permuted:
+        out = out.index_select(1, torch.argsort(torch.tensor(order, device=q.device)))
     return out
 
 

@@ -97,7 +97,7 @@ class PatternContext:
     token_ids: torch.Tensor
     valid: torch.Tensor
     sentence_ids: torch.Tensor
-    _ranges: dict = field(default_factory=dict, repr=False)
+    _memo: dict = field(default_factory=dict, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -138,12 +138,15 @@ class PatternContext:
         sid = torch.where(valid, sid, torch.full_like(sid, -1))
         return cls(input_ids, valid, sid)
 
+    def memo(self, key, build: Callable[[], object]):
+        """`build()` once per batch: what every layer can share (range tables, index plans)."""
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
+
     def ranges(self, pattern: Pattern) -> Ranges:
         """The pattern's range table for this batch, computed once and cached."""
-        key = pattern.name
-        if key not in self._ranges:
-            self._ranges[key] = pattern.ranges(self)
-        return self._ranges[key]
+        return self.memo(("ranges", pattern.name), lambda: pattern.ranges(self))
 
 
 # --------------------------------------------------------------------------- patterns

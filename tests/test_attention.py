@@ -1,0 +1,125 @@
+"""The dense reference against a per-element loop; the fast PyTorch path against the reference,
+forward and every gradient, on awkward shapes."""
+
+import math
+
+import pytest
+import torch
+
+from attnsum.attention import layer_allowed, patterned_attention, reference_attention, torch_attention
+from attnsum.patterns import PatternContext, PatternError
+from attnsum.plan import HeadPlan
+
+MIXED = ("*:0=match/mask; *:1=sent/mask; *:2=next/synth; *:3=prev/synth; *:4=match-self/mask; "
+         "*:5=match/synth; *:6=offset:3/mask; *:7=sent/synth")  # head 8 stays learned
+
+
+def make_batch(B, N, H=9, D=16, vocab=5, dtype=torch.float32, seed=0):
+    """Random batch: small vocabulary (many matches and some no-match rows), padding in
+    document 1, a one-sentence document 2."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, N), generator=g)
+    ids[0, : min(N, 3)] = torch.tensor([100, 200, 300])[: min(N, 3)]  # unique tokens: no match
+    am = torch.ones(B, N, dtype=torch.long)
+    if B > 1:
+        am[1, max(1, N - N // 3):] = 0
+    spans = []
+    for b in range(B):
+        n = int(am[b].sum())
+        cut = sorted({0, n, *(c for c in (n // 4, n // 2, n // 2 + 1) if 0 < c < n)})
+        spans.append(list(zip(cut[:-1], cut[1:], strict=True)))
+    if B > 2:
+        spans[2] = [(0, int(am[2].sum()))]
+    ctx = PatternContext.from_spans(ids, am, spans)
+    q, k, v = (torch.randn(B, H, N, D, generator=g).to(dtype) for _ in range(3))
+    return q, k, v, ctx
+
+
+def test_reference_against_per_element_loop():
+    q, k, v, ctx = make_batch(2, 7, H=9, D=4)
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    out, probs = reference_attention(q, k, v, plan, ctx)
+    allowed = layer_allowed(plan, ctx)
+    B, H, N, D = q.shape
+    for b in range(B):
+        for h in range(H):
+            for i in range(N):
+                keys = [j for j in range(N) if allowed[b, h, i, j]]
+                want = torch.zeros(D)
+                if keys:
+                    if plan[h] is not None and plan[h].mode == "synth":
+                        w = [1.0 / len(keys)] * len(keys)
+                    else:
+                        s = [float(q[b, h, i] @ k[b, h, j]) / math.sqrt(D) for j in keys]
+                        m = max(s)
+                        e = [math.exp(x - m) for x in s]
+                        w = [x / sum(e) for x in e]
+                    for wj, j in zip(w, keys, strict=True):
+                        want += wj * v[b, h, j]
+                        assert probs[b, h, i, j].item() == pytest.approx(wj, abs=1e-6)
+                torch.testing.assert_close(out[b, h, i], want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("N", [
+    1,    # a single token: every pattern but the learned head is empty
+    17,   # not a multiple of the 64-query block
+    113,  # spans two blocks, with padding in document 1
+    300,  # several blocks and windows
+])
+def test_fast_path_matches_reference_forward_and_backward(N):
+    q, k, v, ctx = make_batch(3, N)
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    ref = reference_attention(q, k, v, plan, ctx)[0]
+    out = torch_attention(q, k, v, plan, ctx)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    assert torch.isfinite(out).all()
+    grad_out = torch.randn_like(ref)  # one shared upstream gradient
+    g_ref = torch.autograd.grad(ref, (q, k, v), grad_out)
+    g_out = torch.autograd.grad(out, (q, k, v), grad_out)
+    for name, a, b in zip("qkv", g_out, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=f"d{name}")
+
+
+def test_rows_without_keys_are_zero_not_nan():
+    q, k, v, ctx = make_batch(2, 5)
+    ctx.valid[1] = False  # a document made only of padding
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    for fn in (lambda: reference_attention(q, k, v, plan, ctx)[0],
+               lambda: torch_attention(q, k, v, plan, ctx)):
+        out = fn()
+        assert torch.isfinite(out).all()
+        assert torch.all(out[1] == 0)
+
+
+def test_plan_changes_exactly_the_patterned_heads():
+    q, k, v, ctx = make_batch(2, 40, H=6)
+    learned = torch_attention(q, k, v, HeadPlan.none(1, 6).layer(0), ctx)
+    plan = HeadPlan.parse("0:1=sent/mask; 0:4=next/synth", 1, 6).layer(0)
+    out = torch_attention(q, k, v, plan, ctx)
+    for h in range(6):
+        same = torch.allclose(out[:, h], learned[:, h], atol=1e-6)
+        assert same == (h not in (1, 4)), h
+
+
+def test_half_precision_fast_path():
+    q, k, v, ctx = make_batch(2, 70, dtype=torch.float16)
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    ref = reference_attention(q, k, v, plan, ctx)[0].float()
+    out = torch_attention(q, k, v, plan, ctx).float()
+    # STYLE item 3: at most 2x the error of the same computation run in fp16, + epsilon.
+    ref16 = reference_attention(q, k, v, plan, ctx, upcast=False)
+    err16 = (ref16[0].float() - ref).abs().max().item()
+    assert (out - ref).abs().max().item() <= 2 * err16 + 1e-3
+
+
+def test_bad_shapes_and_backend():
+    q, k, v, ctx = make_batch(2, 8)
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    with pytest.raises(PatternError, match="8 heads"):
+        torch_attention(q, k, v, plan[:8], ctx)
+    with pytest.raises(PatternError, match="pattern context"):
+        torch_attention(q[:1], k[:1], v[:1], plan, ctx)
+    with pytest.raises(ValueError, match="backend"):
+        patterned_attention(q, k, v, plan, ctx, backend="cuda")
