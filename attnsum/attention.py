@@ -21,7 +21,6 @@ from .patterns import PatternContext, PatternError, Ranges, dense_mask
 from .plan import LayerPlan
 
 BACKENDS = ("auto", "triton", "torch", "reference")
-WINDOW_BLOCK = 64  # queries per block of the PyTorch path's masked heads
 
 
 def _check(q, k, v, plan: LayerPlan, ctx: PatternContext) -> None:
@@ -69,158 +68,192 @@ def reference_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: fl
 # --------------------------------------------------------------------------- fast PyTorch path
 
 
-def _gather_n(x: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
-    """x (B, h, N, D) reordered along N by perm (B, N)."""
-    if perm is None:
-        return x
-    return torch.gather(x, 2, perm[:, None, :, None].expand_as(x))
+# Inside, tensors are (B, N, h, D): the layout Hugging Face projections produce, so that the
+# per-token gathers below are row gathers of a (B * N, h, D) view.
 
 
-def _scatter_n(x: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
-    """Inverse of `_gather_n`."""
-    if perm is None:
-        return x
-    return _gather_n(x, torch.argsort(perm, dim=1))
-
-
-def _learned(q, k, v, valid, scale):
+def _learned(x: torch.Tensor, k, v, valid, scale):
+    """SDPA over non-padding keys. x, k, v: (B, N, h, D)."""
     any_key = valid.any(1)  # an all-padding document has no key: zero output, not NaN
     key_mask = (valid | ~any_key[:, None])[:, None, None, :]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
-    return out * any_key[:, None, None, None].to(out.dtype)
+    out = F.scaled_dot_product_attention(x.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=key_mask, scale=scale)
+    return out.transpose(1, 2) * any_key[:, None, None, None].to(out.dtype)
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, M, h, D), index (B, N) into M -> (B, N, h, D): one row gather of a flat view."""
+    B, M, h, D = x.shape
+    flat = index + M * torch.arange(B, device=x.device)[:, None]
+    return x.reshape(B * M, h, D).index_select(0, flat.flatten()).view(B, -1, h, D)
 
 
 def _synthesize(v: torch.Tensor, r: Ranges) -> torch.Tensor:
-    """Mean of v over each range, without q or k: differences of prefix sums."""
-    vo = _gather_n(v, r.perm).float()  # (B, h, N, D)
-    B, h, N, D = vo.shape
-    cs = torch.cat([vo.new_zeros(B, h, 1, D), torch.cumsum(vo, dim=2)], dim=2)  # (B, h, N+1, D)
-    lo = r.lo.long()[:, None, :, None].expand(B, h, N, D)
-    hi = r.hi.long()[:, None, :, None].expand(B, h, N, D)
-    total = torch.gather(cs, 2, hi) - torch.gather(cs, 2, lo)
-    total = total - vo * r.exclude_self[:, None, :, None]
-    out = total / r.counts().clamp_min(1)[:, None, :, None]
-    return _scatter_n(out.to(v.dtype), r.perm)
+    """Mean of v (B, N, h, D) over each range, without q or k: differences of prefix sums."""
+    vo = v.float() if r.perm is None else _rows(v.float(), r.perm)
+    cs = F.pad(torch.cumsum(vo, dim=1), (0, 0, 0, 0, 1, 0))  # (B, N+1, h, D)
+    total = _rows(cs, r.hi.long()) - _rows(cs, r.lo.long())
+    total = total - vo * r.exclude_self[:, :, None, None]
+    out = total / r.counts().clamp_min(1)[:, :, None, None]
+    if r.perm is not None:
+        out = _rows(out, torch.argsort(r.perm, dim=1))
+    return out.to(v.dtype)
 
 
 @dataclass
-class _Windows:
-    """Index plan of a masked head group for one batch (shared by every layer): blocks of
-    `block` ordered queries, each scoring only the window of `width` keys its rows span."""
+class _Bucket:
+    """`S` segments padded to `bq` query slots and `bk` key slots."""
 
-    perm: torch.Tensor | None  # (B, N) the ranges' order
-    block: int
-    width: int
-    keys: torch.Tensor  # (B, nblk * width) ordered key index of each window slot
-    bias: torch.Tensor  # (B, 1, nblk, block, width) 0 where allowed, -inf elsewhere
-    nonempty: torch.Tensor  # (B, 1, N, 1) rows with at least one banded key
-    full_rows: torch.Tensor | None  # (B, m) ordered rows that attend every valid key
-    full_mask: torch.Tensor | None  # (B, 1, m, 1) which of those m slots are real
-    full_keys: torch.Tensor | None  # (B, 1, 1, N) bool, the valid keys of those rows
+    bias: torch.Tensor  # (S, 1, bq, bk) 0 where allowed, -inf elsewhere
+    rows: torch.Tensor  # query slots (of this bucket) that are real queries
+    bq: int
+    bk: int
 
 
-def _build_windows(r: Ranges, N: int, block: int) -> _Windows:
+@dataclass
+class _Segments:
+    """Index plan of a masked head group for one batch, shared by every layer.
+
+    Consecutive rows (in the ranges' order) with the same range form a segment: its queries
+    attend the same keys (an intra-sentence span, a group of equal tokens, one row of an offset).
+    Segments are bucketed by padded (queries, keys) sizes, powers of two, so each bucket is
+    one batched dense attention with no work outside the pattern but the padding.
+    """
+
+    buckets: list[_Bucket]
+    q_idx: torch.Tensor  # flat (b * N + n) index of every query slot of every bucket
+    k_idx: torch.Tensor  # flat index of every key slot
+    dest: torch.Tensor  # flat index each real query's output goes to, buckets then full rows
+    full_rows: torch.Tensor | None  # (B, m) original positions of rows attending every key
+    full_real: torch.Tensor | None  # indices (into B * m) of the real full rows
+    full_keys: torch.Tensor | None  # (B, 1, 1, N) bool, the valid keys
+
+
+def _pow2(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x <= 1, torch.ones_like(x), 2 ** torch.ceil(torch.log2(x.double())).long())
+
+
+def _build_segments(r: Ranges, N: int) -> _Segments:
     B = r.lo.shape[0]
     dev = r.lo.device
-    lo, hi = r.lo.long(), r.hi.long()
-    banded = hi > lo
+    perm = r.perm if r.perm is not None else torch.arange(N, device=dev).expand(B, N)
+    banded = r.counts() > 0
     if r.full is not None:
         banded = banded & ~r.full
-    nblk = -(-N // block)
-    pad = nblk * block - N
-
-    def blocks(x, fill):
-        return F.pad(x, (0, pad), value=fill).view(B, nblk, block)
-
-    start = blocks(torch.where(banded, lo, N), N).amin(-1)  # window of each query block
-    end = blocks(torch.where(banded, hi, 0), 0).amax(-1)
-    width = max(1, int((end - start).clamp_min(0).max().item()))
-    start = torch.minimum(start, end)
-    j = start[:, :, None] + torch.arange(width, device=dev)  # (B, nblk, W)
-    p = torch.arange(nblk * block, device=dev).view(1, nblk, block, 1)
-    jj = j[:, :, None, :]
-    ok = ((jj >= blocks(lo, 0)[..., None]) & (jj < blocks(hi, 0)[..., None])
-          & blocks(banded, False)[..., None] & (jj < N)
-          & ~(blocks(r.exclude_self, False)[..., None] & (jj == p)))  # (B, nblk, C, W)
-    rows_ok = ok.any(-1, keepdim=True)
-    bias = torch.zeros(ok.shape, device=dev).masked_fill(~ok & rows_ok, float("-inf"))
-    nonempty = rows_ok.view(B, 1, nblk * block, 1)[:, :, :N]
-    full_rows = full_mask = full_keys = None
+    b, p = banded.nonzero(as_tuple=True)  # rows in (b, p) order
+    lo, hi, ex = r.lo[b, p].long(), r.hi[b, p].long(), r.exclude_self[b, p]
+    change = torch.ones_like(p, dtype=torch.bool)
+    change[1:] = ((b[1:] != b[:-1]) | (p[1:] != p[:-1] + 1) | (lo[1:] != lo[:-1])
+                  | (hi[1:] != hi[:-1]) | (ex[1:] != ex[:-1]))
+    first = change.nonzero(as_tuple=True)[0]
+    n_rows = torch.diff(first, append=torch.tensor([len(p)], device=dev))
+    sb, sp, slo, sk, sex = b[first], p[first], lo[first], (hi - lo)[first], ex[first]
+    bq_all, bk_all = _pow2(n_rows), _pow2(sk)
+    buckets, q_idx, k_idx, dest = [], [], [], []
+    for bq, bk in torch.unique(torch.stack([bq_all, bk_all], 1), dim=0).tolist():
+        sel = ((bq_all == bq) & (bk_all == bk)).nonzero(as_tuple=True)[0]
+        S = len(sel)
+        tq, tk = torch.arange(bq, device=dev), torch.arange(bk, device=dev)
+        qpos = sp[sel, None] + tq  # (S, bq) ordered positions
+        kpos = slo[sel, None] + tk  # (S, bk)
+        bidx = sb[sel, None]
+        q_flat = (bidx * N + perm[bidx, qpos.clamp_max(N - 1)]).flatten()
+        k_flat = (bidx * N + perm[bidx, kpos.clamp_max(N - 1)]).flatten()
+        allowed = (tk < sk[sel, None])[:, None, :] & ~(
+            sex[sel, None, None] & (qpos[:, :, None] == kpos[:, None, :]))
+        bias = torch.zeros(S, 1, bq, bk, device=dev).masked_fill(~allowed[:, None], float("-inf"))
+        rows = (tq < n_rows[sel, None]).flatten().nonzero(as_tuple=True)[0]
+        buckets.append(_Bucket(bias, rows, bq, bk))
+        q_idx.append(q_flat)
+        k_idx.append(k_flat)
+        dest.append(q_flat[rows])
+    full_rows = full_real = full_keys = None
     if r.full is not None and bool(r.full.any()):
         m = int(r.full.sum(1).max().item())
-        full_rows = torch.argsort((~r.full).int(), dim=1, stable=True)[:, :m]  # full rows first
-        full_mask = torch.gather(r.full, 1, full_rows)[:, None, :, None]
-        n_valid = r.hi.max(dim=1).values  # a full row's range is the valid prefix
-        full_keys = (torch.arange(N, device=dev)[None, :] < n_valid[:, None])[:, None, None, :]
-    return _Windows(r.perm, block, width, j.clamp_max(N - 1).view(B, -1), bias[:, None],
-                    nonempty, full_rows, full_mask, full_keys)
+        ordered = torch.argsort((~r.full).int(), dim=1, stable=True)[:, :m]  # full rows first
+        full_rows = torch.gather(perm, 1, ordered)
+        full_real = torch.gather(r.full, 1, ordered).flatten().nonzero(as_tuple=True)[0]
+        n_valid = r.hi.max(dim=1).values  # a full row's range is the valid prefix of the order
+        valid = torch.zeros(B, N, dtype=torch.bool, device=dev)
+        valid.scatter_(1, perm, torch.arange(N, device=dev)[None, :] < n_valid[:, None])
+        full_keys = valid[:, None, None, :]
+        flat = full_rows + N * torch.arange(B, device=dev)[:, None]
+        dest.append(flat.flatten()[full_real])
+    empty = torch.zeros(0, dtype=torch.long, device=dev)
+    return _Segments(buckets, torch.cat(q_idx) if q_idx else empty,
+                     torch.cat(k_idx) if k_idx else empty, torch.cat(dest) if dest else empty,
+                     full_rows, full_real, full_keys)
 
 
-def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x (B, h, N, D), idx (B, M) -> (B, h, M, D)."""
-    B, h, _, D = x.shape
-    return torch.gather(x, 2, idx[:, None, :, None].expand(B, h, idx.shape[1], D))
-
-
-def _masked_windows(q, k, v, w: _Windows, scale: float) -> torch.Tensor:
-    """Softmax attention restricted to ranges (block skipping), in the ranges' order."""
-    qo, ko, vo = (_gather_n(x, w.perm) for x in (q, k, v))
-    B, h, N, D = qo.shape
-    nblk = w.keys.shape[1] // w.width
-    pad = nblk * w.block - N
-    kw = _gather_rows(ko, w.keys).view(B, h, nblk, w.width, D)
-    vw = _gather_rows(vo, w.keys).view(B, h, nblk, w.width, D)
-    qb = F.pad(qo, (0, 0, 0, pad)).view(B, h, nblk, w.block, D)
-    # A plain softmax: on CPU it beats SDPA, which takes its slow path with a float mask.
-    scores = torch.matmul(qb, kw.transpose(-1, -2)) * scale + w.bias.to(q.dtype)
-    out = torch.matmul(torch.softmax(scores, dim=-1), vw)
-    out = out.reshape(B, h, nblk * w.block, D)[:, :, :N] * w.nonempty.to(q.dtype)
-    if w.full_rows is not None:  # rows that attend every key (matching token with no match)
-        of = F.scaled_dot_product_attention(_gather_rows(qo, w.full_rows), ko, vo,
-                                            attn_mask=w.full_keys, scale=scale)
-        idx = w.full_rows[:, None, :, None].expand(B, h, w.full_rows.shape[1], D)
-        out = out.scatter_add(2, idx, of * w.full_mask.to(of.dtype))
-    return _scatter_n(out, w.perm)
+def _masked_segments(q, k, v, seg: _Segments, scale: float) -> torch.Tensor:
+    """Softmax attention restricted to the ranges: one dense attention per segment bucket.
+    q, k, v: (B, N, h, D). Every gather is done once for all buckets (one scatter in backward)."""
+    B, N, h, D = q.shape
+    xq, xk, xv = (x.reshape(B * N, h, D) for x in (q, k, v))
+    # split, not slicing: its backward is one cat rather than a zero-filled tensor per bucket.
+    qa = xq.index_select(0, seg.q_idx).split([b.bias.shape[0] * b.bq for b in seg.buckets])
+    nk = [b.bias.shape[0] * b.bk for b in seg.buckets]
+    ka, va = xk.index_select(0, seg.k_idx).split(nk), xv.index_select(0, seg.k_idx).split(nk)
+    rows = []
+    for bk, qb, kb, vb in zip(seg.buckets, qa, ka, va, strict=True):
+        S = bk.bias.shape[0]
+        qs = qb.view(S, bk.bq, h, D).transpose(1, 2)  # (S, h, bq, D)
+        ks = kb.view(S, bk.bk, h, D).transpose(1, 2)
+        vs = vb.view(S, bk.bk, h, D).transpose(1, 2)
+        scores = torch.matmul(qs, ks.transpose(-1, -2)) * scale + bk.bias.to(q.dtype)
+        o = torch.matmul(torch.softmax(scores, dim=-1), vs)  # (S, h, bq, D)
+        rows.append(o.transpose(1, 2).reshape(S * bk.bq, h, D).index_select(0, bk.rows))
+    if seg.full_rows is not None:  # rows that attend every key (matching token with no match)
+        m = seg.full_rows.shape[1]
+        qf = _rows(q, seg.full_rows)
+        of = F.scaled_dot_product_attention(qf.transpose(1, 2), k.transpose(1, 2),
+                                            v.transpose(1, 2), attn_mask=seg.full_keys, scale=scale)
+        rows.append(of.transpose(1, 2).reshape(B * m, h, D).index_select(0, seg.full_real))
+    out = q.new_zeros(B * N, h, D)
+    if rows:
+        out = out.index_copy(0, seg.dest, torch.cat(rows).to(q.dtype))
+    return out.view(B, N, h, D)
 
 
 def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None
                     ) -> torch.Tensor:
     """Fast PyTorch path: learned heads through SDPA, synthesized heads by prefix sums (no q, k),
-    masked heads on the key windows of their ranges; patterns without ranges fall back to the
-    dense reference for their heads. Differentiable by autograd."""
+    masked heads as dense attention within the segments of their ranges; patterns without
+    ranges fall back to the dense reference for their heads. Differentiable by autograd."""
     _check(q, k, v, plan, ctx)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     groups: dict[object, list[int]] = {}
     for h, spec in enumerate(plan):
         groups.setdefault(spec, []).append(h)
-    # One head permutation that makes each group contiguous, then views per group: one
-    # gather in forward and one scatter in backward instead of one per group.
+    # Work in (B, N, H, D) with one head permutation that makes each group contiguous.
     order = [h for heads in groups.values() for h in heads]
     permuted = order != list(range(len(order)))
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     if permuted:
         idx = torch.tensor(order, device=q.device)
-        q, k, v = (x.index_select(1, idx) for x in (q, k, v))
+        q, k, v = (x.index_select(2, idx) for x in (q, k, v))
     sizes = [len(heads) for heads in groups.values()]
     outs = []
-    for spec, qh, kh, vh in zip(groups, q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1),
+    for spec, qh, kh, vh in zip(groups, q.split(sizes, 2), k.split(sizes, 2), v.split(sizes, 2),
                                 strict=True):
         if spec is None:
             o = _learned(qh, kh, vh, ctx.valid, scale)
         elif not spec.pat.has_ranges:
-            sub = (spec,) * qh.shape[1]
-            o = attention_ref(qh, kh, vh, layer_allowed(sub, ctx), _synth_flags(sub, q.device),
-                              scale)[0]
+            sub = (spec,) * qh.shape[2]
+            o = attention_ref(qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2),
+                              layer_allowed(sub, ctx), _synth_flags(sub, q.device),
+                              scale)[0].transpose(1, 2)
         elif spec.mode == "synth":
             o = _synthesize(vh, ctx.ranges(spec.pat))
         else:
-            w = ctx.memo(("windows", spec.pattern, WINDOW_BLOCK),
-                         lambda p=spec.pat, n=q.shape[2]: _build_windows(ctx.ranges(p), n, WINDOW_BLOCK))
-            o = _masked_windows(qh, kh, vh, w, scale)
+            seg = ctx.memo(("segments", spec.pattern),
+                           lambda p=spec.pat, n=q.shape[1]: _build_segments(ctx.ranges(p), n))
+            o = _masked_segments(qh, kh, vh, seg, scale)
         outs.append(o.to(q.dtype))
-    out = torch.cat(outs, dim=1)
+    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
     if permuted:
-        out = out.index_select(1, torch.argsort(torch.tensor(order, device=q.device)))
-    return out
+        out = out.index_select(2, torch.argsort(torch.tensor(order, device=q.device)))
+    return out.transpose(1, 2)
 
 
 # --------------------------------------------------------------------------- dispatch

@@ -1,5 +1,7 @@
 """CPU benchmark of one attention layer, forward + backward: the `paper` plan on the fast
 PyTorch path against dense SDPA and eager attention (B = 4, 12 heads of 64, real documents).
+`paper-self-fast` is the same plan with matching-token rows that have no match attending
+themselves instead of every key (those rows are dense work in the paper's variant).
 
     pytest bench/test_cpu_attention.py --benchmark-enable --benchmark-columns=median,min,max
 
@@ -48,13 +50,16 @@ def sdpa(q, k, v, valid):
 
 
 @pytest.mark.parametrize("n", [512, 2048])
-@pytest.mark.parametrize("provider", ["paper-fast", "dense-sdpa", "dense-eager"])
+@pytest.mark.parametrize("provider", ["paper-fast", "paper-self-fast", "dense-sdpa", "dense-eager"])
 def test_layer_fwd_bwd(benchmark, provider, n):
     torch.manual_seed(0)
     ids, am, ctx = real_batch(n)
     q, k, v = (torch.randn(B, H, n, D, requires_grad=True) for _ in range(3))
     plan = HeadPlan.parse("paper", 1, H).layer(0)
-    if provider == "paper-fast":
+    if provider == "paper-self-fast":
+        plan = HeadPlan.parse(str(HeadPlan.parse("paper", 1, H)).replace("match/", "match-self/"),
+                              1, H).layer(0)
+    if provider.startswith("paper"):
         fn = lambda: torch_attention(q, k, v, plan, ctx)
         if n <= 512:  # correctness before timing
             torch.testing.assert_close(fn(), reference_attention(q, k, v, plan, ctx)[0],
