@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from attnsum_kernels import attention_ref
 
 from .patterns import PatternContext, PatternError, Ranges, dense_mask

@@ -216,11 +216,18 @@ def generate_matching_token(fallback: str = "full") -> Pattern:
         tok, valid = ctx.token_ids, ctx.valid
         big = torch.iinfo(torch.long).max
         keys = torch.where(valid, tok.long(), big)  # padding sorts last
-        keys_sorted, perm = torch.sort(keys, dim=1, stable=True)
-        lo = torch.searchsorted(keys_sorted, keys_sorted, side="left")
-        hi = torch.searchsorted(keys_sorted, keys_sorted, side="right")
+        sorted_keys, perm = torch.sort(keys, dim=1, stable=True)
+        size = (torch.searchsorted(sorted_keys, sorted_keys, side="right")
+                - torch.searchsorted(sorted_keys, sorted_keys, side="left"))
+        has_match = torch.empty_like(valid).scatter_(1, perm, size > 1)
+        # Order: matched tokens grouped by id, then tokens with no match, then padding. The
+        # no-match rows (dense rows with fallback "full") end up in the last query blocks.
+        keys = torch.where(valid & ~has_match, big - 1, keys)
+        sorted_keys, perm = torch.sort(keys, dim=1, stable=True)
+        lo = torch.searchsorted(sorted_keys, sorted_keys, side="left")
+        hi = torch.searchsorted(sorted_keys, sorted_keys, side="right")
         valid_sorted = torch.gather(valid, 1, perm)
-        has_match = (hi - lo) > 1
+        has_match = torch.gather(has_match, 1, perm) & valid_sorted
         pos = torch.arange(tok.shape[1], device=tok.device).expand_as(lo)
         if fallback == "full":
             n_valid = valid.sum(1, keepdim=True).expand_as(lo)

@@ -1,0 +1,57 @@
+"""Adapter from head plans and pattern contexts to the fused Triton kernel."""
+
+from __future__ import annotations
+
+import torch
+
+from attnsum_kernels.fused import SOFTMAX, SYNTH, RangeTables, patterned_attention
+
+from .patterns import PatternContext, PatternError, get_pattern
+from .plan import LayerPlan
+
+ALL = "__all__"  # the table of learned heads: every valid key
+
+
+def _all_keys(ctx: PatternContext):
+    B, N = ctx.shape
+    lengths = ctx.valid.sum(1)
+    pos = torch.arange(N, device=ctx.valid.device)
+    if not torch.equal(ctx.valid, pos[None, :] < lengths[:, None]):
+        raise PatternError("the fused kernel needs right padding (valid tokens first)")
+    lo = torch.zeros(B, N, dtype=torch.int32, device=pos.device)
+    return pos.expand(B, N), lo, lengths[:, None].expand(B, N).int(), torch.zeros_like(lo)
+
+
+def layer_tables(plan: LayerPlan, ctx: PatternContext) -> tuple[list[str], RangeTables]:
+    """The range tables a layer's heads read (memoized per batch: layers with the same
+    patterns share them), and the table names in order."""
+    names = [ALL] + sorted({s.pattern for s in plan if s is not None})
+
+    def build():
+        B, N = ctx.shape
+        parts = []
+        for name in names:
+            if name == ALL:
+                parts.append(_all_keys(ctx))
+                continue
+            r = ctx.ranges(get_pattern(name))
+            perm = r.perm if r.perm is not None else torch.arange(N, device=r.lo.device).expand(B, N)
+            parts.append((perm, r.lo, r.hi, r.exclude_self))
+        return RangeTables(*(torch.stack([p[i] for p in parts]) for i in range(4)))
+
+    return names, ctx.memo(("fused-tables", tuple(names)), build)
+
+
+def fused_layer_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None
+                          ) -> torch.Tensor:
+    """(B, H, N, D) -> (B, H, N, D) through one launch of the fused kernel (forward and
+    backward). Every pattern in `plan` must have a range form."""
+    for s in plan:
+        if s is not None and not s.pat.has_ranges:
+            raise PatternError(f"pattern {s.pattern!r} has no range form: use backend 'torch'")
+    names, tables = layer_tables(plan, ctx)
+    kinds = torch.tensor([SYNTH if s is not None and s.mode == "synth" else SOFTMAX for s in plan],
+                         dtype=torch.int32, device=q.device)
+    tab = torch.tensor([0 if s is None else names.index(s.pattern) for s in plan],
+                       dtype=torch.int32, device=q.device)
+    return patterned_attention(q, k, v, kinds, tab, tables, scale)

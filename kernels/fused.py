@@ -1,0 +1,409 @@
+"""Fused Triton attention for a layer that mixes learned, masked and synthesized heads.
+
+Every head reads one *range table* (DESIGN.md, "ranges"): in some ordering `perm` of the
+positions, the query at ordered position p attends the keys at ordered positions
+[lo[p], hi[p]), minus p itself when excl[p]. Learned heads use the table "every valid key";
+a masked head takes a softmax restricted to its table; a synthesized head averages V over it
+with no Q or K. One launch covers all heads: the head index selects its kind and table.
+
+Programs work on blocks of *ordered* positions, so a block's rows have nearby ranges and a
+program visits only the key blocks its rows' ranges touch (block skipping): 1-2 key blocks
+for an intra-sentence head, the equal-token group for matching-token heads (ordered by token
+id), everything for learned heads. Queries, keys and values are gathered through `perm`, and
+outputs and gradients written back to original positions.
+
+Backward is deterministic (no atomics): one kernel per query block computes dQ, one per key
+block computes dK and dV, each row written by exactly one program. The key-block kernel
+visits the query blocks listed for it in a block table built once per batch.
+
+Layers: `@triton.jit` kernels -> launchers (`_forward`, `_backward`) -> `_PatternedAttention`
+(autograd) -> `patterned_attention` (public, shapes in its docstring).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+import triton
+import triton.language as tl
+
+SOFTMAX, SYNTH = 0, 1  # head kinds
+LOG2E = 1.4426950408889634
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass
+class RangeTables:
+    """T range tables over a batch, all (T, B, N): perm (int32, ordered position -> original
+    position), lo / hi (int32, ordered key range of each ordered query), excl (int8, 1 = the
+    query's own key is excluded)."""
+
+    perm: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    excl: torch.Tensor
+    _blocks: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        shape = self.perm.shape
+        if self.perm.dim() != 3 or any(t.shape != shape for t in (self.lo, self.hi, self.excl)):
+            raise ValueError("perm, lo, hi and excl must all be (T, B, N)")
+        self.perm, self.lo, self.hi = (t.to(torch.int32).contiguous()
+                                       for t in (self.perm, self.lo, self.hi))
+        self.excl = self.excl.to(torch.int8).contiguous()
+
+    def blocks(self, block_m: int, block_n: int) -> BlockTables:
+        key = (block_m, block_n)
+        if key not in self._blocks:
+            self._blocks[key] = _block_tables(self, block_m, block_n)
+        return self._blocks[key]
+
+
+@dataclass
+class BlockTables:
+    """Block structure of `RangeTables` for one block size.
+
+    kb_start, kb_end: (T, B, NQB) int32, the key blocks each query block visits.
+    qb_index: (T, B, NKB, MAXQ) int32, the query blocks that visit each key block, and
+    qb_count: (T, B, NKB) int32 how many of them there are.
+    """
+
+    kb_start: torch.Tensor
+    kb_end: torch.Tensor
+    qb_index: torch.Tensor
+    qb_count: torch.Tensor
+
+
+def _block_tables(t: RangeTables, block_m: int, block_n: int) -> BlockTables:
+    T, B, N = t.lo.shape
+    nqb, nkb = triton.cdiv(N, block_m), triton.cdiv(N, block_n)
+    lo, hi = t.lo.long(), t.hi.long()
+    nonempty = hi - lo - t.excl.long() > 0
+    pad = nqb * block_m - N
+
+    def blocks(x, fill):
+        return torch.nn.functional.pad(x, (0, pad), value=fill).view(T, B, nqb, block_m)
+
+    start = blocks(torch.where(nonempty, lo, N), N).amin(-1)
+    end = blocks(torch.where(nonempty, hi, 0), 0).amax(-1)
+    kb_start = torch.div(start, block_n, rounding_mode="floor")
+    kb_end = torch.where(end > start, torch.div(end + block_n - 1, block_n, rounding_mode="floor"),
+                         kb_start)
+    kb = torch.arange(nkb, device=lo.device)
+    visits = (kb_start[..., None] <= kb) & (kb < kb_end[..., None])  # (T, B, NQB, NKB)
+    by_key = visits.transpose(-1, -2)  # (T, B, NKB, NQB)
+    count = by_key.sum(-1)
+    maxq = max(1, int(count.max().item()))
+    order = torch.argsort((~by_key).to(torch.int8), dim=-1, stable=True)[..., :maxq]
+    return BlockTables(kb_start.to(torch.int32).contiguous(), kb_end.to(torch.int32).contiguous(),
+                       order.to(torch.int32).contiguous(), count.to(torch.int32).contiguous())
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _allowed(offs_m, offs_n, lo, hi, ex, N):
+    """(BM, BN) mask: ordered key offs_n lies in the ordered query's range, minus itself."""
+    inside = (offs_n[None, :] >= lo[:, None]) & (offs_n[None, :] < hi[:, None])
+    own = (ex[:, None] != 0) & (offs_n[None, :] == offs_m[:, None])
+    return inside & ~own & (offs_n[None, :] < N)
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, PERM, LO, HI, EX, KBS, KBE, KIND, TAB,
+                sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_n,
+                st_t, st_b, sb_t, sb_b, H, N, scale_log2,
+                D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                PRECISION: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    kind = tl.load(KIND + h)
+    t = tl.load(TAB + h)
+    tb = t * st_t + b * st_b
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    in_m = offs_m < N
+    pq = tl.load(PERM + tb + offs_m, mask=in_m, other=0)
+    lo = tl.load(LO + tb + offs_m, mask=in_m, other=0)
+    hi = tl.load(HI + tb + offs_m, mask=in_m, other=0)
+    ex = tl.load(EX + tb + offs_m, mask=in_m, other=0)
+    kb_lo = tl.load(KBS + t * sb_t + b * sb_b + pid_m)
+    kb_hi = tl.load(KBE + t * sb_t + b * sb_b + pid_m)
+    k_base = K + b * sk_b + h * sk_h
+    v_base = V + b * sv_b + h * sv_h
+    o_ptrs = O + b * so_b + h * so_h + pq[:, None] * so_n + offs_d[None, :]
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    if kind == 1:  # synthesize: mean of V over the range, no Q or K
+        for kb in range(kb_lo, kb_hi):
+            offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+            pk = tl.load(PERM + tb + offs_n, mask=offs_n < N, other=0)
+            v = tl.load(v_base + pk[:, None] * sv_n + offs_d[None, :], mask=(offs_n < N)[:, None],
+                        other=0.0)
+            p = _allowed(offs_m, offs_n, lo, hi, ex, N).to(v.dtype)
+            acc += tl.dot(p, v, input_precision=PRECISION)
+        count = tl.maximum(hi - lo - ex.to(tl.int32), 0).to(tl.float32)
+        out = acc / tl.maximum(count, 1.0)[:, None]
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_m[:, None])
+    else:  # softmax over the range (flash attention with block skipping)
+        q = tl.load(Q + b * sq_b + h * sq_h + pq[:, None] * sq_n + offs_d[None, :],
+                    mask=in_m[:, None], other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for kb in range(kb_lo, kb_hi):
+            offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+            pk = tl.load(PERM + tb + offs_n, mask=offs_n < N, other=0)
+            k = tl.load(k_base + pk[:, None] * sk_n + offs_d[None, :], mask=(offs_n < N)[:, None],
+                        other=0.0)
+            v = tl.load(v_base + pk[:, None] * sv_n + offs_d[None, :], mask=(offs_n < N)[:, None],
+                        other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+            s = tl.where(_allowed(offs_m, offs_n, lo, hi, ex, N), s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        has = l_i > 0
+        out = acc / tl.where(has, l_i, 1.0)[:, None]
+        lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("inf"))
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_m[:, None])
+        tl.store(LSE + pid_bh * N + pq, lse, mask=in_m)
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PERM, LO, HI, EX, KBS, KBE, KIND, TAB,
+                   sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sd_b, sd_h, sd_n,
+                   sdq_b, sdq_h, sdq_n, st_t, st_b, sb_t, sb_b, H, N, scale_log2, scale,
+                   D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    kind = tl.load(KIND + h)
+    t = tl.load(TAB + h)
+    tb = t * st_t + b * st_b
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    in_m = offs_m < N
+    pq = tl.load(PERM + tb + offs_m, mask=in_m, other=0)
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    if kind == 0:  # synthesized heads do not depend on Q
+        lo = tl.load(LO + tb + offs_m, mask=in_m, other=0)
+        hi = tl.load(HI + tb + offs_m, mask=in_m, other=0)
+        ex = tl.load(EX + tb + offs_m, mask=in_m, other=0)
+        q = tl.load(Q + b * sq_b + h * sq_h + pq[:, None] * sq_n + offs_d[None, :],
+                    mask=in_m[:, None], other=0.0)
+        do = tl.load(DO + b * sd_b + h * sd_h + pq[:, None] * sd_n + offs_d[None, :],
+                     mask=in_m[:, None], other=0.0)
+        lse = tl.load(LSE + pid_bh * N + pq, mask=in_m, other=float("inf"))
+        delta = tl.load(DELTA + pid_bh * N + pq, mask=in_m, other=0.0)
+        kb_lo = tl.load(KBS + t * sb_t + b * sb_b + pid_m)
+        kb_hi = tl.load(KBE + t * sb_t + b * sb_b + pid_m)
+        for kb in range(kb_lo, kb_hi):
+            offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+            pk = tl.load(PERM + tb + offs_n, mask=offs_n < N, other=0)
+            k = tl.load(K + b * sk_b + h * sk_h + pk[:, None] * sk_n + offs_d[None, :],
+                        mask=(offs_n < N)[:, None], other=0.0)
+            v = tl.load(V + b * sv_b + h * sv_h + pk[:, None] * sv_n + offs_d[None, :],
+                        mask=(offs_n < N)[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+            ok = _allowed(offs_m, offs_n, lo, hi, ex, N)
+            p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    dq = dq * scale
+    tl.store(DQ + b * sdq_b + h * sdq_h + pq[:, None] * sdq_n + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=in_m[:, None])
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PERM, LO, HI, EX, QBI, QBC, KIND, TAB,
+                     sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sd_b, sd_h, sd_n,
+                     sdk_b, sdk_h, sdk_n, sdv_b, sdv_h, sdv_n, st_t, st_b, sc_t, sc_b, si_t, si_b,
+                     si_k, H, N, scale_log2, scale,
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    kind = tl.load(KIND + h)
+    t = tl.load(TAB + h)
+    tb = t * st_t + b * st_b
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    in_n = offs_n < N
+    pk = tl.load(PERM + tb + offs_n, mask=in_n, other=0)
+    k = tl.load(K + b * sk_b + h * sk_h + pk[:, None] * sk_n + offs_d[None, :],
+                mask=in_n[:, None], other=0.0)
+    v = tl.load(V + b * sv_b + h * sv_h + pk[:, None] * sv_n + offs_d[None, :],
+                mask=in_n[:, None], other=0.0)
+    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    n_qb = tl.load(QBC + t * sc_t + b * sc_b + pid_n)
+    for i in range(0, n_qb):
+        qb = tl.load(QBI + t * si_t + b * si_b + pid_n * si_k + i)
+        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+        in_m = offs_m < N
+        pq = tl.load(PERM + tb + offs_m, mask=in_m, other=0)
+        lo = tl.load(LO + tb + offs_m, mask=in_m, other=0)
+        hi = tl.load(HI + tb + offs_m, mask=in_m, other=0)
+        ex = tl.load(EX + tb + offs_m, mask=in_m, other=0)
+        do = tl.load(DO + b * sd_b + h * sd_h + pq[:, None] * sd_n + offs_d[None, :],
+                     mask=in_m[:, None], other=0.0)
+        ok = _allowed(offs_m, offs_n, lo, hi, ex, N) & in_m[:, None]
+        if kind == 1:
+            count = tl.maximum(hi - lo - ex.to(tl.int32), 1).to(tl.float32)
+            p = tl.where(ok, 1.0 / count[:, None], 0.0)
+            dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
+        else:
+            q = tl.load(Q + b * sq_b + h * sq_h + pq[:, None] * sq_n + offs_d[None, :],
+                        mask=in_m[:, None], other=0.0)
+            lse = tl.load(LSE + pid_bh * N + pq, mask=in_m, other=float("inf"))
+            delta = tl.load(DELTA + pid_bh * N + pq, mask=in_m, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+            p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
+            dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PRECISION)
+    dk = dk * scale
+    tl.store(DK + b * sdk_b + h * sdk_h + pk[:, None] * sdk_n + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=in_n[:, None])
+    tl.store(DV + b * sdv_b + h * sdv_h + pk[:, None] * sdv_n + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=in_n[:, None])
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _block_sizes(D: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps). Small blocks under the CPU interpreter keep tests quick
+    and give small shapes several blocks."""
+    if _interpreting():
+        return 16, 16, 4
+    return (64, 64, 4) if D <= 64 else (64, 32, 4)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _bh(x):  # strides of a (B, H, N, D) tensor whose last dim is contiguous
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _forward(q, k, v, kinds, tabs, tables: RangeTables, scale):
+    B, H, N, D = q.shape
+    bm, bn, warps = _block_sizes(D)
+    blk = tables.blocks(bm, bn)
+    o = torch.empty(B, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)  # (B, H, N, D)
+    lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
+    grid = (triton.cdiv(N, bm), B * H)
+    _fwd_kernel[grid](q, k, v, o, lse, tables.perm, tables.lo, tables.hi, tables.excl,
+                      blk.kb_start, blk.kb_end, kinds, tabs,
+                      *_bh(q), *_bh(k), *_bh(v), *_bh(o),
+                      tables.perm.stride(0), tables.perm.stride(1),
+                      blk.kb_start.stride(0), blk.kb_start.stride(1), H, N, scale * LOG2E,
+                      D=D, BLOCK_M=bm, BLOCK_N=bn, PRECISION=_precision(q.dtype), num_warps=warps)
+    return o, lse
+
+
+def _backward(q, k, v, o, lse, do, kinds, tabs, tables: RangeTables, scale):
+    B, H, N, D = q.shape
+    bm, bn, warps = _block_sizes(D)
+    blk = tables.blocks(bm, bn)
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, N)
+    dq, dk, dv = (torch.empty(B, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
+                  for _ in range(3))
+    prec = _precision(q.dtype)
+    st = (tables.perm.stride(0), tables.perm.stride(1))
+    _bwd_dq_kernel[(triton.cdiv(N, bm), B * H)](
+        q, k, v, do, dq, lse, delta, tables.perm, tables.lo, tables.hi, tables.excl,
+        blk.kb_start, blk.kb_end, kinds, tabs, *_bh(q), *_bh(k), *_bh(v), *_bh(do), *_bh(dq),
+        *st, blk.kb_start.stride(0), blk.kb_start.stride(1), H, N, scale * LOG2E, scale,
+        D=D, BLOCK_M=bm, BLOCK_N=bn, PRECISION=prec, num_warps=warps)
+    _bwd_dkdv_kernel[(triton.cdiv(N, bn), B * H)](
+        q, k, v, do, dk, dv, lse, delta, tables.perm, tables.lo, tables.hi, tables.excl,
+        blk.qb_index, blk.qb_count, kinds, tabs, *_bh(q), *_bh(k), *_bh(v), *_bh(do), *_bh(dk),
+        *_bh(dv), *st, blk.qb_count.stride(0), blk.qb_count.stride(1), blk.qb_index.stride(0),
+        blk.qb_index.stride(1), blk.qb_index.stride(2), H, N, scale * LOG2E, scale,
+        D=D, BLOCK_M=bm, BLOCK_N=bn, PRECISION=prec, num_warps=warps)
+    return dq, dk, dv
+
+
+class _PatternedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, kinds, tabs, tables, scale):
+        o, lse = _forward(q, k, v, kinds, tabs, tables, scale)
+        ctx.save_for_backward(q, k, v, o, lse, kinds, tabs)
+        ctx.tables, ctx.scale = tables, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, kinds, tabs = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, o, lse, do, kinds, tabs, ctx.tables, ctx.scale)
+        return dq, dk, dv, None, None, None, None
+
+
+def patterned_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kinds: torch.Tensor,
+                        table_of_head: torch.Tensor, tables: RangeTables,
+                        scale: float | None = None) -> torch.Tensor:
+    """Attention of one layer whose heads are learned, masked or synthesized, in one launch.
+
+    Args:
+        q, k, v: (B, H, N, D), fp32 / fp16 / bf16, last dimension contiguous; D in 16, 32,
+            64, 128. On CUDA, or on CPU under ``TRITON_INTERPRET=1``.
+        kinds: (H,) int32, 0 = softmax over the head's table (learned or masked heads),
+            1 = synthesize (uniform over the table, q and k unused).
+        table_of_head: (H,) int32, index into the T tables of `tables`.
+        tables: `RangeTables` with (T, B, N) perm, lo, hi, excl. A learned head's table is the
+            natural order with [0, n_valid) on every row.
+        scale: softmax scale, default 1 / sqrt(D).
+
+    Returns:
+        (B, H, N, D) in q's dtype (a view of a (B, N, H, D) tensor). A row whose range holds
+        no key outputs zero. Gradients flow to q, k and v.
+
+    Example table of an intra-sentence head, sentences [0, 3) and [3, 5), natural order::
+
+        p   : 0 1 2 3 4
+        lo  : 0 0 0 3 3
+        hi  : 3 3 3 5 5
+    """
+    B, H, N, D = q.shape
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must share one shape, got {q.shape}, {k.shape}, {v.shape}")
+    if D not in (16, 32, 64, 128):
+        raise ValueError(f"head dim {D} is not supported (16, 32, 64 or 128)")
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype {q.dtype} is not supported")
+    if not (q.is_cuda or _interpreting()):
+        raise ValueError("the fused kernel runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1)")
+    if tables.perm.shape[1:] != (B, N):
+        raise ValueError(f"tables are for (B, N) = {tuple(tables.perm.shape[1:])}, input is {(B, N)}")
+    if kinds.shape != (H,) or table_of_head.shape != (H,):
+        raise ValueError(f"kinds and table_of_head must be ({H},)")
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    kinds = kinds.to(device=q.device, dtype=torch.int32)
+    table_of_head = table_of_head.to(device=q.device, dtype=torch.int32)
+    return _PatternedAttention.apply(q, k, v, kinds, table_of_head, tables, scale)
