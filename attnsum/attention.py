@@ -283,4 +283,5 @@ def _triton_ready(plan: LayerPlan) -> bool:
         import triton  # noqa: F401
     except ImportError:
         return False
-    return all(s is None or s.pat.has_ranges for s in plan)
+    # Learned-only layers go to SDPA; the kernel earns its keep on patterned heads.
+    return any(s is not None for s in plan) and all(s is None or s.pat.has_ranges for s in plan)

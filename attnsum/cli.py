@@ -45,12 +45,34 @@ def cmd_evaluate(args) -> None:
     extra = {"dataset": args.dataset, "split": args.split, "max_len": args.max_len,
              "skipped": dict(prepared.skipped)}
     rows = {s: evaluate_system(s, prepared.examples, out, extra) for s in systems}
+    if args.checkpoint:
+        from .model import Summarizer
+        from .train import best_checkpoint, evaluate_model
+
+        model = Summarizer.load(best_checkpoint(args.checkpoint))
+        rows["model"] = evaluate_model(model, prepared.examples, out, "model", k=args.k,
+                                       trigram_blocking=not args.no_trigram_blocking, extra=extra)
     print(f"{args.dataset}/{args.split}: {len(prepared.examples)} documents "
           "(ROUGE F1, mean [95% bootstrap interval])")
     print(format_table(rows))
     if prepared.skipped:
         print(format_skips(prepared.skipped))
     print(f"predictions and scores written to {out}/")
+
+
+def cmd_train(args) -> None:
+    from dataclasses import fields
+
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                         if hasattr(args, f.name)})
+    result = train(cfg)
+    for e in result["best"]:
+        v = e["val"]
+        print(f"step {e['step']}: val ROUGE-1/2/Lsum {v['rouge1']:.2f}/{v['rouge2']:.2f}/"
+              f"{v['rougeLsum']:.2f}  {e['path']}")
+    print(f"run folder: {result['out']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,14 +83,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default="lead3,oracle",
                    help="lead3, oracle, or a comma-separated list (default: both)")
     _add_dataset_args(p)
+    p.add_argument("--checkpoint", default=None,
+                   help="also evaluate a trained model (checkpoint or run folder)")
+    p.add_argument("-k", type=int, default=3, help="sentences per model summary")
+    p.add_argument("--no-trigram-blocking", action="store_true",
+                   help="model selections without trigram blocking")
     p.add_argument("--out", default="runs/evaluate", help="output folder")
     p.set_defaults(func=cmd_evaluate)
+
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a summarizer (teacher or student)")
+    p.add_argument("--preset", default=d.preset,
+                   help="minilm, bert-base, student-6x12, student-6x8 or tiny")
+    p.add_argument("--plan", default=d.plan,
+                   help="head plan: none, paper, LAYERS:HEADS=PATTERN/MODE;... or a JSON file")
+    p.add_argument("--inject", default=d.inject, choices=["heads", "side"],
+                   help="patterns on the encoder's own heads, or on side layers (pretrained)")
+    p.add_argument("--classifier", default=d.classifier, choices=["linear", "transformer"])
+    p.add_argument("--dataset", default=d.dataset)
+    p.add_argument("--train-split", dest="train_split", default=d.train_split)
+    p.add_argument("--val-split", dest="val_split", default=d.val_split)
+    p.add_argument("--limit", type=int, default=None, help="documents per split")
+    p.add_argument("--max-len", dest="max_len", type=int, default=d.max_len)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size)
+    p.add_argument("--accum", type=int, default=d.accum, help="gradient accumulation steps")
+    p.add_argument("--optimizer", default=d.optimizer, choices=["adam-noam", "adamw"])
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--val-every", dest="val_every", type=int, default=d.val_every)
+    p.add_argument("--keep-best", dest="keep_best", type=int, default=d.keep_best)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--teacher", default=None, help="checkpoint to distil sentence scores from")
+    p.add_argument("--distill-weight", dest="distill_weight", type=float, default=d.distill_weight)
+    p.add_argument("--backend", default=d.backend, choices=["auto", "triton", "torch", "reference"])
+    p.add_argument("--out", default=d.out, help="run folder (resumed if it holds a checkpoint)")
+    p.set_defaults(func=cmd_train)
     return parser
+
+
+def _read_plan_file(args) -> None:
+    plan = getattr(args, "plan", None)
+    if plan and plan.endswith(".json"):
+        try:
+            args.plan = Path(plan).read_text(encoding="utf-8")
+        except OSError as e:
+            raise DataError(f"cannot read plan file {plan}: {e.strerror}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _read_plan_file(args)
         args.func(args)
     except (DataError, ValueError, RuntimeError, OSError) as e:
         print(f"attnsum {args.command}: error: {e}", file=sys.stderr)
