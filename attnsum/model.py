@@ -110,19 +110,20 @@ class SideAttention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(B, N, -1))
 
 
-class _SideOutput(nn.Module):
-    """BertSelfOutput with a side attention added before the residual LayerNorm."""
+def _add_side(self_output: nn.Module, side: SideAttention, owner: Summarizer) -> None:
+    """Give a BertSelfOutput a side attention added before its residual LayerNorm. Its own
+    parameter names stay as they are, so pretrained weights load unchanged."""
+    self_output.side = side
+    self_output._owner = [owner]  # a list: not registered as a submodule
 
-    def __init__(self, orig: nn.Module, side: SideAttention, owner: Summarizer):
-        super().__init__()
-        self.orig, self.side = orig, side
-        self._owner = [owner]  # a list: not registered as a submodule
+    def forward(hidden_states, input_tensor):
+        own = owner_ref[0]
+        h = self_output.dropout(self_output.dense(hidden_states))
+        h = h + self_output.side(input_tensor, own._ctx, own.backend)
+        return self_output.LayerNorm(h + input_tensor)
 
-    def forward(self, hidden_states, input_tensor):
-        owner = self._owner[0]
-        h = self.orig.dropout(self.orig.dense(hidden_states))
-        h = h + self.side(input_tensor, owner._ctx, owner.backend)
-        return self.orig.LayerNorm(h + input_tensor)
+    owner_ref = self_output._owner
+    self_output.forward = forward
 
 
 class InterSentenceEncoder(nn.Module):
@@ -204,7 +205,7 @@ class Summarizer(nn.Module):
             apply_plan(self.encoder, HeadPlan.none(cfg.layers, cfg.heads))
             for i, layer in enumerate(self.encoder.encoder.layer):
                 side = SideAttention(cfg.hidden, cfg.side_heads, cfg.side_head_dim, plan.layer(i))
-                layer.attention.output = _SideOutput(layer.attention.output, side, self)
+                _add_side(layer.attention.output, side, self)
         if cfg.classifier == "transformer":
             self.inter = InterSentenceEncoder(cfg.hidden, 8 if cfg.hidden % 8 == 0 else 1,
                                               cfg.ffn, cfg.dropout)

@@ -1,0 +1,130 @@
+"""Training, checkpoints, resume, distillation, and the fused path's loss curve."""
+
+import json
+
+import pytest
+import torch
+
+from attnsum.data import Corpus, Document, load_corpus
+from attnsum.model import Summarizer, model_config, read_config
+from attnsum.patterns import PatternError
+from attnsum.preprocess import PreprocessConfig, prepare
+from attnsum.train import TrainConfig, collate, distill_loss, predict_scores, train
+
+
+@pytest.fixture(scope="module")
+def examples():
+    corpus = load_corpus("embedded", "train", limit=12)
+    return prepare(corpus, PreprocessConfig(max_len=128)).examples
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(preset="tiny", plan="paper", steps=12, batch_size=4, optimizer="adamw", lr=2e-3,
+                warmup=2, val_every=6, log_every=1, out=str(tmp_path / "run"), progress=False,
+                max_len=128)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(run):
+    return [m["loss"] for m in map(json.loads, open(f"{run}/metrics.jsonl")) if "loss" in m]
+
+
+def test_tiny_model_learns(tmp_path, examples):
+    train(_cfg(tmp_path, steps=40, val_every=40), examples, examples[:4])
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 40
+    assert sum(losses[-8:]) / 8 < 0.6 * sum(losses[:8]) / 8
+
+
+def test_save_load_gives_identical_scores(tmp_path, examples):
+    model = Summarizer(model_config("tiny", "paper"))
+    before = predict_scores(model, examples[:5])
+    model.save(tmp_path / "ckpt")
+    loaded = Summarizer.load(tmp_path / "ckpt")
+    assert predict_scores(loaded, examples[:5]) == before
+    assert read_config(tmp_path / "ckpt").plan == model.cfg.plan
+
+
+def test_resume_continues_with_the_same_state(tmp_path, examples):
+    straight = tmp_path / "a"
+    train(_cfg(tmp_path, out=str(straight), steps=8, val_every=4), examples, examples[:3])
+    resumed = tmp_path / "b"
+    train(_cfg(tmp_path, out=str(resumed), steps=4, val_every=4), examples, examples[:3])
+    state = json.loads((resumed / "last" / "trainer.json").read_text())
+    assert state["step"] == 4
+    train(_cfg(tmp_path, out=str(resumed), steps=8, val_every=4), examples, examples[:3])
+    assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5)
+    a = Summarizer.load(straight / "last").state_dict()
+    b = Summarizer.load(resumed / "last").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
+def test_fused_kernel_and_torch_path_give_the_same_loss_curve(tmp_path, examples):
+    short = [e for e in examples if len(e.input_ids) <= 128][:6]
+    runs = {}
+    for backend in ("torch", "triton"):
+        out = tmp_path / backend
+        train(_cfg(tmp_path, out=str(out), steps=3, batch_size=2, val_every=100, backend=backend),
+              short, short[:1])
+        runs[backend] = _losses(out)
+    assert runs["triton"] == pytest.approx(runs["torch"], rel=1e-4)
+
+
+def test_distillation_loss():
+    s = torch.randn(3, 7)
+    mask = torch.ones(3, 7)
+    assert distill_loss(s, s, mask).abs().item() < 1e-5
+    assert distill_loss(s, s + 1.0, mask).item() > 0.1
+
+
+def test_side_layers_start_identical_to_the_original(examples):
+    torch.manual_seed(0)
+    plain = Summarizer(model_config("tiny", "none"))
+    side = Summarizer(model_config("tiny", "paper", inject="side"))
+    missing, _ = side.load_state_dict(plain.state_dict(), strict=False)
+    assert all(".side." in k for k in missing)
+    plain.eval()
+    side.eval()
+    for a, b in zip(predict_scores(side, examples[:3]), predict_scores(plain, examples[:3]),
+                    strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_bad_checkpoints_and_plans(tmp_path, examples):
+    with pytest.raises(PatternError, match="head index 7 is out of range"):
+        model_config("tiny", "*:7=sent/mask")
+    with pytest.raises(RuntimeError, match="not an attnsum checkpoint"):
+        Summarizer.load(tmp_path)
+    model = Summarizer(model_config("tiny", "paper"))
+    model.save(tmp_path / "c")
+    (tmp_path / "c" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="cannot read"):
+        Summarizer.load(tmp_path / "c")
+    train(_cfg(tmp_path, steps=2, val_every=2), examples, examples[:2])
+    with pytest.raises(RuntimeError, match="another preset or plan"):
+        train(_cfg(tmp_path, steps=4, plan="none"), examples, examples[:2])
+
+
+def test_collate_layout(examples):
+    batch = collate(examples[:3])
+    for b, e in enumerate(examples[:3]):
+        n = len(e.input_ids)
+        assert batch.attention_mask[b].sum() == n
+        assert batch.input_ids[b, batch.cls_positions[b, 0]] == 101
+        assert batch.ctx.sentence_ids[b, :n].max() == len(e.spans) - 1
+
+
+def test_dataset_without_labels(tmp_path):
+    from attnsum.data import DataError
+    from attnsum.train import load_examples
+
+    corpus = Corpus("x", "test", [Document("d", ["a sentence that has enough words in it ."],
+                                           ["zzz qqq"])])
+    assert not any(prepare(corpus, use_cache=False).examples[0].labels)
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"article": ["a sentence that has enough words in it ."],
+                             "highlights": ["zzz"]}) + "\n")
+    with pytest.raises(DataError, match="no oracle label"):
+        load_examples(TrainConfig(dataset=str(p)), "test")
