@@ -75,6 +75,17 @@ def cmd_train(args) -> None:
     print(f"run folder: {result['out']}")
 
 
+def cmd_experiment(args) -> None:
+    import time
+
+    from .experiment import run_experiment
+
+    t0 = time.time()
+    table = run_experiment(args.out, args.seeds, args.full, args.dataset, args.limit)
+    print(table)
+    print(f"({time.time() - t0:.0f} s; written to {args.out}/experiment.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnsum", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default=d.backend, choices=["auto", "triton", "torch", "reference"])
     p.add_argument("--out", default=d.out, help="run folder (resumed if it holds a checkpoint)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("experiment", help="the paper's comparison table over several seeds")
+    p.add_argument("--dataset", default="embedded")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--full", action="store_true", help="full settings (GPU) instead of quick")
+    p.add_argument("--limit", type=int, default=None, help="documents per split")
+    p.add_argument("--out", default="runs/experiment")
+    p.set_defaults(func=cmd_experiment)
     return parser
 
 

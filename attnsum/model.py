@@ -188,6 +188,10 @@ class Summarizer(nn.Module):
         self.backend = "auto"
         self._ctx: PatternContext | None = None
         if cfg.pretrained and load_pretrained:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()  # the unused pooler weights are expected
+            hf_logging.disable_progress_bar()
             src = str(minilm_dir()) if cfg.pretrained == "minilm" else cfg.pretrained
             try:
                 self.encoder = BertModel.from_pretrained(src, add_pooling_layer=False)
