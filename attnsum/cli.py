@@ -86,6 +86,27 @@ def cmd_experiment(args) -> None:
     print(f"({time.time() - t0:.0f} s; written to {args.out}/experiment.md)")
 
 
+def cmd_analyze(args) -> None:
+    from .model import Summarizer
+    from .report import analyze
+    from .train import best_checkpoint
+
+    ckpt = best_checkpoint(args.checkpoint)
+    model = Summarizer.load(ckpt)
+    args.max_len = model.cfg.max_positions if args.max_len is None else args.max_len
+    prepared = _load_examples(args)
+    result = analyze(model, prepared.examples, args.out, top_heads=args.top_heads,
+                     threshold=args.threshold, title=f"attnsum analysis of {ckpt}")
+    print(f"analyzed {result['documents']} documents; suggested plan: {result['plan_text']}")
+    print(f"report: {args.out}/report.html; plan for `attnsum train --plan`: {args.out}/plan.json")
+
+
+def cmd_pipeline(args) -> None:
+    from .pipeline import run_pipeline
+
+    print(run_pipeline(args.out, args.dataset, args.full, args.limit, args.seed))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnsum", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default=d.backend, choices=["auto", "triton", "torch", "reference"])
     p.add_argument("--out", default=d.out, help="run folder (resumed if it holds a checkpoint)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("analyze", help="head importance, pattern scores, plan and HTML report")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
+    _add_dataset_args(p)
+    p.set_defaults(split="val", max_len=None)
+    p.add_argument("--top-heads", dest="top_heads", type=int, default=4)
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="least attention mass on a pattern for a head to take it")
+    p.add_argument("--out", default="runs/analysis")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("pipeline", help="the whole method: teacher, analysis, patterned "
+                       "teacher and students, evaluation, timing, summary")
+    p.add_argument("--dataset", default="embedded")
+    p.add_argument("--full", action="store_true", help="full settings (GPU) instead of quick")
+    p.add_argument("--limit", type=int, default=None, help="documents per split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/pipeline", help="output folder (resumed if present)")
+    p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("experiment", help="the paper's comparison table over several seeds")
     p.add_argument("--dataset", default="embedded")

@@ -8,7 +8,8 @@
 The attention function receives q, k, v as (B, H, N, D) and returns (B, N, H, D). With
 ``output_attentions=True`` it runs the dense reference and returns the (B, H, N, N) maps (for
 analysis); otherwise the fast path of `patterned_attention` (``model.config.attnsum_backend``:
-auto, triton, torch or reference). Attention-probability dropout is not applied (the plans
+auto, triton, torch or reference). A module attribute ``attnsum_gates`` of shape (H,) scales
+each head's output (head importance). Attention-probability dropout is not applied (the plans
 target inference and students trained with hidden dropout only).
 """
 
@@ -45,6 +46,9 @@ def attnsum_attention(module, query, key, value, attention_mask, scaling=None, d
     else:
         backend = getattr(module.config, "attnsum_backend", "auto")
         out, probs = patterned_attention(query, key, value, heads, ctx, scaling, backend), None
+    gates = getattr(module, "attnsum_gates", None)  # (H,) head gates for importance analysis
+    if gates is not None:
+        out = out * gates.view(1, -1, 1, 1).to(out.dtype)
     return out.transpose(1, 2).contiguous(), probs
 
 
@@ -58,7 +62,7 @@ def register() -> None:
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def _self_attention_modules(model):
+def self_attention_modules(model):
     mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "query")
             and hasattr(m, "key")]
     return sorted(mods, key=lambda m: m.layer_idx)
@@ -72,7 +76,7 @@ def apply_plan(model, plan: HeadPlan, backend: str = "auto"):
     if (plan.num_layers, plan.num_heads) != (cfg.num_hidden_layers, cfg.num_attention_heads):
         raise PatternError(f"the plan is for {plan.num_layers} layers x {plan.num_heads} heads, the "
                            f"model has {cfg.num_hidden_layers} x {cfg.num_attention_heads}")
-    mods = _self_attention_modules(model)
+    mods = self_attention_modules(model)
     if len(mods) != plan.num_layers:
         raise PatternError(f"found {len(mods)} self-attention layers, the plan has {plan.num_layers}")
     for m in mods:

@@ -77,6 +77,8 @@ PRESETS: dict[str, ModelConfig] = {
                              ffn=3072),
     "student-6x12": ModelConfig("student-6x12", hidden=768, layers=6, heads=12, ffn=3072),
     "student-6x8": ModelConfig("student-6x8", hidden=512, layers=6, heads=8, ffn=2048),
+    # MiniLM's shape (6 x 12 heads of 32) from scratch: takes a plan suggested on the teacher.
+    "student-mini": ModelConfig("student-mini", hidden=384, layers=6, heads=12, ffn=1536),
     "tiny": ModelConfig("tiny", hidden=64, layers=2, heads=4, ffn=128),
 }
 
@@ -240,6 +242,18 @@ class Summarizer(nn.Module):
         if self.inter is not None:
             sents = self.inter(sents, mask)
         return self.score(sents).squeeze(-1).masked_fill(~mask, 0.0)
+
+    @torch.no_grad()
+    def attention_maps(self, input_ids, segment_ids, attention_mask, ctx=None) -> list[torch.Tensor]:
+        """The encoder heads' attention probabilities, one (B, H, N, N) tensor per layer."""
+        if ctx is None and self.needs_context:
+            ctx = PatternContext.from_bertsum(input_ids, attention_mask)
+        kwargs = {"pattern_context": ctx} if (ctx is not None and self.cfg.inject == "heads") else {}
+        self._ctx = ctx
+        out = self.encoder(input_ids=input_ids, token_type_ids=segment_ids,
+                           attention_mask=attention_mask, output_attentions=True, **kwargs)
+        self._ctx = None
+        return list(out.attentions)
 
     # ---- checkpoints
 

@@ -242,8 +242,9 @@ def load_examples(cfg: TrainConfig, split: str) -> list[Example]:
     prepared = prepare(corpus, PreprocessConfig(max_len=cfg.max_len))
     if not prepared.examples:
         raise DataError(f"{cfg.dataset}/{split}: no usable document")
-    if not any(any(e.labels) for e in prepared.examples):
-        raise DataError(f"{cfg.dataset}/{split}: no oracle label is positive (references empty?)")
+    if not any(e.oracle for e in prepared.examples):
+        raise DataError(f"{cfg.dataset}/{split}: the oracle selects no sentence in any document "
+                        "(references empty or unrelated?)")
     return prepared.examples
 
 

@@ -126,5 +126,5 @@ def test_dataset_without_labels(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text(json.dumps({"article": ["a sentence that has enough words in it ."],
                              "highlights": ["zzz"]}) + "\n")
-    with pytest.raises(DataError, match="no oracle label"):
+    with pytest.raises(DataError, match="oracle selects no sentence"):
         load_examples(TrainConfig(dataset=str(p)), "test")
