@@ -1,0 +1,310 @@
+"""Attention benchmark: one layer of a patterned model against general attention kernels.
+
+    python bench/bench_attention.py                      # GPU: the full grid, bench/results/<gpu>/
+    python bench/bench_attention.py --quick --device cpu # seconds, the harness check CI runs
+
+Providers: ours (fused Triton), ours-torch (the PyTorch path), eager, sdpa-flash,
+sdpa-efficient, sdpa-cudnn, sdpa-math (each backend forced), flex (FlexAttention, compiled,
+with a per-head BlockMask and score_mod equivalent to the plan; its BlockMask build time is
+reported as its own row), fa2 (FlashAttention-2, when installed). Dense providers compute every
+head as a learned head: that is what a general kernel does with a patterned model.
+
+Plans: learned (every head learned), paper (every head patterned), half (half of each).
+Every provider's output is checked against the dense reference before it is timed.
+
+CSV schema (one row per provider x plan x mode x shape x dtype), appended to --out:
+provider, plan, mode, B, H, N, D, dtype, ms, ms_p20, ms_p80, tflops_dense, tflops_needed,
+gbps, peak_mb, max_err, device, torch, triton, commit
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+if "--quick" in sys.argv:  # the kernels run on CPU through Triton's interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from attnsum.attention import layer_allowed, reference_attention, torch_attention  # noqa: E402
+from attnsum.fused import fused_layer_attention  # noqa: E402
+from attnsum.patterns import PatternContext  # noqa: E402
+from attnsum.plan import HeadPlan  # noqa: E402
+
+FIELDS = ["provider", "plan", "mode", "B", "H", "N", "D", "dtype", "ms", "ms_p20", "ms_p80",
+          "tflops_dense", "tflops_needed", "gbps", "peak_mb", "max_err", "device", "torch",
+          "triton", "commit"]
+PLANS = ("learned", "paper", "half")
+MODES = ("fwd", "bwd", "fwd+bwd")
+
+
+def plan_for(name: str, H: int):
+    if name == "half":  # the first half of the heads patterned as in the paper, the rest learned
+        groups = ("match/mask", "sent/mask", "next/synth", "prev/synth")
+        text = "; ".join(f"*:{h}={groups[h % 4]}" for h in range(H // 2))
+        return HeadPlan.parse(text, 1, H).layer(0)
+    return HeadPlan.parse({"learned": "none", "paper": "paper"}[name], 1, H).layer(0)
+
+
+def synthetic_batch(B: int, N: int, seed: int = 0, device="cpu"):
+    """BERTSum-shaped inputs: sentences of 10-60 tokens, each [CLS] ... [SEP], word ids drawn
+    from a Zipf-like law over the 30,522-piece vocabulary (so matching groups look like text)."""
+    g = torch.Generator().manual_seed(seed)
+    ranks = torch.arange(1, 30000, dtype=torch.float)
+    probs = 1.0 / ranks
+    ids = torch.zeros(B, N, dtype=torch.long)
+    for b in range(B):
+        pos = 0
+        while pos < N:
+            n = int(torch.randint(10, 61, (1,), generator=g))
+            body = torch.multinomial(probs, n, replacement=True, generator=g) + 1000
+            sent = torch.cat([torch.tensor([101]), body, torch.tensor([102])])[: N - pos]
+            ids[b, pos:pos + len(sent)] = sent
+            pos += len(sent)
+    am = torch.ones(B, N, dtype=torch.long)
+    ctx = PatternContext.from_bertsum(ids, am)
+    return PatternContext(ctx.token_ids.to(device), ctx.valid.to(device),
+                          ctx.sentence_ids.to(device))
+
+
+def needed_flops(plan, ctx) -> tuple[float, float]:
+    """(softmax FLOPs per unit D, synth bytes factor): 4 * allowed pairs for softmax heads, 2 *
+    allowed pairs for synthesized heads (forward; backward counted as 2.5x by the caller)."""
+    allowed = layer_allowed(plan, ctx).sum((0, 2, 3)).double()  # (H,) allowed pairs per head
+    total = 0.0
+    for h, s in enumerate(plan):
+        total += (2.0 if s is not None and s.mode == "synth" else 4.0) * float(allowed[h])
+    return total, float(sum(1 for s in plan if s is not None and s.mode == "synth"))
+
+
+def dense_provider(name: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"sdpa-flash": SDPBackend.FLASH_ATTENTION,
+                "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-math": SDPBackend.MATH}
+
+    if name == "eager":
+        def eager(q, k, v):
+            p = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), -1)
+            return p @ v
+
+        return eager
+    if name == "fa2":
+        from flash_attn import flash_attn_func
+
+        return lambda q, k, v: flash_attn_func(q.transpose(1, 2), k.transpose(1, 2),
+                                               v.transpose(1, 2)).transpose(1, 2)
+    backend = backends[name]
+
+    def sdpa(q, k, v):
+        with sdpa_kernel(backend):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    return sdpa
+
+
+def flex_provider(plan, ctx, H: int, device):
+    """FlexAttention with a per-head mask_mod and score_mod equivalent to the plan."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from attnsum.patterns import get_pattern
+
+    B, N = ctx.shape
+    kinds = torch.tensor([0 if s is None else (2 if s.mode == "synth" else 1) for s in plan],
+                         device=device)
+    names = sorted({s.pattern for s in plan if s is not None})
+    mods = [get_pattern(n).mask_mod(ctx) for n in names]
+    which = torch.tensor([0 if s is None else names.index(s.pattern) for s in plan], device=device)
+    valid = ctx.valid
+
+    def mask_mod(b, h, q, kv):
+        out = valid[b, kv]
+        for i, m in enumerate(mods):
+            out = torch.where((kinds[h] != 0) & (which[h] == i), m(b, h, q, kv), out)
+        return out
+
+    def score_mod(score, b, h, q, kv):
+        return torch.where(kinds[h] == 2, torch.zeros_like(score), score)  # synth: uniform
+
+    t0 = time.perf_counter()
+    block_mask = create_block_mask(mask_mod, B, H, N, N, device=device)
+    build_ms = 1e3 * (time.perf_counter() - t0)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    return (lambda q, k, v: compiled(q, k, v, score_mod=score_mod, block_mask=block_mask)), build_ms
+
+
+def timer(fn, device) -> tuple[float, float, float]:
+    if device == "cuda":
+        import triton
+
+        ms = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+        return tuple(ms)
+    fn()
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t0))
+    times.sort()
+    return times[1], times[0], times[-1]
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+    except OSError:
+        return ""
+
+
+def run(args) -> list[dict]:
+    device = args.device
+    rows = []
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+    meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "torch": torch.__version__, "triton": triton_version, "commit": _commit()}
+    for dtype_name in args.dtypes:
+        dtype = getattr(torch, dtype_name)
+        for D in args.d:
+            for N in args.n:
+                ctx = synthetic_batch(args.b, N, device=device)
+                for plan_name in args.plans:
+                    plan = plan_for(plan_name, args.h)
+                    check_ctx = ctx if N <= args.check_max_n else synthetic_batch(args.b, 256, device=device)
+                    for provider in args.providers:
+                        rows += bench_one(provider, plan_name, plan, ctx, check_ctx, args, D, N,
+                                          dtype, device, meta)
+    return rows
+
+
+def bench_one(provider, plan_name, plan, ctx, check_ctx, args, D, N, dtype, device, meta):
+    B, H = args.b, args.h
+    dense = provider not in ("ours", "ours-torch", "flex")
+    if dense and plan_name != "learned":
+        return []  # a dense kernel runs every plan as "learned": measured once
+    extra_rows = []
+
+    def make(c):
+        if provider == "ours":
+            return lambda q, k, v: fused_layer_attention(q, k, v, plan, c)
+        if provider == "ours-torch":
+            return lambda q, k, v: torch_attention(q, k, v, plan, c)
+        if provider == "flex":
+            fn, build_ms = flex_provider(plan, c, H, device)
+            extra_rows.append(build_ms)
+            return fn
+        return dense_provider(provider)
+
+    try:
+        # Correctness first, at this size or at a small one when the reference would not fit.
+        cN = check_ctx.shape[1]
+        q, k, v = (torch.randn(B, H, cN, D, device=device, dtype=dtype) for _ in range(3))
+        ref_plan = plan if not dense else plan_for("learned", H)
+        ref = reference_attention(q, k, v, ref_plan, check_ctx)[0].float()
+        got = make(check_ctx)(q, k, v).float()
+        max_err = (got - ref).abs().max().item()
+        tol = 1e-2 if dtype != torch.float32 else 1e-3
+        if not max_err <= tol:
+            raise AssertionError(f"max error {max_err:.3g} > {tol}")
+        extra_rows.clear()
+        fn = make(ctx)
+    except Exception as e:  # a provider that is missing or wrong here is reported, not timed
+        print(f"skip {provider} {plan_name} N={N} D={D} {dtype}: {type(e).__name__}: {e}"[:300],
+              file=sys.stderr)
+        return []
+    q, k, v = (torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True)
+               for _ in range(3))
+    do = torch.randn(B, H, N, D, device=device, dtype=dtype)
+    flops_unit, n_synth = needed_flops(plan if not dense else plan_for("learned", H), ctx) \
+        if N <= args.check_max_n else (None, sum(s is not None and s.mode == "synth" for s in plan))
+    out_rows = []
+    for mode in args.modes:
+        if mode == "fwd":
+            step = lambda: fn(q, k, v)  # noqa: E731
+        else:
+            o = fn(q, k, v)
+            if mode == "bwd":
+                step = lambda o=o: torch.autograd.grad(o, (q, k, v), do, retain_graph=True)  # noqa: E731
+            else:
+                step = lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do)  # noqa: E731
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        ms, p20, p80 = timer(step, device)
+        factor = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}[mode]
+        dense_flops = 4.0 * B * H * N * N * D * factor
+        needed = flops_unit * D * factor if flops_unit is not None else float("nan")
+        elt = torch.finfo(dtype).bits // 8
+        gbps = (2 * B * n_synth * N * D * elt / (ms * 1e-3) / 1e9) if (n_synth and not dense) else 0.0
+        out_rows.append({
+            "provider": provider, "plan": plan_name, "mode": mode, "B": B, "H": H, "N": N, "D": D,
+            "dtype": str(dtype).replace("torch.", ""), "ms": ms, "ms_p20": p20, "ms_p80": p80,
+            "tflops_dense": dense_flops / (ms * 1e-3) / 1e12,
+            "tflops_needed": needed / (ms * 1e-3) / 1e12, "gbps": gbps,
+            "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0,
+            "max_err": max_err, **meta})
+    if provider == "flex" and extra_rows:
+        out_rows.append({**out_rows[0], "provider": "flex-blockmask-build", "mode": "build",
+                         "ms": extra_rows[0], "ms_p20": extra_rows[0], "ms_p80": extra_rows[0],
+                         "tflops_dense": 0.0, "tflops_needed": 0.0, "gbps": 0.0})
+    for r in out_rows:
+        print(f"{r['provider']:>22} {r['plan']:>8} {r['mode']:>8} N={N:>6} D={D:>3} "
+              f"{r['dtype']:>8} {r['ms']:9.3f} ms  {r['tflops_dense']:7.2f} TFLOP/s(dense-eq)")
+    return out_rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="tiny CPU grid: checks the harness")
+    p.add_argument("--b", type=int, default=4)
+    p.add_argument("--h", type=int, default=12)
+    p.add_argument("--n", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--d", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
+    p.add_argument("--plans", nargs="+", default=list(PLANS))
+    p.add_argument("--providers", nargs="+",
+                   default=["ours", "ours-torch", "eager", "sdpa-flash", "sdpa-efficient",
+                            "sdpa-cudnn", "sdpa-math", "flex", "fa2"])
+    p.add_argument("--modes", nargs="+", default=list(MODES))
+    p.add_argument("--check-max-n", dest="check_max_n", type=int, default=4096,
+                   help="check correctness at the timed size up to this N, else at N=256")
+    p.add_argument("--out", default=None, help="CSV to append to")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.device, args.b, args.h, args.n, args.d = "cpu", 1, 4, [48], [16]
+        args.dtypes, args.providers = ["float32"], ["ours", "ours-torch", "eager", "sdpa-math"]
+    if args.out is None:
+        name = torch.cuda.get_device_name().replace(" ", "_") if args.device == "cuda" else "cpu"
+        args.out = str(ROOT / "bench" / "results" / name / "attention.csv")
+    rows = run(args)
+    write_csv(Path(args.out), rows)
+    print(f"{len(rows)} rows appended to {args.out}")
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
