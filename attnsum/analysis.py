@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .hf import self_attention_modules
-from .model import Summarizer
+from .model import SummarizerModel
 from .patterns import dense_mask, get_pattern
 from .plan import HeadPlan
 from .preprocess import Example
@@ -39,7 +39,7 @@ def _batches(examples: Sequence[Example], batch_size: int):
         yield collate([examples[j] for j in order[i:i + batch_size]])
 
 
-def head_importance(model: Summarizer, examples: Sequence[Example], method: str = "taylor",
+def head_importance(model: SummarizerModel, examples: Sequence[Example], method: str = "taylor",
                     batch_size: int = 4) -> np.ndarray:
     """(layers, heads) importance of the encoder's heads, normalised to sum to 1 per method."""
     if method not in ("taylor", "gate"):
@@ -79,7 +79,7 @@ def head_importance(model: Summarizer, examples: Sequence[Example], method: str 
     return (scores / total if total > 0 else scores).numpy()
 
 
-def _taylor(model: Summarizer, mods, d: int, scores: torch.Tensor) -> None:
+def _taylor(model: SummarizerModel, mods, d: int, scores: torch.Tensor) -> None:
     """Add each head's sum of (grad x weight)^2 over its Q/K/V rows and output columns."""
     for layer, m in enumerate(mods):
         dense = model.encoder.encoder.layer[layer].attention.output.dense
@@ -99,7 +99,7 @@ class PatternScores:
 
 
 @torch.no_grad()
-def pattern_scores(model: Summarizer, examples: Sequence[Example],
+def pattern_scores(model: SummarizerModel, examples: Sequence[Example],
                    patterns: Sequence[str] = SCORED_PATTERNS, batch_size: int = 4) -> PatternScores:
     """Mean attention mass each head puts on each pattern's keys, over the valid query tokens
     for which the pattern allows at least one key (the last token has no next token)."""

@@ -46,10 +46,10 @@ def cmd_evaluate(args) -> None:
              "skipped": dict(prepared.skipped)}
     rows = {s: evaluate_system(s, prepared.examples, out, extra) for s in systems}
     if args.checkpoint:
-        from .model import Summarizer
+        from .model import SummarizerModel
         from .train import best_checkpoint, evaluate_model
 
-        model = Summarizer.load(best_checkpoint(args.checkpoint))
+        model = SummarizerModel.load(best_checkpoint(args.checkpoint))
         rows["model"] = evaluate_model(model, prepared.examples, out, "model", k=args.k,
                                        trigram_blocking=not args.no_trigram_blocking, extra=extra)
     print(f"{args.dataset}/{args.split}: {len(prepared.examples)} documents "
@@ -87,12 +87,12 @@ def cmd_experiment(args) -> None:
 
 
 def cmd_analyze(args) -> None:
-    from .model import Summarizer
+    from .model import SummarizerModel
     from .report import analyze
     from .train import best_checkpoint
 
     ckpt = best_checkpoint(args.checkpoint)
-    model = Summarizer.load(ckpt)
+    model = SummarizerModel.load(ckpt)
     args.max_len = model.cfg.max_positions if args.max_len is None else args.max_len
     prepared = _load_examples(args)
     result = analyze(model, prepared.examples, args.out, top_heads=args.top_heads,
@@ -105,6 +105,25 @@ def cmd_pipeline(args) -> None:
     from .pipeline import run_pipeline
 
     print(run_pipeline(args.out, args.dataset, args.full, args.limit, args.seed))
+
+
+def cmd_summarize(args) -> None:
+    from .batch import summarize_command
+
+    counts = summarize_command(args.checkpoint, args.inputs, args.out, args.format, args.field,
+                               args.jsonl, args.k, not args.no_trigram_blocking, args.chunk,
+                               args.device, args.dtype)
+    print(f"summarized {counts['documents']} documents ({counts['errors']} could not be)",
+          file=sys.stderr)
+
+
+def cmd_serve(args) -> None:
+    from .serve import ServeConfig, serve
+
+    cfg = ServeConfig(host=args.host, port=args.port, max_body=args.max_body,
+                      max_docs=args.max_docs, max_chars=args.max_chars, max_batch=args.max_batch,
+                      max_wait_ms=args.max_wait_ms, timeout_s=args.timeout)
+    serve(args.checkpoint, cfg, args.device, args.dtype)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +191,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/pipeline", help="output folder (resumed if present)")
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("summarize", help="summaries of files, folders, stdin or JSON Lines")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
+    p.add_argument("inputs", nargs="*", help=".txt, .jsonl(.gz) files or folders; - or none: stdin")
+    p.add_argument("--field", default="text", help="text field of JSON Lines input")
+    p.add_argument("--jsonl", action="store_true", help="stdin is JSON Lines")
+    p.add_argument("--format", default="jsonl", choices=["jsonl", "text"])
+    p.add_argument("--out", default=None, help="output file (default: stdout)")
+    p.add_argument("-k", type=int, default=3)
+    p.add_argument("--no-trigram-blocking", action="store_true")
+    p.add_argument("--chunk", type=int, default=256, help="documents held in memory at once")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.set_defaults(func=cmd_summarize)
+
+    from .serve import ServeConfig
+
+    d = ServeConfig()
+    p = sub.add_parser("serve", help="HTTP service: POST /summarize, GET /health")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--host", default=d.host, help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--max-body", dest="max_body", type=int, default=d.max_body)
+    p.add_argument("--max-docs", dest="max_docs", type=int, default=d.max_docs)
+    p.add_argument("--max-chars", dest="max_chars", type=int, default=d.max_chars)
+    p.add_argument("--max-batch", dest="max_batch", type=int, default=d.max_batch)
+    p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float, default=d.max_wait_ms)
+    p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("experiment", help="the paper's comparison table over several seeds")
     p.add_argument("--dataset", default="embedded")

@@ -15,7 +15,7 @@ import numpy as np
 
 from .evaluate import METRICS, evaluate_system
 from .io import atomic_write_json, atomic_write_text
-from .model import Summarizer
+from .model import SummarizerModel
 from .preprocess import Example
 from .train import TrainConfig, best_checkpoint, evaluate_model, load_examples, train
 
@@ -84,7 +84,7 @@ def run_system(cfg: TrainConfig, train_ex: list[Example], val_ex: list[Example],
     if done.is_file():
         return json.loads(done.read_text())
     train(cfg, train_ex, val_ex)
-    model = Summarizer.load(best_checkpoint(cfg.out))
+    model = SummarizerModel.load(best_checkpoint(cfg.out))
     scores = {m: s.mean for m, s in evaluate_model(model, test_ex, Path(cfg.out), "test").items()}
     atomic_write_json(done, scores)
     return scores

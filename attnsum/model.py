@@ -112,7 +112,7 @@ class SideAttention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(B, N, -1))
 
 
-def _add_side(self_output: nn.Module, side: SideAttention, owner: Summarizer) -> None:
+def _add_side(self_output: nn.Module, side: SideAttention, owner: SummarizerModel) -> None:
     """Give a BertSelfOutput a side attention added before its residual LayerNorm. Its own
     parameter names stay as they are, so pretrained weights load unchanged."""
     self_output.side = side
@@ -173,7 +173,7 @@ def extend_positions(encoder, n: int) -> None:
     encoder.config.max_position_embeddings = n
 
 
-class Summarizer(nn.Module):
+class SummarizerModel(nn.Module):
     """Scores sentences.
 
     forward(input_ids (B, N), segment_ids (B, N), attention_mask (B, N), cls_positions (B, S)
@@ -266,7 +266,7 @@ class Summarizer(nn.Module):
         atomic_write_json(folder / CONFIG_FILE, {"attnsum": asdict(self.cfg), **(extra or {})})
 
     @classmethod
-    def load(cls, folder: str | Path, map_location="cpu") -> Summarizer:
+    def load(cls, folder: str | Path, map_location="cpu") -> SummarizerModel:
         cfg = read_config(folder)
         model = cls(cfg, load_pretrained=False)
         from safetensors import SafetensorError

@@ -23,7 +23,7 @@ import torch
 from .evaluate import evaluate_system
 from .experiment import FULL, QUICK, Settings, run_system
 from .io import atomic_write_json, atomic_write_text
-from .model import Summarizer
+from .model import SummarizerModel
 from .plan import HeadPlan
 from .train import TrainConfig, best_checkpoint, collate, load_examples
 
@@ -49,7 +49,7 @@ class Stages:
 
 
 @torch.no_grad()
-def time_inference(model: Summarizer, examples, batch_size: int = 8, repeats: int = 1) -> dict:
+def time_inference(model: SummarizerModel, examples, batch_size: int = 8, repeats: int = 1) -> dict:
     """Documents and tokens per second of sentence scoring (batches grouped by length)."""
     model.eval()
     order = sorted(examples, key=lambda e: len(e.input_ids))
@@ -97,7 +97,7 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
     def analyze_teacher():
         from .report import analyze
 
-        model = Summarizer.load(best_checkpoint(teacher_cfg.out))
+        model = SummarizerModel.load(best_checkpoint(teacher_cfg.out))
         r = analyze(model, examples("val"), out / "analysis", title="attnsum: teacher analysis")
         plan = HeadPlan.from_dict(r["plan"])
         fallback = plan.is_learned
@@ -128,7 +128,7 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
     base_scores = stages.run("baselines", "Lead-3 and oracle on the test split", baselines)
 
     def timing():
-        return {name: time_inference(Summarizer.load(r["checkpoint"]), examples("test"))
+        return {name: time_inference(SummarizerModel.load(r["checkpoint"]), examples("test"))
                 for name, r in results.items()}
 
     speed = stages.run("timing", "time inference on the test split", timing)

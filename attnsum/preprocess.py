@@ -156,12 +156,13 @@ def build_example(doc_id: str, sentences: list[str], reference: list[str], piece
                    sentences, oracle)
 
 
-def filter_sentences(sentences: list[str], cfg: PreprocessConfig) -> list[str]:
+def filter_sentences(sentences: list[str], cfg: PreprocessConfig) -> list[tuple[int, str]]:
+    """(index, sentence capped at max_sentence_words) of each sentence BERTSum keeps."""
     kept = []
-    for s in sentences[:cfg.max_sentences]:
+    for i, s in enumerate(sentences[:cfg.max_sentences]):
         words = s.split()
         if len(words) > cfg.min_sentence_words:
-            kept.append(" ".join(words[:cfg.max_sentence_words]))
+            kept.append((i, " ".join(words[:cfg.max_sentence_words])))
     return kept
 
 
@@ -207,7 +208,7 @@ def prepare(corpus: Corpus, cfg: PreprocessConfig | None = None, tokenizer=None,
 
     examples, own_skips = [], Counter()
     for doc in tqdm(corpus.documents, desc="preprocess", unit="doc", disable=not progress):
-        sents = filter_sentences(doc.sentences, cfg)
+        sents = [s for _, s in filter_sentences(doc.sentences, cfg)]
         if not sents:
             own_skips[f"no sentence longer than {cfg.min_sentence_words} words"] += 1
             continue

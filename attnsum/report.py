@@ -17,7 +17,7 @@ import torch
 
 from .analysis import PatternScores, head_importance, pattern_scores, suggest_plan
 from .io import atomic_write_json, atomic_write_text
-from .model import Summarizer
+from .model import SummarizerModel
 from .plan import HeadPlan
 from .preprocess import Example, load_tokenizer
 from .train import collate
@@ -25,7 +25,7 @@ from .train import collate
 MAX_TOKENS = 80  # tokens of each sample document shown in the heatmaps
 
 
-def analyze(model: Summarizer, examples: Sequence[Example], out: str | Path, top_heads: int = 4,
+def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path, top_heads: int = 4,
             samples: int = 2, threshold: float = 0.5, title: str = "") -> dict:
     out = Path(out)
     try:
@@ -65,7 +65,7 @@ def analyze(model: Summarizer, examples: Sequence[Example], out: str | Path, top
 
 
 @torch.no_grad()
-def _sample_maps(model: Summarizer, examples: Sequence[Example], heads) -> list[dict]:
+def _sample_maps(model: SummarizerModel, examples: Sequence[Example], heads) -> list[dict]:
     tok = load_tokenizer()
     docs = []
     for ex in examples:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .data import DataError, load_corpus
 from .evaluate import evaluate_selections, select_top_k
 from .io import atomic_write_bytes, atomic_write_json
-from .model import Summarizer, model_config
+from .model import SummarizerModel, model_config
 from .patterns import PatternContext
 from .preprocess import Example, PreprocessConfig, prepare
 
@@ -129,7 +129,7 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
 
 
 @torch.no_grad()
-def predict_scores(model: Summarizer, examples: Sequence[Example], batch_size: int = 8,
+def predict_scores(model: SummarizerModel, examples: Sequence[Example], batch_size: int = 8,
                    device: str | torch.device = "cpu") -> list[list[float]]:
     """Sentence probabilities of each example, batches grouped by length."""
     model.eval()
@@ -145,7 +145,7 @@ def predict_scores(model: Summarizer, examples: Sequence[Example], batch_size: i
     return out
 
 
-def evaluate_model(model: Summarizer, examples: Sequence[Example], out_dir: Path | None = None,
+def evaluate_model(model: SummarizerModel, examples: Sequence[Example], out_dir: Path | None = None,
                    name: str = "model", k: int = 3, trigram_blocking: bool = True,
                    device="cpu", extra: dict | None = None):
     scores = predict_scores(model, examples, device=device)
@@ -178,7 +178,7 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(folder: Path, model: Summarizer, optimizer, step: int, cfg: TrainConfig,
+def save_checkpoint(folder: Path, model: SummarizerModel, optimizer, step: int, cfg: TrainConfig,
                     best: list) -> None:
     """Write a resumable checkpoint: weights and config first, trainer state last, so a folder
     with trainer.json is complete."""
@@ -261,19 +261,19 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
 
     last = out / "last"
     if (last / "trainer.json").is_file():
-        model = Summarizer.load(last)
+        model = SummarizerModel.load(last)
         if (model.cfg.preset, model.cfg.plan, model.cfg.inject) != (
                 cfg.preset, model_config(cfg.preset, cfg.plan, cfg.inject).plan, cfg.inject):
             raise RuntimeError(f"{last}: the checkpoint is for another preset or plan; use another "
                                "--out or the same settings")
     else:
-        model = Summarizer(model_config(cfg.preset, cfg.plan, cfg.inject,
+        model = SummarizerModel(model_config(cfg.preset, cfg.plan, cfg.inject,
                                         classifier=cfg.classifier,
                                         max_positions=max(512, cfg.max_len)))
     model.to(device).set_backend(cfg.backend)
     teacher = None
     if cfg.teacher:
-        teacher = Summarizer.load(cfg.teacher).to(device).eval()
+        teacher = SummarizerModel.load(cfg.teacher).to(device).eval()
         teacher.set_backend(cfg.backend)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam-noam":
@@ -346,7 +346,7 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
     return {"best": best, "out": str(out), "step": step}
 
 
-def _keep_best(out: Path, model: Summarizer, step: int, val: dict, best: list,
+def _keep_best(out: Path, model: SummarizerModel, step: int, val: dict, best: list,
                cfg: TrainConfig) -> list:
     """Keep the best `keep_best` checkpoints by validation ROUGE; returns the updated list of
     {"step", "val", "path"} best first."""

@@ -36,7 +36,7 @@ if "--quick" in sys.argv:
 from bench_attention import _commit, synthetic_batch  # noqa: E402
 
 from attnsum.attention import patterned_attention  # noqa: E402
-from attnsum.model import Summarizer, model_config  # noqa: E402
+from attnsum.model import SummarizerModel, model_config  # noqa: E402
 from attnsum.plan import HeadPlan  # noqa: E402
 
 FIELDS = ["model", "N", "B", "ms", "docs_per_s", "tokens_per_s", "attention_share", "bound",
@@ -81,7 +81,7 @@ def bench_length(args, N: int, B: int, device, dtype, meta) -> list[dict]:
     }
     times = {}
     for name, cfg in models.items():
-        m = Summarizer(cfg, load_pretrained=False).to(device, dtype).eval()
+        m = SummarizerModel(cfg, load_pretrained=False).to(device, dtype).eval()
         times[name] = timed(lambda m=m: m(ids, seg, am, cls, ctx), device)
         if name == "student-dense":
             dense_cfg = cfg

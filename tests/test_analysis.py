@@ -10,7 +10,7 @@ import torch
 from attnsum.analysis import head_importance, pattern_scores, suggest_plan
 from attnsum.cli import main
 from attnsum.data import load_corpus
-from attnsum.model import Summarizer, model_config, read_config
+from attnsum.model import SummarizerModel, model_config, read_config
 from attnsum.plan import HeadPlan
 from attnsum.preprocess import PreprocessConfig, prepare
 from attnsum.report import analyze
@@ -23,7 +23,7 @@ def examples():
 
 def _tiny(plan="none"):
     torch.manual_seed(0)
-    return Summarizer(model_config("tiny", plan))
+    return SummarizerModel(model_config("tiny", plan))
 
 
 @pytest.mark.parametrize("method", ["taylor", "gate"])

@@ -61,8 +61,8 @@ def test_filters():
     cfg = PreprocessConfig()
     long = " ".join(f"w{i}" for i in range(300))
     kept = filter_sentences(["a b c d e", "a b c d e f", long] + ["x y z u v w"] * 200, cfg)
-    assert kept[0] == "a b c d e f"  # 5 words dropped, 6 kept
-    assert len(kept[1].split()) == 200  # capped
+    assert kept[0] == (1, "a b c d e f")  # 5 words dropped, 6 kept
+    assert kept[1][0] == 2 and len(kept[1][1].split()) == 200  # capped
     assert len(kept) == 99  # at most 100 sentences considered, one of them dropped
 
 

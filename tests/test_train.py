@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attnsum.data import Corpus, Document, load_corpus
-from attnsum.model import Summarizer, model_config, read_config
+from attnsum.model import SummarizerModel, model_config, read_config
 from attnsum.patterns import PatternError
 from attnsum.preprocess import PreprocessConfig, prepare
 from attnsum.train import TrainConfig, collate, distill_loss, predict_scores, train
@@ -38,10 +38,10 @@ def test_tiny_model_learns(tmp_path, examples):
 
 
 def test_save_load_gives_identical_scores(tmp_path, examples):
-    model = Summarizer(model_config("tiny", "paper"))
+    model = SummarizerModel(model_config("tiny", "paper"))
     before = predict_scores(model, examples[:5])
     model.save(tmp_path / "ckpt")
-    loaded = Summarizer.load(tmp_path / "ckpt")
+    loaded = SummarizerModel.load(tmp_path / "ckpt")
     assert predict_scores(loaded, examples[:5]) == before
     assert read_config(tmp_path / "ckpt").plan == model.cfg.plan
 
@@ -55,8 +55,8 @@ def test_resume_continues_with_the_same_state(tmp_path, examples):
     assert state["step"] == 4
     train(_cfg(tmp_path, out=str(resumed), steps=8, val_every=4), examples, examples[:3])
     assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5)
-    a = Summarizer.load(straight / "last").state_dict()
-    b = Summarizer.load(resumed / "last").state_dict()
+    a = SummarizerModel.load(straight / "last").state_dict()
+    b = SummarizerModel.load(resumed / "last").state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
 
@@ -81,8 +81,8 @@ def test_distillation_loss():
 
 def test_side_layers_start_identical_to_the_original(examples):
     torch.manual_seed(0)
-    plain = Summarizer(model_config("tiny", "none"))
-    side = Summarizer(model_config("tiny", "paper", inject="side"))
+    plain = SummarizerModel(model_config("tiny", "none"))
+    side = SummarizerModel(model_config("tiny", "paper", inject="side"))
     missing, _ = side.load_state_dict(plain.state_dict(), strict=False)
     assert all(".side." in k for k in missing)
     plain.eval()
@@ -96,12 +96,12 @@ def test_bad_checkpoints_and_plans(tmp_path, examples):
     with pytest.raises(PatternError, match="head index 7 is out of range"):
         model_config("tiny", "*:7=sent/mask")
     with pytest.raises(RuntimeError, match="not an attnsum checkpoint"):
-        Summarizer.load(tmp_path)
-    model = Summarizer(model_config("tiny", "paper"))
+        SummarizerModel.load(tmp_path)
+    model = SummarizerModel(model_config("tiny", "paper"))
     model.save(tmp_path / "c")
     (tmp_path / "c" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(RuntimeError, match="cannot read"):
-        Summarizer.load(tmp_path / "c")
+        SummarizerModel.load(tmp_path / "c")
     train(_cfg(tmp_path, steps=2, val_every=2), examples, examples[:2])
     with pytest.raises(RuntimeError, match="another preset or plan"):
         train(_cfg(tmp_path, steps=4, plan="none"), examples, examples[:2])

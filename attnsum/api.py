@@ -1,0 +1,141 @@
+"""Python API for extractive summaries from a trained checkpoint.
+
+    from attnsum import Summarizer
+    s = Summarizer.from_pretrained("runs/pipeline/student+patterns/best-80")
+    [summary] = s.summarize(["Text of a news article. ..."], k=3)
+    summary.sentences, summary.indices, summary.scores
+
+Documents are split into sentences (`split_sentences`), filtered as in training (sentences of
+5 words or fewer are not candidates), and scored in batches grouped by length.
+
+Long documents: the input stops at the last whole sentence that fits the model's length
+(``max_len``, by default the checkpoint's position count); later sentences are not candidates.
+A patterned model whose position embeddings were extended can take longer inputs: pass a
+larger ``max_len`` to `from_pretrained` up to that count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data import split_sentences
+from .evaluate import select_top_k
+from .model import SummarizerModel
+from .preprocess import Example, PreprocessConfig, build_example, filter_sentences, load_tokenizer
+
+
+class InputError(ValueError):
+    """A document cannot be summarized (empty, not text, no usable sentence)."""
+
+
+@dataclass
+class Summary:
+    sentences: list[str]  # the chosen sentences, in document order
+    indices: list[int]  # their indices among the document's sentences (split_sentences)
+    scores: list[float]  # the model's probability for each chosen sentence
+
+    def to_dict(self) -> dict:
+        return {"sentences": self.sentences, "indices": self.indices, "scores": self.scores}
+
+
+def check_text(text) -> str:
+    if not isinstance(text, str):
+        raise InputError(f"a document must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InputError("empty document")
+    printable = sum(c.isprintable() or c in "\n\t\r" for c in text)
+    if printable < 0.9 * len(text):
+        raise InputError("the document does not look like text (too many control characters)")
+    return text
+
+
+class Summarizer:
+    """A trained extractive summarizer ready for inference (CPU or GPU; fp16/bf16 on GPU)."""
+
+    def __init__(self, model: SummarizerModel, device: torch.device, max_len: int,
+                 dtype: torch.dtype = torch.float32):
+        self.model, self.device, self.dtype = model.eval(), device, dtype
+        self.cfg = PreprocessConfig(max_len=max_len)
+        self.tokenizer = load_tokenizer()
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | None = None,
+                        dtype: str | torch.dtype | None = None, max_len: int | None = None,
+                        backend: str = "auto") -> Summarizer:
+        """Load a checkpoint folder (or a run folder: its best checkpoint)."""
+        from .train import best_checkpoint
+
+        model = SummarizerModel.load(best_checkpoint(folder))
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if isinstance(dtype, str):
+            dtype = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+                     "float16": torch.float16, "bf16": torch.bfloat16,
+                     "bfloat16": torch.bfloat16}[dtype]
+        dtype = dtype or torch.float32
+        if dtype != torch.float32 and dev.type != "cuda":
+            raise ValueError("fp16/bf16 inference needs a GPU; use float32 on CPU")
+        limit = model.cfg.max_positions
+        if max_len is not None and max_len > limit:
+            raise ValueError(f"max_len {max_len} exceeds the model's {limit} positions")
+        model.to(dev, dtype).set_backend(backend)
+        return cls(model, dev, max_len or min(limit, 512), dtype)
+
+    def _example(self, text: str) -> tuple[Example, list[str], list[int]]:
+        """The model input of a document, its sentences, and the indices of the candidates."""
+        sentences = split_sentences(check_text(text))
+        kept = filter_sentences(sentences, self.cfg)
+        if not kept:
+            raise InputError("no sentence longer than 5 words to choose from")
+        texts = [s for _, s in kept]
+        pieces = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ex = build_example("", texts, [], pieces, self.cfg, self.tokenizer.cls_token_id,
+                           self.tokenizer.sep_token_id)
+        return ex, sentences, [i for i, _ in kept[:len(ex.spans)]]
+
+    def prepare(self, texts: Sequence[str]) -> list[tuple[Example, list[str], list[int]]]:
+        """Model inputs of `texts`; raises InputError naming the first unusable document."""
+        prepared = []
+        for i, t in enumerate(texts):
+            try:
+                prepared.append(self._example(t))
+            except InputError as e:
+                raise InputError(f"document {i}: {e}") from None
+        return prepared
+
+    @torch.no_grad()
+    def score(self, prepared, k: int = 3, trigram_blocking: bool = True,
+              batch_size: int = 16) -> list[Summary]:
+        """Summaries of prepared documents, in their order (batches grouped by length)."""
+        from .train import collate
+
+        if k < 1:
+            raise InputError("k must be at least 1")
+        order = sorted(range(len(prepared)), key=lambda i: len(prepared[i][0].input_ids))
+        out: list[Summary | None] = [None] * len(prepared)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = collate([prepared[i][0] for i in chunk]).to(self.device)
+            with torch.autocast(self.device.type, dtype=self.dtype,
+                                enabled=self.dtype != torch.float32):
+                logits = self.model(batch.input_ids, batch.segment_ids, batch.attention_mask,
+                                    batch.cls_positions, batch.ctx)
+            probs = torch.sigmoid(logits.float()).cpu()
+            for row, i in enumerate(chunk):
+                ex, sentences, idx = prepared[i]
+                scores = probs[row, :len(ex.sentences)].tolist()
+                chosen = select_top_k(scores, ex.sentences, k, trigram_blocking)
+                out[i] = Summary([sentences[idx[j]] for j in chosen], [idx[j] for j in chosen],
+                                 [scores[j] for j in chosen])
+        return out
+
+    def summarize(self, texts: str | Sequence[str], k: int = 3, trigram_blocking: bool = True,
+                  batch_size: int = 16) -> list[Summary]:
+        """Summaries of `texts` (one string or a list), in input order. Raises InputError
+        naming the first document that cannot be summarized."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.score(self.prepare(texts), k, trigram_blocking, batch_size)

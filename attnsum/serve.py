@@ -1,0 +1,200 @@
+"""`attnsum serve`: an HTTP service for extractive summaries (Starlette on uvicorn).
+
+    POST /summarize   {"text": "..."} or {"texts": ["...", ...]}, optional "k" (default 3) and
+                      "trigram_blocking" (default true)
+                      -> {"summaries": [{"sentences": [...], "indices": [...], "scores": [...]}]}
+    GET  /health      -> {"status": "ok", "preset": ..., "plan": ...}
+
+Binds 127.0.0.1 by default. Concurrent requests are batched together (up to `max_batch`
+documents, waiting at most `max_wait_ms` for company). Limits, each answered with a JSON error
+and the service staying up: body size (413), documents per request (413), characters per
+document (413), invalid JSON or fields (400), documents that cannot be summarized (422), a
+request that takes longer than `timeout_s` (504). Ctrl-C or SIGTERM shut it down gracefully:
+requests in flight are answered first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .api import InputError, Summarizer
+
+log = logging.getLogger("attnsum.serve")
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body: int = 1_000_000  # bytes
+    max_docs: int = 64  # documents per request
+    max_chars: int = 100_000  # characters per document
+    max_batch: int = 32  # documents per model call
+    max_wait_ms: float = 10.0
+    timeout_s: float = 30.0
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Batcher:
+    """Collects concurrent requests into model batches; the model runs on one worker thread."""
+
+    def __init__(self, summarizer: Summarizer, cfg: ServeConfig):
+        self.summarizer, self.cfg = summarizer, cfg
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnsum-model")
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        self.pool.shutdown(wait=True)
+
+    async def submit(self, prepared, k: int, trigram_blocking: bool):
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put((prepared, k, trigram_blocking, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            n = len(items[0][0])
+            deadline = loop.time() + self.cfg.max_wait_ms / 1000
+            while n < self.cfg.max_batch:
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
+                except (asyncio.TimeoutError, ValueError):
+                    break
+                items.append(item)
+                n += len(item[0])
+            groups: dict = {}
+            for it in items:
+                groups.setdefault((it[1], it[2]), []).append(it)
+            for (k, tri), group in groups.items():
+                docs = [p for it in group for p in it[0]]
+                try:
+                    summaries = await loop.run_in_executor(
+                        self.pool, self.summarizer.score, docs, k, tri)
+                except Exception as e:  # the model failed: answer every waiting request
+                    log.exception("model call failed")
+                    for it in group:
+                        if not it[3].done():
+                            it[3].set_exception(e)
+                    continue
+                pos = 0
+                for it in group:
+                    if not it[3].done():
+                        it[3].set_result(summaries[pos:pos + len(it[0])])
+                    pos += len(it[0])
+
+
+def _parse(body: bytes, cfg: ServeConfig) -> tuple[list[str], int, bool]:
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HTTPError(400, f"the body is not valid UTF-8 JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, 'expected a JSON object: {"text": "..."} or {"texts": [...]}')
+    if ("text" in data) == ("texts" in data):
+        raise HTTPError(400, 'give exactly one of "text" (a string) or "texts" (a list)')
+    texts = [data["text"]] if "text" in data else data["texts"]
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise HTTPError(400, '"text" must be a string and "texts" a list of strings')
+    if not texts:
+        raise HTTPError(400, '"texts" is empty')
+    if len(texts) > cfg.max_docs:
+        raise HTTPError(413, f"{len(texts)} documents in one request; the limit is {cfg.max_docs}")
+    for i, t in enumerate(texts):
+        if len(t) > cfg.max_chars:
+            raise HTTPError(413, f"document {i} has {len(t)} characters; the limit is "
+                            f"{cfg.max_chars}")
+    k = data.get("k", 3)
+    tri = data.get("trigram_blocking", True)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 100:
+        raise HTTPError(400, '"k" must be an integer from 1 to 100')
+    if not isinstance(tri, bool):
+        raise HTTPError(400, '"trigram_blocking" must be true or false')
+    return texts, k, tri
+
+
+def create_app(summarizer: Summarizer, cfg: ServeConfig):
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    batcher = Batcher(summarizer, cfg)
+
+    async def read_body(request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_body:
+            raise HTTPError(413, f"the body has {length} bytes; the limit is {cfg.max_body}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cfg.max_body:
+                raise HTTPError(413, f"the body exceeds the limit of {cfg.max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def summarize(request):
+        try:
+            texts, k, tri = _parse(await read_body(request), cfg)
+            loop = asyncio.get_running_loop()
+            try:
+                prepared = await loop.run_in_executor(None, summarizer.prepare, texts)
+            except InputError as e:
+                raise HTTPError(422, str(e)) from None
+            try:
+                summaries = await asyncio.wait_for(batcher.submit(prepared, k, tri),
+                                                   cfg.timeout_s)
+            except asyncio.TimeoutError:
+                raise HTTPError(504, f"the request took longer than {cfg.timeout_s} s") from None
+        except HTTPError as e:
+            return JSONResponse({"error": e.message}, status_code=e.status)
+        except Exception:
+            log.exception("request failed")
+            return JSONResponse({"error": "internal error"}, status_code=500)
+        return JSONResponse({"summaries": [s.to_dict() for s in summaries]})
+
+    async def health(request):
+        mcfg = summarizer.model.cfg
+        return JSONResponse({"status": "ok", "preset": mcfg.preset,
+                             "plan": str(mcfg.head_plan), "device": str(summarizer.device)})
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    return Starlette(routes=[Route("/summarize", summarize, methods=["POST"]),
+                             Route("/health", health, methods=["GET"])], lifespan=lifespan)
+
+
+def serve(checkpoint: str, cfg: ServeConfig, device: str | None = None, dtype: str | None = None
+          ) -> None:
+    import uvicorn
+
+    summarizer = Summarizer.from_pretrained(checkpoint, device=device, dtype=dtype)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s: the service is reachable beyond this machine", cfg.host)
+    uvicorn.run(create_app(summarizer, cfg), host=cfg.host, port=cfg.port, log_level="info",
+                timeout_graceful_shutdown=int(cfg.timeout_s))

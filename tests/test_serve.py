@@ -1,0 +1,209 @@
+"""The Python API, the batch command and the HTTP service (a real server on loopback)."""
+
+import http.client
+import io
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from attnsum.api import InputError, Summarizer
+from attnsum.batch import iter_documents, run_summarize
+from attnsum.cli import main
+from attnsum.data import DataError, split_sentences
+from attnsum.model import SummarizerModel, model_config
+
+ARTICLE = (
+    "The city council approved a new budget for public schools on Tuesday night. "
+    "Teachers had asked for smaller classes and better equipment for several years. "
+    "The mayor said the plan would be paid for by a small increase in property taxes. "
+    "Some residents argued that the increase would hurt families with low incomes. "
+    "Ok then. "
+    "The budget also includes money for three new libraries across the city."
+)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    SummarizerModel(model_config("tiny", "paper")).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def summarizer(ckpt):
+    return Summarizer.from_pretrained(ckpt)
+
+
+def test_api_summaries(summarizer):
+    sents = split_sentences(ARTICLE)
+    [s] = summarizer.summarize(ARTICLE, k=3)
+    assert len(s.sentences) == 3 and s.indices == sorted(s.indices)
+    assert [sents[i] for i in s.indices] == s.sentences
+    assert 4 not in s.indices  # "Ok then." is too short to be a candidate
+    assert all(0 < p < 1 for p in s.scores)
+    many = summarizer.summarize([ARTICLE, ARTICLE.replace("Tuesday", "Monday")], k=2)
+    assert len(many) == 2 and all(len(m.sentences) == 2 for m in many)
+
+
+def test_api_long_document_is_cut_at_a_sentence_boundary(summarizer):
+    long_doc = " ".join(f"Sentence number {i} talks about topic {i} at some length here."
+                        for i in range(200))
+    [s] = summarizer.summarize(long_doc)
+    ex, _, idx = summarizer.prepare([long_doc])[0]
+    assert len(ex.input_ids) <= 512 and max(s.indices) <= max(idx) < 100
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("", "empty document"),
+    ("   \n ", "empty document"),
+    ("short words only", "no sentence longer than 5 words"),
+    ("\x00\x01\x02\x03 garbage \x04\x05\x06\x07\x08", "does not look like text"),
+])
+def test_api_bad_documents(summarizer, text, msg):
+    with pytest.raises(InputError, match=msg):
+        summarizer.summarize(["A fine first document with enough words in it.", text])
+
+
+def test_api_rejects_a_folder_that_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(RuntimeError, match="no checkpoint here"):
+        Summarizer.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"something": "else"}')
+    (tmp_path / "model.safetensors").write_bytes(b"not ours")
+    with pytest.raises(RuntimeError, match="not an attnsum checkpoint"):
+        Summarizer.from_pretrained(tmp_path)
+
+
+def test_batch_command_files_folder_jsonl_and_text(tmp_path, ckpt, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text(ARTICLE)
+    (docs / "b.jsonl").write_text(json.dumps({"id": "x1", "body": ARTICLE}) + "\n"
+                                  + json.dumps({"id": "x2", "body": "too short"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["summarize", "--checkpoint", str(ckpt), str(docs), "--field", "body",
+                 "--out", str(out)]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in recs] == [str(docs / "a.txt"), "x1", "x2"]
+    assert len(recs[0]["summary"]) == 3 and recs[0]["summary"] == recs[1]["summary"]
+    assert "no sentence longer than 5 words" in recs[2]["error"]
+    assert "1 could not be" in capsys.readouterr().err
+    assert main(["summarize", "--checkpoint", str(ckpt), str(docs / "a.txt"), "--format", "text",
+                 "-k", "2"]) == 0
+    assert capsys.readouterr().out.strip().count("\n") == 1  # two sentences, one per line
+
+
+def test_batch_stdin_streams_in_order(summarizer):
+    lines = "".join(json.dumps({"text": ARTICLE, "id": str(i)}) + "\n" for i in range(7))
+    out = io.StringIO()
+    docs = iter_documents(["-"], jsonl_stdin=True, stdin=io.StringIO(lines))
+    counts = run_summarize(summarizer, docs, out, chunk=3, progress=False)
+    assert counts == {"documents": 7, "errors": 0}
+    assert [json.loads(r)["id"] for r in out.getvalue().splitlines()] == [str(i) for i in range(7)]
+    plain = iter_documents(["-"], stdin=io.StringIO(ARTICLE))
+    assert list(plain) == [("<stdin>", ARTICLE)]
+
+
+def test_batch_bad_input(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{oops\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: malformed JSON"):
+        list(iter_documents([str(bad)]))
+    with pytest.raises(DataError, match="no field 'body'"):
+        list(iter_documents([str(bad)], field="body"))
+    (tmp_path / "latin.txt").write_bytes(b"caf\xe9 au lait")
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        list(iter_documents([str(tmp_path / "latin.txt")]))
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@pytest.fixture(scope="module")
+def server(summarizer):
+    import uvicorn
+
+    from attnsum.serve import ServeConfig, create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    cfg = ServeConfig(port=port, max_body=200_000, max_docs=4, max_chars=20_000, max_wait_ms=20)
+    srv = uvicorn.Server(uvicorn.Config(create_app(summarizer, cfg), host="127.0.0.1", port=port,
+                                        log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield port
+    srv.should_exit = True
+    thread.join(timeout=30)
+
+
+def _request(port, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    conn.request(method, path, body=data, headers=headers or {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    payload = json.loads(resp.read() or b"null")
+    conn.close()
+    return resp.status, payload
+
+
+def test_service_endpoints(server):
+    assert _request(server, "GET", "/health") == (200, _request(server, "GET", "/health")[1])
+    status, health = _request(server, "GET", "/health")
+    assert status == 200 and health["status"] == "ok" and health["preset"] == "tiny"
+    status, body = _request(server, "POST", "/summarize", {"text": ARTICLE, "k": 2})
+    assert status == 200 and len(body["summaries"][0]["sentences"]) == 2
+    status, body = _request(server, "POST", "/summarize", {"texts": [ARTICLE, ARTICLE]})
+    assert status == 200 and len(body["summaries"]) == 2
+
+
+def test_service_batches_concurrent_requests(server):
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: _request(server, "POST", "/summarize",
+                                                   {"text": ARTICLE}), range(16)))
+    assert all(s == 200 for s, _ in results)
+    assert len({json.dumps(b) for _, b in results}) == 1  # same answer whatever the batch
+
+
+@pytest.mark.parametrize("body, status, msg", [
+    ({"text": ""}, 422, "empty document"),
+    ({"text": "no boundary and few words"}, 422, "no sentence longer than 5 words"),
+    ({"text": "\x00\x01\x02\x03\x04\x05 \x06\x07\x08\x0b"}, 422, "does not look like text"),
+    (b"\xff\xfe\x00garbage", 400, "not valid UTF-8 JSON"),
+    (b"{not json", 400, "not valid UTF-8 JSON"),
+    ({"texts": "a string"}, 400, "list of strings"),
+    ({"text": ARTICLE, "texts": [ARTICLE]}, 400, "exactly one"),
+    ({"texts": [ARTICLE] * 5}, 413, "limit is 4"),
+    ({"text": "word " * 5000}, 413, "characters"),
+    ({"text": ARTICLE, "k": 0}, 400, '"k"'),
+])
+def test_service_bad_input_then_still_up(server, body, status, msg):
+    got, payload = _request(server, "POST", "/summarize", body)
+    assert got == status and msg in payload["error"]
+    assert _request(server, "POST", "/summarize", {"text": ARTICLE})[0] == 200
+
+
+def test_service_refuses_a_huge_body_without_reading_it(server):
+    # Announce a 50 MB body, send a little of it: the answer comes from the header alone.
+    with socket.create_connection(("127.0.0.1", server), timeout=30) as s:
+        s.sendall(b"POST /summarize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 52428800\r\n\r\n" + b"{" * 1000)
+        reply = b""
+        while b"limit" not in reply:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413") and b"limit" in reply
+    status, _ = _request(server, "POST", "/summarize", b'{"text": "' + b"a" * 300_000 + b'"}')
+    assert status == 413
+    assert _request(server, "GET", "/health")[0] == 200
