@@ -266,11 +266,12 @@ def bench_one(provider, plan_name, plan, ctx, check_ctx, args, D, N, dtype, devi
     return out_rows
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], fields: list[str] = FIELDS) -> None:
+    """Append rows to a CSV of a fixed schema (header written once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields)
         if new:
             w.writeheader()
         w.writerows(rows)

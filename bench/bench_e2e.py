@@ -20,7 +20,6 @@ ratio, device, torch, commit
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 if "--quick" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from bench_attention import _commit, synthetic_batch  # noqa: E402
+from bench_attention import _commit, synthetic_batch, write_csv  # noqa: E402
 
 from attnsum.attention import patterned_attention  # noqa: E402
 from attnsum.model import SummarizerModel, model_config  # noqa: E402
@@ -136,15 +135,8 @@ def main(argv=None) -> int:
     if args.out is None:
         name = meta["device"].replace(" ", "_")
         args.out = str(ROOT / "bench" / "results" / name / "e2e.csv")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    with open(out, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-    print(f"{len(rows)} rows appended to {out}")
+    write_csv(Path(args.out), rows, FIELDS)
+    print(f"{len(rows)} rows appended to {args.out}")
     return 0
 
 

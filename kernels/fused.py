@@ -116,6 +116,17 @@ def _allowed(offs_m, offs_n, lo, hi, ex, N):
 
 
 @triton.jit
+def _load_rows(PERM, LO, HI, EX, tb, offs, N):
+    """Original positions and ranges of the ordered rows `offs` of one table."""
+    inside = offs < N
+    pos = tl.load(PERM + tb + offs, mask=inside, other=0)
+    lo = tl.load(LO + tb + offs, mask=inside, other=0)
+    hi = tl.load(HI + tb + offs, mask=inside, other=0)
+    ex = tl.load(EX + tb + offs, mask=inside, other=0)
+    return pos, lo, hi, ex
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, PERM, LO, HI, EX, KBS, KBE, KIND, TAB,
                 sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_n,
                 st_t, st_b, sb_t, sb_b, H, N, scale_log2,
@@ -131,10 +142,7 @@ def _fwd_kernel(Q, K, V, O, LSE, PERM, LO, HI, EX, KBS, KBE, KIND, TAB,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     in_m = offs_m < N
-    pq = tl.load(PERM + tb + offs_m, mask=in_m, other=0)
-    lo = tl.load(LO + tb + offs_m, mask=in_m, other=0)
-    hi = tl.load(HI + tb + offs_m, mask=in_m, other=0)
-    ex = tl.load(EX + tb + offs_m, mask=in_m, other=0)
+    pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
     kb_lo = tl.load(KBS + t * sb_t + b * sb_b + pid_m)
     kb_hi = tl.load(KBE + t * sb_t + b * sb_b + pid_m)
     k_base = K + b * sk_b + h * sk_h
@@ -196,12 +204,9 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PERM, LO, HI, EX, KBS, KBE, KIND
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     in_m = offs_m < N
-    pq = tl.load(PERM + tb + offs_m, mask=in_m, other=0)
+    pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     if kind == 0:  # synthesized heads do not depend on Q
-        lo = tl.load(LO + tb + offs_m, mask=in_m, other=0)
-        hi = tl.load(HI + tb + offs_m, mask=in_m, other=0)
-        ex = tl.load(EX + tb + offs_m, mask=in_m, other=0)
         q = tl.load(Q + b * sq_b + h * sq_h + pq[:, None] * sq_n + offs_d[None, :],
                     mask=in_m[:, None], other=0.0)
         do = tl.load(DO + b * sd_b + h * sd_h + pq[:, None] * sd_n + offs_d[None, :],
@@ -257,10 +262,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PERM, LO, HI, EX, QBI, QBC
         qb = tl.load(QBI + t * si_t + b * si_b + pid_n * si_k + i)
         offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
         in_m = offs_m < N
-        pq = tl.load(PERM + tb + offs_m, mask=in_m, other=0)
-        lo = tl.load(LO + tb + offs_m, mask=in_m, other=0)
-        hi = tl.load(HI + tb + offs_m, mask=in_m, other=0)
-        ex = tl.load(EX + tb + offs_m, mask=in_m, other=0)
+        pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
         do = tl.load(DO + b * sd_b + h * sd_h + pq[:, None] * sd_n + offs_d[None, :],
                      mask=in_m[:, None], other=0.0)
         ok = _allowed(offs_m, offs_n, lo, hi, ex, N) & in_m[:, None]
