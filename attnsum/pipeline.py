@@ -69,8 +69,8 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
                  limit: int | None = None, seed: int = 0, settings: Settings | None = None) -> str:
     """Run (or resume) the pipeline; returns the summary's Markdown."""
     out = Path(out)
-    s = settings or (FULL if full else QUICK)
-    student = "student-6x12" if full else "student-mini"  # the teacher's 6 x 12 heads
+    # The student has the teacher's 6 x 12 heads, so the plan found on the teacher fits it.
+    s = settings or replace(FULL if full else QUICK, student="student-6x12" if full else "student-mini")
     stages = Stages(out, 8)
     base = TrainConfig(dataset=dataset, max_len=s.max_len, limit=limit, seed=seed,
                        val_every=s.val_every, batch_size=s.batch_size, accum=s.accum,
@@ -110,7 +110,7 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
     plan_json = json.dumps(analysis["plan"])
     runs = {
         "teacher+patterns": replace(teacher_cfg, plan=plan_json, out=str(out / "teacher+patterns")),
-        "student": replace(base, preset=student, steps=s.student_steps, optimizer=s.student_optimizer,
+        "student": replace(base, preset=s.student, steps=s.student_steps, optimizer=s.student_optimizer,
                            lr=s.student_lr, out=str(out / "student")),
     }
     runs["student+patterns"] = replace(runs["student"], plan=plan_json,
