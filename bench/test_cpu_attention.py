@@ -46,7 +46,8 @@ def eager(q, k, v, valid):
 
 
 def sdpa(q, k, v, valid):
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
+    mask = None if bool(valid.all()) else valid[:, None, None, :]  # unmasked: its fastest kernel
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 @pytest.mark.parametrize("n", [512, 2048])
