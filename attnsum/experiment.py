@@ -64,11 +64,10 @@ SYSTEMS = (
 
 
 def system_config(system: System, s: Settings, seed: int, out: Path, dataset: str,
-                  teacher_preset: str = "minilm", plan: str | None = None,
                   limit: int | None = None) -> TrainConfig:
     is_teacher = system.preset == "teacher"
     return TrainConfig(
-        preset=teacher_preset if is_teacher else s.student, plan=plan or system.plan,
+        preset="minilm" if is_teacher else s.student, plan=system.plan,
         inject=system.inject, dataset=dataset, limit=limit, max_len=s.max_len,
         steps=s.teacher_steps if is_teacher else s.student_steps, batch_size=s.batch_size,
         accum=s.accum, optimizer="adamw" if is_teacher else s.student_optimizer,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -47,7 +47,6 @@ class ModelConfig:
     side_heads: int = 4  # heads of each side layer (inject="side")
     side_head_dim: int = 32
     tokenizer: str = "bert-base-uncased"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.classifier not in ("linear", "transformer"):
