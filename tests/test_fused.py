@@ -129,3 +129,44 @@ def test_hf_model_runs_its_patterned_heads_through_the_kernel():
         with torch.no_grad():
             outs[backend] = model(ids, attention_mask=am, pattern_context=ctx).last_hidden_state
     torch.testing.assert_close(outs["triton"], outs["torch"], atol=1e-5, rtol=1e-4)
+
+
+COMPILE_FOR_HOPPER = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from attnsum_kernels import fused
+
+dtype, D = sys.argv[1], int(sys.argv[2])
+bm, bn = 64, (64 if D <= 64 else 32)
+consts = {"D": D, "BLOCK_M": bm, "BLOCK_N": bn, "PRECISION": "ieee" if dtype == "fp32" else "tf32"}
+pointers = {**{n: "*" + dtype for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")},
+            "LSE": "*fp32", "DELTA": "*fp32", "EX": "*i8",
+            **{n: "*i32" for n in ("PERM", "LO", "HI", "KBS", "KBE", "KIND", "TAB", "QBI", "QBC")}}
+for kernel in (fused._fwd_kernel, fused._bwd_dq_kernel, fused._bwd_dkdv_kernel):
+    signature = {n: "constexpr" if n in consts else pointers.get(n) or (
+        "fp32" if n in ("scale_log2", "scale") else "i32") for n in kernel.arg_names}
+    src = ASTSource(fn=kernel, signature=signature,
+                    constexprs={(kernel.arg_names.index(k),): v for k, v in consts.items()})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    assert compiled.asm["cubin"], kernel.__name__
+    assert compiled.metadata.shared <= 228 * 1024, (kernel.__name__, compiled.metadata.shared)
+    print(kernel.__name__, "compiled,", compiled.metadata.shared, "bytes of shared memory")
+"""
+
+
+@pytest.mark.parametrize("dtype, D", [("bf16", 64), ("fp16", 128), ("fp32", 32)])
+def test_kernels_compile_for_hopper(dtype, D):
+    """Compile the three kernels for sm_90 (H100/H200) with no GPU present: the interpreter
+    runs them on CPU but never type-checks the compiled path (branches, dots, casts). Runs in
+    a subprocess because the interpreter replaces the compiled functions in this one."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER, dtype, str(D)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("compiled") == 3
