@@ -91,6 +91,9 @@ def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def _synthesize(v: torch.Tensor, r: Ranges) -> torch.Tensor:
     """Mean of v (B, N, h, D) over each range, without q or k: differences of prefix sums."""
+    if r.perm is None and not bool(r.exclude_self.any()) and bool(((r.hi - r.lo) <= 1).all()):
+        # One key or none per row (next / previous token): a row gather, no prefix sums.
+        return _rows(v, r.lo.long()) * (r.hi > r.lo)[:, :, None, None].to(v.dtype)
     vo = v.float() if r.perm is None else _rows(v.float(), r.perm)
     cs = F.pad(torch.cumsum(vo, dim=1), (0, 0, 0, 0, 1, 0))  # (B, N+1, h, D)
     total = _rows(cs, r.hi.long()) - _rows(cs, r.lo.long())
@@ -216,6 +219,46 @@ def _masked_segments(q, k, v, seg: _Segments, scale: float) -> torch.Tensor:
     return out.view(B, N, h, D)
 
 
+class _SplitHeads(torch.autograd.Function):
+    """x (B, N, H, D) -> one (B, N, h_g, D) tensor per head group (the groups partition the
+    heads). Backward writes each group's gradient into its heads: one copy, no zero fill."""
+
+    @staticmethod
+    def forward(ctx, x, *groups):
+        ctx.save_for_backward(*groups)
+        ctx.shape = x.shape
+        return tuple(x.index_select(2, g) for g in groups)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        groups = ctx.saved_tensors
+        out = grads[0].new_empty(ctx.shape) if grads[0] is not None else None
+        for g, grad in zip(groups, grads, strict=True):
+            if out is None:
+                out = grad.new_empty(ctx.shape)
+            out.index_copy_(2, g, grad if grad is not None else
+                            torch.zeros(1, device=out.device, dtype=out.dtype).expand(
+                                *ctx.shape[:2], len(g), ctx.shape[3]))
+        return (out, *(None for _ in groups))
+
+
+class _MergeHeads(torch.autograd.Function):
+    """Inverse of `_SplitHeads`: group outputs back into (B, N, H, D)."""
+
+    @staticmethod
+    def forward(ctx, groups, *parts):
+        ctx.groups = groups
+        B, N, _, D = parts[0].shape
+        out = parts[0].new_empty(B, N, sum(len(g) for g in groups), D)
+        for g, part in zip(groups, parts, strict=True):
+            out.index_copy_(2, g, part)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None, *(grad.index_select(2, g) for g in ctx.groups))
+
+
 def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None
                     ) -> torch.Tensor:
     """Fast PyTorch path: learned heads through SDPA, synthesized heads by prefix sums (no q, k),
@@ -226,17 +269,15 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
     groups: dict[object, list[int]] = {}
     for h, spec in enumerate(plan):
         groups.setdefault(spec, []).append(h)
-    # Work in (B, N, H, D) with one head permutation that makes each group contiguous.
-    order = [h for heads in groups.values() for h in heads]
-    permuted = order != list(range(len(order)))
+    # Work in (B, N, H, D), one tensor per group of heads sharing a spec.
+    index = [torch.tensor(heads, device=q.device) for heads in groups.values()]
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    if permuted:
-        idx = torch.tensor(order, device=q.device)
-        q, k, v = (x.index_select(2, idx) for x in (q, k, v))
-    sizes = [len(heads) for heads in groups.values()]
+    if len(index) > 1:
+        qs, ks, vs = (_SplitHeads.apply(x, *index) for x in (q, k, v))
+    else:
+        qs, ks, vs = (q,), (k,), (v,)
     outs = []
-    for spec, qh, kh, vh in zip(groups, q.split(sizes, 2), k.split(sizes, 2), v.split(sizes, 2),
-                                strict=True):
+    for spec, qh, kh, vh in zip(groups, qs, ks, vs, strict=True):
         if spec is None:
             o = _learned(qh, kh, vh, ctx.valid, scale)
         elif not spec.pat.has_ranges:
@@ -251,9 +292,7 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
                            lambda p=spec.pat, n=q.shape[1]: _build_segments(ctx.ranges(p), n))
             o = _masked_segments(qh, kh, vh, seg, scale)
         outs.append(o.to(q.dtype))
-    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
-    if permuted:
-        out = out.index_select(2, torch.argsort(torch.tensor(order, device=q.device)))
+    out = _MergeHeads.apply(tuple(index), *outs) if len(outs) > 1 else outs[0]
     return out.transpose(1, 2)
 
 

@@ -76,4 +76,4 @@ def test_layer_fwd_bwd(benchmark, provider, n):
         torch.autograd.grad(out, (q, k, v), grad)
 
     benchmark.group = f"N={n}"
-    benchmark.pedantic(step, rounds=3 if n > 512 else 5, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
