@@ -230,16 +230,11 @@ class _SplitHeads(torch.autograd.Function):
         return tuple(x.index_select(2, g) for g in groups)
 
     @staticmethod
-    def backward(ctx, *grads):
-        groups = ctx.saved_tensors
-        out = grads[0].new_empty(ctx.shape) if grads[0] is not None else None
-        for g, grad in zip(groups, grads, strict=True):
-            if out is None:
-                out = grad.new_empty(ctx.shape)
-            out.index_copy_(2, g, grad if grad is not None else
-                            torch.zeros(1, device=out.device, dtype=out.dtype).expand(
-                                *ctx.shape[:2], len(g), ctx.shape[3]))
-        return (out, *(None for _ in groups))
+    def backward(ctx, *grads):  # grads are materialized: zeros for unused groups
+        out = grads[0].new_empty(ctx.shape)
+        for g, grad in zip(ctx.saved_tensors, grads, strict=True):
+            out.index_copy_(2, g, grad)
+        return (out, *(None for _ in grads))
 
 
 class _MergeHeads(torch.autograd.Function):
