@@ -116,6 +116,15 @@ def _allowed(offs_m, offs_n, lo, hi, ex, N):
 
 
 @triton.jit
+def _head_of_program(pid_bh, KIND, TAB, H, st_t, st_b):
+    """Batch, head, head kind, table index and table offset of a (batch x head) program."""
+    b = pid_bh // H
+    h = pid_bh % H
+    t = tl.load(TAB + h)
+    return b, h, tl.load(KIND + h), t, t * st_t + b * st_b
+
+
+@triton.jit
 def _load_rows(PERM, LO, HI, EX, tb, offs, N):
     """Original positions and ranges of the ordered rows `offs` of one table."""
     inside = offs < N
@@ -134,11 +143,7 @@ def _fwd_kernel(Q, K, V, O, LSE, PERM, LO, HI, EX, KBS, KBE, KIND, TAB,
                 PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    kind = tl.load(KIND + h)
-    t = tl.load(TAB + h)
-    tb = t * st_t + b * st_b
+    b, h, kind, t, tb = _head_of_program(pid_bh, KIND, TAB, H, st_t, st_b)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     in_m = offs_m < N
@@ -196,11 +201,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PERM, LO, HI, EX, KBS, KBE, KIND
                    PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    kind = tl.load(KIND + h)
-    t = tl.load(TAB + h)
-    tb = t * st_t + b * st_b
+    b, h, kind, t, tb = _head_of_program(pid_bh, KIND, TAB, H, st_t, st_b)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     in_m = offs_m < N
@@ -242,11 +243,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PERM, LO, HI, EX, QBI, QBC
                      PRECISION: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    kind = tl.load(KIND + h)
-    t = tl.load(TAB + h)
-    tb = t * st_t + b * st_b
+    b, h, kind, t, tb = _head_of_program(pid_bh, KIND, TAB, H, st_t, st_b)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     in_n = offs_n < N
