@@ -116,6 +116,13 @@ def _allowed(offs_m, offs_n, lo, hi, ex, N):
 
 
 @triton.jit
+def _gather(base, pos, stride_n, offs_d, inside):
+    """Rows `pos` (original positions) of one (N, D) head slice; rows outside `inside` are 0."""
+    return tl.load(base + pos[:, None] * stride_n + offs_d[None, :], mask=inside[:, None],
+                   other=0.0)
+
+
+@triton.jit
 def _head_of_program(pid_bh, KIND, TAB, H, st_t, st_b):
     """Batch, head, head kind, table index and table offset of a (batch x head) program."""
     b = pid_bh // H
@@ -158,25 +165,21 @@ def _fwd_kernel(Q, K, V, O, LSE, PERM, LO, HI, EX, KBS, KBE, KIND, TAB,
         for kb in range(kb_lo, kb_hi):
             offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             pk = tl.load(PERM + tb + offs_n, mask=offs_n < N, other=0)
-            v = tl.load(v_base + pk[:, None] * sv_n + offs_d[None, :], mask=(offs_n < N)[:, None],
-                        other=0.0)
+            v = _gather(v_base, pk, sv_n, offs_d, offs_n < N)
             p = _allowed(offs_m, offs_n, lo, hi, ex, N).to(v.dtype)
             acc += tl.dot(p, v, input_precision=PRECISION)
         count = tl.maximum(hi - lo - ex.to(tl.int32), 0).to(tl.float32)
         out = acc / tl.maximum(count, 1.0)[:, None]
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_m[:, None])
     else:  # softmax over the range (flash attention with block skipping)
-        q = tl.load(Q + b * sq_b + h * sq_h + pq[:, None] * sq_n + offs_d[None, :],
-                    mask=in_m[:, None], other=0.0)
+        q = _gather(Q + b * sq_b + h * sq_h, pq, sq_n, offs_d, in_m)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         for kb in range(kb_lo, kb_hi):
             offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             pk = tl.load(PERM + tb + offs_n, mask=offs_n < N, other=0)
-            k = tl.load(k_base + pk[:, None] * sk_n + offs_d[None, :], mask=(offs_n < N)[:, None],
-                        other=0.0)
-            v = tl.load(v_base + pk[:, None] * sv_n + offs_d[None, :], mask=(offs_n < N)[:, None],
-                        other=0.0)
+            k = _gather(k_base, pk, sk_n, offs_d, offs_n < N)
+            v = _gather(v_base, pk, sv_n, offs_d, offs_n < N)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
             s = tl.where(_allowed(offs_m, offs_n, lo, hi, ex, N), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -208,10 +211,8 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PERM, LO, HI, EX, KBS, KBE, KIND
     pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     if kind == 0:  # synthesized heads do not depend on Q
-        q = tl.load(Q + b * sq_b + h * sq_h + pq[:, None] * sq_n + offs_d[None, :],
-                    mask=in_m[:, None], other=0.0)
-        do = tl.load(DO + b * sd_b + h * sd_h + pq[:, None] * sd_n + offs_d[None, :],
-                     mask=in_m[:, None], other=0.0)
+        q = _gather(Q + b * sq_b + h * sq_h, pq, sq_n, offs_d, in_m)
+        do = _gather(DO + b * sd_b + h * sd_h, pq, sd_n, offs_d, in_m)
         lse = tl.load(LSE + pid_bh * N + pq, mask=in_m, other=float("inf"))
         delta = tl.load(DELTA + pid_bh * N + pq, mask=in_m, other=0.0)
         kb_lo = tl.load(KBS + t * sb_t + b * sb_b + pid_m)
@@ -219,10 +220,8 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PERM, LO, HI, EX, KBS, KBE, KIND
         for kb in range(kb_lo, kb_hi):
             offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             pk = tl.load(PERM + tb + offs_n, mask=offs_n < N, other=0)
-            k = tl.load(K + b * sk_b + h * sk_h + pk[:, None] * sk_n + offs_d[None, :],
-                        mask=(offs_n < N)[:, None], other=0.0)
-            v = tl.load(V + b * sv_b + h * sv_h + pk[:, None] * sv_n + offs_d[None, :],
-                        mask=(offs_n < N)[:, None], other=0.0)
+            k = _gather(K + b * sk_b + h * sk_h, pk, sk_n, offs_d, offs_n < N)
+            v = _gather(V + b * sv_b + h * sv_h, pk, sv_n, offs_d, offs_n < N)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
             ok = _allowed(offs_m, offs_n, lo, hi, ex, N)
             p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
@@ -248,10 +247,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PERM, LO, HI, EX, QBI, QBC
     offs_d = tl.arange(0, D)
     in_n = offs_n < N
     pk = tl.load(PERM + tb + offs_n, mask=in_n, other=0)
-    k = tl.load(K + b * sk_b + h * sk_h + pk[:, None] * sk_n + offs_d[None, :],
-                mask=in_n[:, None], other=0.0)
-    v = tl.load(V + b * sv_b + h * sv_h + pk[:, None] * sv_n + offs_d[None, :],
-                mask=in_n[:, None], other=0.0)
+    k = _gather(K + b * sk_b + h * sk_h, pk, sk_n, offs_d, in_n)
+    v = _gather(V + b * sv_b + h * sv_h, pk, sv_n, offs_d, in_n)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     n_qb = tl.load(QBC + t * sc_t + b * sc_b + pid_n)
@@ -260,16 +257,14 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PERM, LO, HI, EX, QBI, QBC
         offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
         in_m = offs_m < N
         pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
-        do = tl.load(DO + b * sd_b + h * sd_h + pq[:, None] * sd_n + offs_d[None, :],
-                     mask=in_m[:, None], other=0.0)
+        do = _gather(DO + b * sd_b + h * sd_h, pq, sd_n, offs_d, in_m)
         ok = _allowed(offs_m, offs_n, lo, hi, ex, N) & in_m[:, None]
         if kind == 1:
             count = tl.maximum(hi - lo - ex.to(tl.int32), 1).to(tl.float32)
             p = tl.where(ok, 1.0 / count[:, None], 0.0)
             dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
         else:
-            q = tl.load(Q + b * sq_b + h * sq_h + pq[:, None] * sq_n + offs_d[None, :],
-                        mask=in_m[:, None], other=0.0)
+            q = _gather(Q + b * sq_b + h * sq_h, pq, sq_n, offs_d, in_m)
             lse = tl.load(LSE + pid_bh * N + pq, mask=in_m, other=float("inf"))
             delta = tl.load(DELTA + pid_bh * N + pq, mask=in_m, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
