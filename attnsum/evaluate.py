@@ -87,15 +87,13 @@ def select_top_k(scores: Sequence[float], sentences: Sequence[str], k: int = 3,
 SYSTEMS = ("lead3", "oracle")
 
 
-def system_selection(system: str, ex: Example) -> tuple[list[int], list[str]]:
-    """Indices and sentences a baseline system picks from one example's kept sentences."""
+def system_selection(system: str, ex: Example) -> list[int]:
+    """Indices (into the example's kept sentences) a baseline system picks."""
     if system == "lead3":
-        idx = list(range(min(3, len(ex.all_sentences))))
-    elif system == "oracle":
-        idx = list(ex.oracle)
-    else:
-        raise ValueError(f"unknown system {system!r}: use one of {', '.join(SYSTEMS)}")
-    return idx, [ex.all_sentences[i] for i in idx]
+        return list(range(min(3, len(ex.all_sentences))))
+    if system == "oracle":
+        return list(ex.oracle)
+    raise ValueError(f"unknown system {system!r}: use one of {', '.join(SYSTEMS)}")
 
 
 def evaluate_selections(examples: Sequence[Example], selections: Sequence[list[int]],
@@ -119,7 +117,7 @@ def evaluate_selections(examples: Sequence[Example], selections: Sequence[list[i
 
 def evaluate_system(system: str, examples: Sequence[Example], out_dir: Path | None = None,
                     extra: dict | None = None) -> dict[str, Score]:
-    selections = [system_selection(system, ex)[0] for ex in examples]
+    selections = [system_selection(system, ex) for ex in examples]
     return evaluate_selections(examples, selections,
                                lambda ex, sel: [ex.all_sentences[i] for i in sel],
                                out_dir, system, extra)

@@ -49,7 +49,7 @@ class Stages:
 
 
 @torch.no_grad()
-def time_inference(model: SummarizerModel, examples, batch_size: int = 8, repeats: int = 1) -> dict:
+def time_inference(model: SummarizerModel, examples, batch_size: int = 8) -> dict:
     """Documents and tokens per second of sentence scoring (batches grouped by length)."""
     model.eval()
     order = sorted(examples, key=lambda e: len(e.input_ids))
@@ -57,10 +57,9 @@ def time_inference(model: SummarizerModel, examples, batch_size: int = 8, repeat
     model(batches[0].input_ids, batches[0].segment_ids, batches[0].attention_mask,
           batches[0].cls_positions, batches[0].ctx)  # warm-up
     t0 = time.perf_counter()
-    for _ in range(repeats):
-        for b in batches:
-            model(b.input_ids, b.segment_ids, b.attention_mask, b.cls_positions, b.ctx)
-    dt = (time.perf_counter() - t0) / repeats
+    for b in batches:
+        model(b.input_ids, b.segment_ids, b.attention_mask, b.cls_positions, b.ctx)
+    dt = time.perf_counter() - t0
     tokens = sum(len(e.input_ids) for e in examples)
     return {"docs_per_s": len(examples) / dt, "tokens_per_s": tokens / dt, "seconds": dt}
 
