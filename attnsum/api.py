@@ -25,6 +25,7 @@ import torch
 from .data import split_sentences
 from .evaluate import select_top_k
 from .model import SummarizerModel
+from .precision import Precision, resolve_precision
 from .preprocess import Example, PreprocessConfig, build_example, filter_sentences, load_tokenizer
 
 
@@ -54,35 +55,30 @@ def check_text(text) -> str:
 
 
 class Summarizer:
-    """A trained extractive summarizer ready for inference (CPU or GPU; fp16/bf16 on GPU)."""
+    """A trained extractive summarizer ready for inference on CPU or GPU, in the precision of
+    precision.py (``auto``: bf16 autocast where the hardware has it natively)."""
 
     def __init__(self, model: SummarizerModel, device: torch.device, max_len: int,
-                 dtype: torch.dtype = torch.float32):
-        self.model, self.device, self.dtype = model.eval(), device, dtype
+                 precision: Precision):
+        self.model, self.device, self.precision = model.eval(), device, precision
         self.cfg = PreprocessConfig(max_len=max_len)
         self.tokenizer = load_tokenizer()
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | None = None,
-                        dtype: str | torch.dtype | None = None, max_len: int | None = None,
+                        precision: str = "auto", max_len: int | None = None,
                         backend: str = "auto") -> Summarizer:
         """Load a checkpoint folder (or a run folder: its best checkpoint)."""
         from .train import best_checkpoint
 
         model = SummarizerModel.load(best_checkpoint(folder))
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if isinstance(dtype, str):
-            dtype = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-                     "float16": torch.float16, "bf16": torch.bfloat16,
-                     "bfloat16": torch.bfloat16}[dtype]
-        dtype = dtype or torch.float32
-        if dtype != torch.float32 and dev.type != "cuda":
-            raise ValueError("fp16/bf16 inference needs a GPU; use float32 on CPU")
+        prec = resolve_precision(precision, dev)
         limit = model.cfg.max_positions
         if max_len is not None and max_len > limit:
             raise ValueError(f"max_len {max_len} exceeds the model's {limit} positions")
-        model.to(dev, dtype).set_backend(backend)
-        return cls(model, dev, max_len or min(limit, 512), dtype)
+        model.to(dev).set_backend(backend)
+        return cls(model, dev, max_len or min(limit, 512), prec)
 
     def _example(self, text: str) -> tuple[Example, list[str], list[int]]:
         """The model input of a document, its sentences, and the indices of the candidates."""
@@ -119,8 +115,7 @@ class Summarizer:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             batch = collate([prepared[i][0] for i in chunk]).to(self.device)
-            with torch.autocast(self.device.type, dtype=self.dtype,
-                                enabled=self.dtype != torch.float32):
+            with self.precision.autocast():
                 logits = self.model(batch.input_ids, batch.segment_ids, batch.attention_mask,
                                     batch.cls_positions, batch.ctx)
             probs = torch.sigmoid(logits.float()).cpu()

@@ -151,7 +151,7 @@ def merge_parts(parts: list[Path], out, fmt: str) -> None:
 
 def summarize_command(checkpoint: str, inputs: list[str], out_path: str | None, fmt: str, field: str,
                       jsonl_stdin: bool, k: int, trigram_blocking: bool, chunk: int,
-                      device: str | None = None, dtype: str | None = None) -> dict:
+                      device: str | None = None, precision: str = "auto") -> dict:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not out_path:
         raise DataError("under torchrun, write to a file: --out PATH")
@@ -160,7 +160,9 @@ def summarize_command(checkpoint: str, inputs: list[str], out_path: str | None, 
 
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    summarizer = Summarizer.from_pretrained(checkpoint, device=device, dtype=dtype)
+    summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision)
+    if rank == 0:
+        print(summarizer.precision.describe(), file=sys.stderr)
     docs = iter_documents(inputs, field, jsonl_stdin)
     if world == 1:
         if out_path:

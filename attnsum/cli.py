@@ -22,6 +22,14 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len", type=int, default=512, help="input length in word pieces")
 
 
+def _add_precision_arg(p: argparse.ArgumentParser) -> None:
+    from .precision import PRECISIONS
+
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto (bf16 where the GPU or CPU has it natively, else fp32), fp32, "
+                        "bf16, fp16 (CUDA)")
+
+
 def _load_examples(args):
     from .preprocess import PreprocessConfig, prepare
 
@@ -46,12 +54,20 @@ def cmd_evaluate(args) -> None:
              "skipped": dict(prepared.skipped)}
     rows = {s: evaluate_system(s, prepared.examples, out, extra) for s in systems}
     if args.checkpoint:
-        from .model import SummarizerModel
+        from .model import SummarizerModel, read_training_summary
+        from .precision import resolve_precision
         from .train import best_checkpoint, evaluate_model
 
-        model = SummarizerModel.load(best_checkpoint(args.checkpoint))
+        ckpt = best_checkpoint(args.checkpoint)
+        model = SummarizerModel.load(ckpt)
+        trained = read_training_summary(ckpt)
+        schedule = trained.get("schedule", {}).get("description", "an unrecorded schedule")
+        print(f"model {ckpt}: trained with {schedule}", file=sys.stderr)
+        print(resolve_precision(args.precision).describe(), file=sys.stderr)
         rows["model"] = evaluate_model(model, prepared.examples, out, "model", k=args.k,
-                                       trigram_blocking=not args.no_trigram_blocking, extra=extra)
+                                       trigram_blocking=not args.no_trigram_blocking,
+                                       extra={**extra, "trained": trained},
+                                       precision=args.precision)
     print(f"{args.dataset}/{args.split}: {len(prepared.examples)} documents "
           "(ROUGE F1, mean [95% bootstrap interval])")
     print(format_table(rows))
@@ -112,7 +128,7 @@ def cmd_summarize(args) -> None:
 
     counts = summarize_command(args.checkpoint, args.inputs, args.out, args.format, args.field,
                                args.jsonl, args.k, not args.no_trigram_blocking, args.chunk,
-                               args.device, args.dtype)
+                               args.device, args.precision)
     print(f"summarized {counts['documents']} documents ({counts['errors']} could not be)",
           file=sys.stderr)
 
@@ -123,7 +139,7 @@ def cmd_serve(args) -> None:
     cfg = ServeConfig(host=args.host, port=args.port, max_body=args.max_body,
                       max_docs=args.max_docs, max_chars=args.max_chars, max_batch=args.max_batch,
                       max_wait_ms=args.max_wait_ms, timeout_s=args.timeout)
-    serve(args.checkpoint, cfg, args.device, args.dtype)
+    serve(args.checkpoint, cfg, args.device, args.precision)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,9 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=3, help="sentences per model summary")
     p.add_argument("--no-trigram-blocking", action="store_true",
                    help="model selections without trigram blocking")
+    _add_precision_arg(p)
     p.add_argument("--out", default="runs/evaluate", help="output folder")
     p.set_defaults(func=cmd_evaluate)
 
+    from .schedule import OPTIMIZERS
     from .train import TrainConfig
 
     d = TrainConfig()
@@ -157,13 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-split", dest="train_split", default=d.train_split)
     p.add_argument("--val-split", dest="val_split", default=d.val_split)
     p.add_argument("--limit", type=int, default=None, help="documents per split")
+    p.add_argument("--val-limit", dest="val_limit", type=int, default=None,
+                   help="validation documents (default: --limit)")
     p.add_argument("--max-len", dest="max_len", type=int, default=d.max_len)
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size)
     p.add_argument("--accum", type=int, default=d.accum, help="gradient accumulation steps")
-    p.add_argument("--optimizer", default=d.optimizer, choices=["adam-noam", "adamw"])
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS,
+                   help="adamw: linear warmup and decay to zero (default); adam-noam: the "
+                        "paper's Adam + Noam (its exact recipe with --steps 50000)")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help="peak learning rate (default: 5e-5 AdamW on a pretrained encoder, 5e-4 "
+                        "AdamW from scratch, 2e-5 Noam)")
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help="warmup steps (>= 1) or fraction of the run (< 1); default 6%% of the "
+                        "run for AdamW, min(10000, 20%%) for Noam")
+    p.add_argument("--allow-short-warmup", dest="allow_short_warmup", action="store_true",
+                   help="let a run end before its warmup does")
+    _add_precision_arg(p)
     p.add_argument("--val-every", dest="val_every", type=int, default=d.val_every)
     p.add_argument("--keep-best", dest="keep_best", type=int, default=d.keep_best)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -203,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-trigram-blocking", action="store_true")
     p.add_argument("--chunk", type=int, default=256, help="documents held in memory at once")
     p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    _add_precision_arg(p)
     p.set_defaults(func=cmd_summarize)
 
     from .serve import ServeConfig
@@ -220,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float, default=d.max_wait_ms)
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request")
     p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    _add_precision_arg(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("experiment", help="the paper's comparison table over several seeds")

@@ -32,16 +32,19 @@ class Settings:
     teacher_lr: float
     student_lr: float
     student_optimizer: str
-    warmup: int
+    warmup: float | None  # None: the optimizer's default (schedule.py), sized to each run
     val_every: int
     student: str
 
 
+# Peak learning rates (schedule.py). QUICK: AdamW fine-tuning of the teacher, a from-scratch
+# student at a from-scratch rate. FULL: the paper's 5,000-step fine-tuning peak for the teacher and
+# its Adam + Noam recipe (warmup 10,000 of 50,000 steps) for the student.
 QUICK = Settings(max_len=256, teacher_steps=80, student_steps=80, batch_size=4, accum=1,
-                 teacher_lr=5e-5, student_lr=5e-4, student_optimizer="adamw", warmup=10,
+                 teacher_lr=5e-5, student_lr=5e-4, student_optimizer="adamw", warmup=None,
                  val_every=40, student="student-6x8")
 FULL = Settings(max_len=512, teacher_steps=5000, student_steps=50000, batch_size=12, accum=3,
-                teacher_lr=2e-5, student_lr=2e-3, student_optimizer="adam-noam", warmup=10000,
+                teacher_lr=2e-5, student_lr=2e-5, student_optimizer="adam-noam", warmup=None,
                 val_every=1000, student="student-6x12")
 
 

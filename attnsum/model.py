@@ -291,3 +291,10 @@ def read_config(folder: str | Path) -> ModelConfig:
         return ModelConfig(**data["attnsum"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise RuntimeError(f"{path}: not an attnsum checkpoint config ({e})") from None
+
+
+def read_training_summary(folder: str | Path) -> dict:
+    """What train.py recorded beside the model config (settings, schedule, precision, step); empty
+    for a checkpoint saved outside training."""
+    data = json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8"))
+    return {k: v for k, v in data.items() if k != "attnsum"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -189,11 +190,12 @@ def create_app(summarizer: Summarizer, cfg: ServeConfig):
                              Route("/health", health, methods=["GET"])], lifespan=lifespan)
 
 
-def serve(checkpoint: str, cfg: ServeConfig, device: str | None = None, dtype: str | None = None
+def serve(checkpoint: str, cfg: ServeConfig, device: str | None = None, precision: str = "auto"
           ) -> None:
     import uvicorn
 
-    summarizer = Summarizer.from_pretrained(checkpoint, device=device, dtype=dtype)
+    summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision)
+    print(summarizer.precision.describe(), file=sys.stderr)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the service is reachable beyond this machine", cfg.host)
     uvicorn.run(create_app(summarizer, cfg), host=cfg.host, port=cfg.port, log_level="info",

@@ -1,5 +1,6 @@
-"""Training of BERTSum summarizers: summed BCE over sentences, Adam + Noam warmup (the paper) or
-AdamW + linear warmup, gradient accumulation, mixed precision on GPU, DDP under torchrun,
+"""Training of BERTSum summarizers: summed BCE over sentences, AdamW with linear warmup and decay
+or Adam + Noam (the paper; schedules in schedule.py), gradient accumulation, autocast precision
+(precision.py), DDP under torchrun,
 validation ROUGE every K steps keeping the best k checkpoints, resume from the last checkpoint,
 and optional distillation from a teacher checkpoint.
 
@@ -16,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -30,7 +32,9 @@ from .evaluate import evaluate_selections, select_top_k
 from .io import atomic_write_bytes, atomic_write_json
 from .model import SummarizerModel, model_config
 from .patterns import PatternContext
+from .precision import resolve_precision
 from .preprocess import Example, PreprocessConfig, prepare
+from .schedule import OPTIMIZERS, make_schedule
 
 
 @dataclass
@@ -43,13 +47,15 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     limit: int | None = None  # documents per split (None: all)
+    val_limit: int | None = None  # validation documents, if not `limit`
     max_len: int = 512
     steps: int = 1000
     batch_size: int = 4
     accum: int = 1
-    optimizer: str = "adam-noam"  # or "adamw"
-    lr: float = 2e-3
-    warmup: int = 10000
+    optimizer: str = "adamw"  # or "adam-noam"; see schedule.py
+    lr: float | None = None  # peak rate; None: schedule.default_peak_lr
+    warmup: float | None = None  # steps (>= 1) or fraction of the run (< 1); None: by optimizer
+    allow_short_warmup: bool = False  # let a run end inside its warmup
     weight_decay: float = 0.01
     val_every: int = 100
     keep_best: int = 3
@@ -59,12 +65,12 @@ class TrainConfig:
     teacher: str | None = None  # checkpoint folder of a teacher to distil from
     distill_weight: float = 1.0
     backend: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA
+    precision: str = "auto"  # auto, fp32, bf16, fp16: see precision.py
     progress: bool = True
 
     def __post_init__(self):
-        if self.optimizer not in ("adam-noam", "adamw"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: use adam-noam or adamw")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
         for name in ("steps", "batch_size", "accum", "val_every", "keep_best", "max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -130,16 +136,20 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
 
 @torch.no_grad()
 def predict_scores(model: SummarizerModel, examples: Sequence[Example], batch_size: int = 8,
-                   device: str | torch.device = "cpu") -> list[list[float]]:
+                   device: str | torch.device = "cpu", precision: str | None = None
+                   ) -> list[list[float]]:
     """Sentence probabilities of each example, batches grouped by length."""
     model.eval()
+    autocast = resolve_precision(precision, device).autocast
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     out: list[list[float]] = [[] for _ in examples]
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         batch = collate([examples[j] for j in idx]).to(device)
-        probs = torch.sigmoid(model(batch.input_ids, batch.segment_ids, batch.attention_mask,
-                                    batch.cls_positions, batch.ctx).float())
+        with autocast():
+            logits = model(batch.input_ids, batch.segment_ids, batch.attention_mask,
+                           batch.cls_positions, batch.ctx)
+        probs = torch.sigmoid(logits.float())
         for row, j in enumerate(idx):
             out[j] = probs[row, :len(examples[j].cls_positions)].tolist()
     return out
@@ -147,8 +157,8 @@ def predict_scores(model: SummarizerModel, examples: Sequence[Example], batch_si
 
 def evaluate_model(model: SummarizerModel, examples: Sequence[Example], out_dir: Path | None = None,
                    name: str = "model", k: int = 3, trigram_blocking: bool = True,
-                   device="cpu", extra: dict | None = None):
-    scores = predict_scores(model, examples, device=device)
+                   device="cpu", extra: dict | None = None, precision: str | None = None):
+    scores = predict_scores(model, examples, device=device, precision=precision)
     selections = [select_top_k(s, ex.sentences, k, trigram_blocking)
                   for s, ex in zip(scores, examples, strict=True)]
     return evaluate_selections(examples, selections,
@@ -178,13 +188,14 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(folder: Path, model: SummarizerModel, optimizer, step: int, cfg: TrainConfig,
+def save_checkpoint(folder: Path, model: SummarizerModel, optimizer, step: int, summary: dict,
                     best: list) -> None:
     """Write a resumable checkpoint: weights and config first, trainer state last, so a folder
-    with trainer.json is complete."""
+    with trainer.json is complete. `summary` (settings, schedule, precision) goes into
+    config.json."""
     from safetensors.torch import save
 
-    model.save(folder, {"train": asdict(cfg), "step": step})
+    model.save(folder, {**summary, "step": step})
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
     tensors["rng.torch"] = torch.get_rng_state()
     atomic_write_bytes(folder / "optimizer.safetensors", save(tensors))
@@ -214,13 +225,6 @@ def load_trainer_state(folder: Path, optimizer) -> tuple[int, list]:
 # --------------------------------------------------------------------------- training loop
 
 
-def _lr_factor(cfg: TrainConfig, step: int) -> float:
-    step = max(step, 1)
-    if cfg.optimizer == "adam-noam":
-        return min(step ** -0.5, step * cfg.warmup ** -1.5)  # BERTSum: peaks at lr / sqrt(warmup)
-    return min(1.0, step / max(1, cfg.warmup))
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -238,7 +242,8 @@ def _distributed() -> tuple[int, int]:
 
 
 def load_examples(cfg: TrainConfig, split: str) -> list[Example]:
-    corpus = load_corpus(cfg.dataset, split, limit=cfg.limit)
+    limit = cfg.val_limit if split == cfg.val_split and cfg.val_limit is not None else cfg.limit
+    corpus = load_corpus(cfg.dataset, split, limit=limit)
     prepared = prepare(corpus, PreprocessConfig(max_len=cfg.max_len))
     if not prepared.examples:
         raise DataError(f"{cfg.dataset}/{split}: no usable document")
@@ -255,6 +260,12 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
                           if torch.cuda.is_available() else "cpu")
     out = Path(cfg.out)
+    precision = resolve_precision(cfg.precision, device)
+    schedule = make_schedule(cfg.optimizer, cfg.steps, cfg.lr, cfg.warmup,
+                             pretrained=model_config(cfg.preset).pretrained is not None,
+                             allow_short_warmup=cfg.allow_short_warmup)
+    summary = {"train": asdict(cfg), "schedule": schedule.to_dict(),
+               "precision": precision.describe()}
     _seed_all(cfg.seed)
     train_examples = train_examples if train_examples is not None else load_examples(cfg, cfg.train_split)
     val_examples = val_examples if val_examples is not None else load_examples(cfg, cfg.val_split)
@@ -277,26 +288,28 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
         teacher.set_backend(cfg.backend)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam-noam":
-        opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-9)
+        opt = torch.optim.Adam(params, lr=schedule.peak_lr, betas=(0.9, 0.999), eps=1e-9)
     else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(params, lr=schedule.peak_lr, weight_decay=cfg.weight_decay)
     step, best = (load_trainer_state(last, opt) if (last / "trainer.json").is_file() else (0, []))
     ddp = model
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model)
     out.mkdir(parents=True, exist_ok=True)
     metrics = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
-    amp = cfg.amp and device.type == "cuda"
 
     from tqdm.auto import tqdm
 
+    if rank == 0:
+        print(f"schedule: {schedule.describe()}\n{precision.describe()}", file=sys.stderr,
+              flush=True)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.preset}", unit="step",
                disable=not (cfg.progress and rank == 0))
     t0, seen_tokens, running = time.time(), 0, []
     while step < cfg.steps:
         model.train()
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(cfg, step + 1)
+            g["lr"] = schedule.lr(step + 1)
         opt.zero_grad(set_to_none=True)
         total = 0.0
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the step's documents: resumable
@@ -305,7 +318,7 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
                     for _ in range(cfg.batch_size * world)][rank::world]
             batch = collate(docs).to(device)
             mask = (batch.cls_positions >= 0).float()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with precision.autocast():
                 logits = ddp(batch.input_ids, batch.segment_ids, batch.attention_mask,
                              batch.cls_positions, batch.ctx).float()
                 loss = sentence_loss(logits, batch.labels, mask)
@@ -333,28 +346,29 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
                 metrics.flush()
             running = []
         if rank == 0 and (step % cfg.val_every == 0 or step == cfg.steps):
-            scores = evaluate_model(model, val_examples, device=device)
+            scores = evaluate_model(model, val_examples, device=device, precision=cfg.precision)
             val = {m: s.mean for m, s in scores.items()}
             val["mean"] = sum(val.values()) / 3
             metrics.write(json.dumps({"step": step, "val": val}) + "\n")
             metrics.flush()
-            best = _keep_best(out, model, step, val, best, cfg)
-            save_checkpoint(last, model, opt, step, cfg, best)
+            best = _keep_best(out, model, step, val, best, cfg.keep_best, summary)
+            save_checkpoint(last, model, opt, step, summary, best)
     bar.close()
     if metrics:
         metrics.close()
-    return {"best": best, "out": str(out), "step": step}
+    return {"best": best, "out": str(out), "step": step, "schedule": schedule.describe(),
+            "precision": precision.describe()}
 
 
 def _keep_best(out: Path, model: SummarizerModel, step: int, val: dict, best: list,
-               cfg: TrainConfig) -> list:
+               keep_best: int, summary: dict) -> list:
     """Keep the best `keep_best` checkpoints by validation ROUGE; returns the updated list of
     {"step", "val", "path"} best first."""
     entry = {"step": step, "val": val, "path": str(out / f"best-{step}")}
     ranked = sorted(best + [entry], key=lambda e: -e["val"]["mean"])
-    keep, drop = ranked[:cfg.keep_best], ranked[cfg.keep_best:]
+    keep, drop = ranked[:keep_best], ranked[keep_best:]
     if entry in keep:
-        model.save(entry["path"], {"train": asdict(cfg), "step": step, "val": val})
+        model.save(entry["path"], {**summary, "step": step, "val": val})
     for e in drop:
         if e is not entry:
             shutil.rmtree(e["path"], ignore_errors=True)

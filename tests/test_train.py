@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import attnsum.train
 from attnsum.data import Corpus, Document, load_corpus
 from attnsum.model import SummarizerModel, model_config, read_config
 from attnsum.patterns import PatternError
@@ -46,14 +47,31 @@ def test_save_load_gives_identical_scores(tmp_path, examples):
     assert read_config(tmp_path / "ckpt").plan == model.cfg.plan
 
 
-def test_resume_continues_with_the_same_state(tmp_path, examples):
+def test_resume_continues_with_the_same_state(tmp_path, examples, monkeypatch):
     straight = tmp_path / "a"
     train(_cfg(tmp_path, out=str(straight), steps=8, val_every=4), examples, examples[:3])
     resumed = tmp_path / "b"
-    train(_cfg(tmp_path, out=str(resumed), steps=4, val_every=4), examples, examples[:3])
+    # A crash while building step 5's batch (calls: steps 1-4, the validation at step 4, step 5),
+    # after the checkpoint of step 4.
+    calls = {"n": 0}
+    real_collate = attnsum.train.collate
+
+    def crashing_collate(docs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real_collate(docs)
+
+    monkeypatch.setattr(attnsum.train, "collate", crashing_collate)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path, out=str(resumed), steps=8, val_every=4), examples, examples[:3])
+    monkeypatch.setattr(attnsum.train, "collate", real_collate)
     state = json.loads((resumed / "last" / "trainer.json").read_text())
     assert state["step"] == 4
     train(_cfg(tmp_path, out=str(resumed), steps=8, val_every=4), examples, examples[:3])
+    logged = [m["step"] for m in map(json.loads, open(resumed / "metrics.jsonl")) if "loss" in m]
+    assert logged == list(range(1, 9))
+    assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5)
     assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5)
     a = SummarizerModel.load(straight / "last").state_dict()
     b = SummarizerModel.load(resumed / "last").state_dict()

@@ -1,0 +1,81 @@
+"""One precision setting for every command that runs a model: ``auto``, ``fp32``, ``bf16``,
+``fp16`` (CUDA only).
+
+Low precision is autocast: weights, optimizer state and checkpoints stay fp32; matrix products
+run in the low dtype, reductions (softmax, LayerNorm, losses) in fp32 as autocast decides.
+``auto`` picks bf16 on CUDA GPUs that support it and on CPUs with native bf16 matrix units
+(AMX-BF16 or AVX512-BF16), fp32 elsewhere: on a CPU without them bf16 is emulated and many
+times slower than fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """The CPU's native bf16 features among NATIVE_BF16_FLAGS (Linux /proc/cpuinfo; none
+    found elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ()
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return tuple(f for f in NATIVE_BF16_FLAGS if f in flags)
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # "fp32", "bf16" or "fp16" (resolved, never "auto")
+    device_type: str  # "cpu" or "cuda"
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype, None for fp32."""
+        return _DTYPES[self.name]
+
+    def autocast(self):
+        """The context that runs a forward (and its loss) in this precision."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def describe(self) -> str:
+        return f"precision {self.name} on {self.device_type} ({self.reason})"
+
+
+def resolve_precision(name: str | None, device: str | torch.device = "cpu") -> Precision:
+    """Resolve a precision setting for a device; raises ValueError for one the device cannot
+    run."""
+    name = name or "auto"
+    dev = torch.device(device).type
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}: use one of {', '.join(PRECISIONS)}")
+    if name == "fp16" and dev != "cuda":
+        raise ValueError("fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
+    if name != "auto":
+        return Precision(name, dev, "asked for")
+    if dev == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision("bf16", dev, "auto: the GPU supports bf16")
+        return Precision("fp16", dev, "auto: the GPU lacks bf16")
+    flags = cpu_bf16_flags()
+    if flags:
+        return Precision("bf16", dev, f"auto: the CPU has native bf16 ({', '.join(flags)})")
+    return Precision("fp32", dev, "auto: the CPU has no native bf16 (no "
+                     f"{' or '.join(NATIVE_BF16_FLAGS)}), where bf16 is emulated and slow")
