@@ -257,12 +257,15 @@ def _local_documents(files: list[Path], fields: Fields) -> Iterator[Document]:
 
 def _split_files(path: Path, split: str) -> list[Path]:
     """A folder may hold one file per split (``train.jsonl``, ``val.jsonl``, ``test.parquet``...):
-    pick those whose name starts with the split; otherwise every file is the split."""
+    pick the files named exactly after the split; else those whose name starts with the split and
+    a dash (``train-00001.parquet``); otherwise every file is the split. So ``val.jsonl.gz`` beside
+    ``val-original-1000.jsonl.gz`` is the split alone."""
     files = local_files(path)
     if not path.is_dir():
         return files
     names = {split, *(a for a, s in _SPLIT_ALIASES.items() if s == split)}
-    chosen = [f for f in files if f.name.split(".")[0].split("-")[0] in names]
+    exact = [f for f in files if f.name.split(".")[0] in names]
+    chosen = exact or [f for f in files if f.name.split(".")[0].split("-")[0] in names]
     return chosen or files
 
 

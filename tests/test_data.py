@@ -51,6 +51,13 @@ def test_gzip_parquet_and_folder_with_splits(tmp_path):
     assert [d.id for d in train.documents] == ["a"]
     test = load_corpus(str(folder), "test", fields=Fields("text", "summ", "doc"))
     assert test.documents[0].id == "x" and len(test.documents[0].sentences) == 2
+    # A file named exactly after the split wins over its variants (the shared CNN/DM folder has
+    # train.jsonl.gz beside train-original-cnn-1859.jsonl.gz); dash-numbered shards still count.
+    _write_jsonl(folder / "train-original.jsonl", [dict(RECORDS[1], id="variant")])
+    assert [d.id for d in load_corpus(str(folder), "train").documents] == ["a"]
+    _write_jsonl(folder / "val-00000.jsonl", [RECORDS[0]])
+    _write_jsonl(folder / "val-00001.jsonl", [RECORDS[1]])
+    assert [d.id for d in load_corpus(str(folder), "val").documents] == ["a", "b"]
 
 
 def test_empty_documents_are_skipped_and_counted(tmp_path):
