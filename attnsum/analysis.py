@@ -6,22 +6,30 @@ suggestion that `attnsum train --plan` accepts.
   (grad x weight)^2; ``gate``, |dL/d xi_h| for a gate xi_h = 1 on each head's output.
 - Pattern scores: for every head and pattern, the mean attention mass a query puts on the
   pattern's allowed keys, next to the chance level (the mass a uniform head would put there).
+
+`analyze` (the ``attnsum analyze`` command) writes to its output folder: ``report.html``
+(report.py), ``analysis.json``, ``importance.csv``, ``pattern_scores.csv`` and ``plan.json``
+(for ``attnsum train --plan``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .hf import self_attention_modules
+from .attention import HeadPlan, get_pattern
+from .attention.hf import self_attention_modules
+from .attention.patterns import dense_mask
+from .batching import collate, length_batches, sentence_logits
+from .io import atomic_write_json, atomic_write_text
+from .losses import sentence_loss
 from .model import SummarizerModel
-from .patterns import dense_mask, get_pattern
-from .plan import HeadPlan
-from .preprocess import Example
-from .train import collate, sentence_loss
+from .preprocess import Example, load_tokenizer
+from .report import render_html
 
 # Matching token is scored on its strict form (a row with no match allows only itself), not on
 # the full-attention fallback, under which every head would score on the no-match rows.
@@ -34,9 +42,8 @@ SUGGESTED = {"match-self": ("match", "mask"), "sent": ("sent", "mask"), "next": 
 def _batches(examples: Sequence[Example], batch_size: int):
     if not examples:
         raise ValueError("no validation document to analyze")
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    for i in range(0, len(order), batch_size):
-        yield collate([examples[j] for j in order[i:i + batch_size]])
+    for _, batch in length_batches(examples, batch_size):
+        yield batch
 
 
 def head_importance(model: SummarizerModel, examples: Sequence[Example], method: str = "taylor",
@@ -50,29 +57,19 @@ def head_importance(model: SummarizerModel, examples: Sequence[Example], method:
     scores = torch.zeros(L, H, dtype=torch.float64)
     was_training = model.training
     model.eval()
-    gates = []
-    if method == "gate":
-        for m in mods:
-            m.attnsum_gates = torch.ones(H, requires_grad=True)
-            gates.append(m.attnsum_gates)
+    gates = torch.ones(L, H, requires_grad=True) if method == "gate" else None
     try:
         for batch in _batches(examples, batch_size):
             model.zero_grad(set_to_none=True)
-            mask = (batch.cls_positions >= 0).float()
-            logits = model(batch.input_ids, batch.segment_ids, batch.attention_mask,
-                           batch.cls_positions, batch.ctx)
-            loss = sentence_loss(logits, batch.labels, mask)
+            logits = sentence_logits(model, batch, gates=gates)
+            loss = sentence_loss(logits, batch.labels, batch.sentence_mask)
             if method == "gate":
-                grads = torch.autograd.grad(loss, gates)
-                for layer, g in enumerate(grads):
-                    scores[layer] += g.abs().double()
+                scores += torch.autograd.grad(loss, gates)[0].abs().double()
                 continue
             loss.backward()
             with torch.no_grad():
                 _taylor(model, mods, d, scores)
     finally:
-        for m in mods:
-            m.attnsum_gates = None
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     total = scores.sum()
@@ -145,3 +142,62 @@ def suggest_plan(importance: np.ndarray, scores: PatternScores, threshold: float
                 name = max(ok)[2]
                 assignments[(layer, h)] = SUGGESTED.get(name, (name, "mask"))
     return HeadPlan.from_assignments(L, H, assignments)
+
+
+def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path, top_heads: int = 4,
+            samples: int = 2, threshold: float = 0.5, title: str = "") -> dict:
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RuntimeError(f"cannot write the report folder {out}: {e.strerror}") from None
+    if not examples:
+        raise ValueError("the validation split is empty: nothing to analyze")
+    taylor = head_importance(model, examples, "taylor")
+    gate = head_importance(model, examples, "gate")
+    ps = pattern_scores(model, examples)
+    plan = suggest_plan(taylor, ps, threshold)
+    L, H = taylor.shape
+    top = sorted(((float(taylor[layer, h]), layer, h) for layer in range(L) for h in range(H)),
+                 reverse=True)[:top_heads]
+    heads = [(layer, h) for _, layer, h in top]
+    maps = _sample_maps(model, examples[:samples], heads)
+    result = {"layers": L, "heads": H, "documents": len(examples),
+              "importance": {"taylor": taylor.tolist(), "gate": gate.tolist()},
+              "patterns": list(ps.patterns), "pattern_scores": ps.score.tolist(),
+              "chance": ps.chance.tolist(), "plan": plan.to_dict(), "plan_text": str(plan),
+              "top_heads": heads}
+    atomic_write_json(out / "analysis.json", result)
+    atomic_write_text(out / "plan.json", plan.to_json() + "\n")
+    atomic_write_text(out / "importance.csv", "layer,head,taylor,gate\n" + "".join(
+        f"{layer},{h},{taylor[layer, h]:.6g},{gate[layer, h]:.6g}\n"
+        for layer in range(L) for h in range(H)))
+    atomic_write_text(out / "pattern_scores.csv", "layer,head,pattern,score,chance\n" + "".join(
+        f"{layer},{h},{p},{ps.score[layer, h, i]:.6g},{ps.chance[i]:.6g}\n"
+        for layer in range(L) for h in range(H) for i, p in enumerate(ps.patterns)))
+    atomic_write_text(out / "report.html", render_html(title or "attnsum analysis", taylor, gate,
+                                                       ps, plan, maps, len(examples)))
+    return result
+
+
+MAX_TOKENS = 80  # tokens of each sample document shown in the heatmaps
+
+
+@torch.no_grad()
+def _sample_maps(model: SummarizerModel, examples: Sequence[Example], heads) -> list[dict]:
+    tok = load_tokenizer()
+    docs = []
+    for ex in examples:
+        batch = collate([ex])
+        maps = model.attention_maps(batch.input_ids, batch.segment_ids, batch.attention_mask,
+                                    batch.ctx)
+        n = min(MAX_TOKENS, len(ex.input_ids))
+        tokens = tok.convert_ids_to_tokens(ex.input_ids[:n])
+        docs.append({"id": ex.id, "tokens": tokens, "heads": [
+            {"layer": layer, "head": h,
+             "attn": np.round(maps[layer][0, h, :n, :n].float().numpy(), 3).tolist()}
+            for layer, h in heads]})
+    return docs

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .data import DataError, Fields, format_skips, load_corpus
+from .preprocess import MAX_LEN
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -19,7 +20,7 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary-field", default="highlights", help="field of a local file's summary")
     p.add_argument("--id-field", default="id", help="field of a local file's document id")
     p.add_argument("--limit", type=int, default=None, help="use only the first N documents")
-    p.add_argument("--max-len", type=int, default=512, help="input length in word pieces")
+    p.add_argument("--max-len", type=int, default=MAX_LEN, help="input length in word pieces")
 
 
 def _add_precision_arg(p: argparse.ArgumentParser) -> None:
@@ -42,24 +43,24 @@ def _load_examples(args):
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import SYSTEMS, evaluate_system, format_table
+    from .evaluate import BASELINES, evaluate_system, format_table
 
     systems = [s.strip() for s in args.system.split(",") if s.strip()]
     for s in systems:
-        if s not in SYSTEMS:
-            raise DataError(f"unknown system {s!r}: use one of {', '.join(SYSTEMS)}")
+        if s not in BASELINES:
+            raise DataError(f"unknown system {s!r}: use one of {', '.join(BASELINES)}")
     prepared = _load_examples(args)
     out = Path(args.out)
     extra = {"dataset": args.dataset, "split": args.split, "max_len": args.max_len,
              "skipped": dict(prepared.skipped)}
     rows = {s: evaluate_system(s, prepared.examples, out, extra) for s in systems}
     if args.checkpoint:
-        from .model import SummarizerModel, read_training_summary
+        from .checkpoints import best_checkpoint, load_model, read_training_summary
+        from .evaluate import evaluate_model
         from .precision import resolve_precision
-        from .train import best_checkpoint, evaluate_model
 
         ckpt = best_checkpoint(args.checkpoint)
-        model = SummarizerModel.load(ckpt)
+        model = load_model(ckpt)
         trained = read_training_summary(ckpt)
         schedule = trained.get("schedule", {}).get("description", "an unrecorded schedule")
         print(f"model {ckpt}: trained with {schedule}", file=sys.stderr)
@@ -103,12 +104,11 @@ def cmd_experiment(args) -> None:
 
 
 def cmd_analyze(args) -> None:
-    from .model import SummarizerModel
-    from .report import analyze
-    from .train import best_checkpoint
+    from .analysis import analyze
+    from .checkpoints import best_checkpoint, load_model
 
     ckpt = best_checkpoint(args.checkpoint)
-    model = SummarizerModel.load(ckpt)
+    model = load_model(ckpt)
     args.max_len = model.cfg.max_positions if args.max_len is None else args.max_len
     prepared = _load_examples(args)
     result = analyze(model, prepared.examples, args.out, top_heads=args.top_heads,
@@ -124,11 +124,11 @@ def cmd_pipeline(args) -> None:
 
 
 def cmd_summarize(args) -> None:
-    from .batch import summarize_command
+    from .summarize import summarize_command
 
     counts = summarize_command(args.checkpoint, args.inputs, args.out, args.format, args.field,
                                args.jsonl, args.k, not args.no_trigram_blocking, args.chunk,
-                               args.device, args.precision)
+                               args.device, args.precision, args.limit)
     print(f"summarized {counts['documents']} documents ({counts['errors']} could not be)",
           file=sys.stderr)
 
@@ -159,13 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/evaluate", help="output folder")
     p.set_defaults(func=cmd_evaluate)
 
+    from .attention import BACKENDS
+    from .model import MODEL_PRESETS
     from .schedule import OPTIMIZERS
     from .train import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a summarizer (teacher or student)")
     p.add_argument("--preset", default=d.preset,
-                   help="minilm, bert-base, student-6x12, student-6x8 or tiny")
+                   choices=list(MODEL_PRESETS))
     p.add_argument("--plan", default=d.plan,
                    help="head plan: none, paper, LAYERS:HEADS=PATTERN/MODE;... or a JSON file")
     p.add_argument("--inject", default=d.inject, choices=["heads", "side"],
@@ -198,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--teacher", default=None, help="checkpoint to distil sentence scores from")
     p.add_argument("--distill-weight", dest="distill_weight", type=float, default=d.distill_weight)
-    p.add_argument("--backend", default=d.backend, choices=["auto", "triton", "torch", "reference"])
+    p.add_argument("--backend", default=d.backend, choices=BACKENDS)
     p.add_argument("--out", default=d.out, help="run folder (resumed if it holds a checkpoint)")
     p.set_defaults(func=cmd_train)
 
@@ -231,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=3)
     p.add_argument("--no-trigram-blocking", action="store_true")
     p.add_argument("--chunk", type=int, default=256, help="documents held in memory at once")
+    p.add_argument("--limit", type=int, default=None, help="only the first N documents")
     p.add_argument("--device", default=None)
     _add_precision_arg(p)
     p.set_defaults(func=cmd_summarize)

@@ -1,6 +1,6 @@
 """ROUGE evaluation of extractive systems.
 
-Convention (PAPER.md section 6): rouge-score with ``use_stemmer=True``; ROUGE-1, ROUGE-2 and
+Convention (BERTSum and the paper): rouge-score with ``use_stemmer=True``; ROUGE-1, ROUGE-2 and
 ROUGE-Lsum F1 over newline-joined sentences; corpus score = mean over documents, with a 95%
 percentile bootstrap interval over documents.
 """
@@ -84,7 +84,7 @@ def select_top_k(scores: Sequence[float], sentences: Sequence[str], k: int = 3,
     return sorted(chosen)
 
 
-SYSTEMS = ("lead3", "oracle")
+BASELINES = ("lead3", "oracle")
 
 
 def system_selection(system: str, ex: Example) -> list[int]:
@@ -93,7 +93,7 @@ def system_selection(system: str, ex: Example) -> list[int]:
         return list(range(min(3, len(ex.all_sentences))))
     if system == "oracle":
         return list(ex.oracle)
-    raise ValueError(f"unknown system {system!r}: use one of {', '.join(SYSTEMS)}")
+    raise ValueError(f"unknown system {system!r}: use one of {', '.join(BASELINES)}")
 
 
 def evaluate_selections(examples: Sequence[Example], selections: Sequence[list[int]],
@@ -121,6 +121,19 @@ def evaluate_system(system: str, examples: Sequence[Example], out_dir: Path | No
     return evaluate_selections(examples, selections,
                                lambda ex, sel: [ex.all_sentences[i] for i in sel],
                                out_dir, system, extra)
+
+
+def evaluate_model(model, examples: Sequence[Example], out_dir: Path | None = None,
+                   name: str = "model", k: int = 3, trigram_blocking: bool = True, device="cpu",
+                   extra: dict | None = None, precision: str | None = None) -> dict[str, Score]:
+    """ROUGE of a model's top-k selections (trigram blocking by default)."""
+    from .batching import predict_scores
+
+    scores = predict_scores(model, examples, device=device, precision=precision)
+    selections = [select_top_k(s, ex.sentences, k, trigram_blocking)
+                  for s, ex in zip(scores, examples, strict=True)]
+    return evaluate_selections(examples, selections,
+                               lambda ex, sel: [ex.sentences[i] for i in sel], out_dir, name, extra)
 
 
 def format_table(rows: dict[str, dict[str, Score]]) -> str:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import METRICS, evaluate_system
+from .checkpoints import best_checkpoint, load_model
+from .evaluate import METRICS, evaluate_model, evaluate_system
 from .io import atomic_write_json, atomic_write_text
-from .model import SummarizerModel
-from .preprocess import Example
-from .train import TrainConfig, best_checkpoint, evaluate_model, load_examples, train
+from .preprocess import MAX_LEN, Example
+from .train import TrainConfig, load_examples, train
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Settings:
 QUICK = Settings(max_len=256, teacher_steps=80, student_steps=80, batch_size=4, accum=1,
                  teacher_lr=5e-5, student_lr=5e-4, student_optimizer="adamw", warmup=None,
                  val_every=40, student="student-6x8")
-FULL = Settings(max_len=512, teacher_steps=5000, student_steps=50000, batch_size=12, accum=3,
+FULL = Settings(max_len=MAX_LEN, teacher_steps=5000, student_steps=50000, batch_size=12, accum=3,
                 teacher_lr=2e-5, student_lr=2e-5, student_optimizer="adam-noam", warmup=None,
                 val_every=1000, student="student-6x12")
 
@@ -57,7 +57,7 @@ class System:
     distill: bool = False
 
 
-SYSTEMS = (
+EXPERIMENT_SYSTEMS = (
     System("teacher", "teacher"),
     System("teacher+patterns", "teacher", "paper", "side"),
     System("student", "student"),
@@ -86,7 +86,7 @@ def run_system(cfg: TrainConfig, train_ex: list[Example], val_ex: list[Example],
     if done.is_file():
         return json.loads(done.read_text())
     train(cfg, train_ex, val_ex)
-    model = SummarizerModel.load(best_checkpoint(cfg.out))
+    model = load_model(cfg.out)
     scores = {m: s.mean for m, s in evaluate_model(model, test_ex, Path(cfg.out), "test").items()}
     atomic_write_json(done, scores)
     return scores
@@ -107,7 +107,7 @@ def _table(rows: dict[str, list[dict[str, float]]]) -> str:
 
 def run_experiment(out: str | Path = "runs/experiment", seeds: int = 3, full: bool = False,
                    dataset: str = "embedded", limit: int | None = None,
-                   systems: tuple[System, ...] = SYSTEMS) -> str:
+                   systems: tuple[System, ...] = EXPERIMENT_SYSTEMS) -> str:
     """Run every system for `seeds` seeds; writes OUT/experiment.md and .json, returns the
     Markdown table (mean ± sample standard deviation over seeds)."""
     out = Path(out)

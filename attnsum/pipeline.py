@@ -20,12 +20,14 @@ from pathlib import Path
 
 import torch
 
+from .attention import HeadPlan
+from .batching import length_batches, sentence_logits
+from .checkpoints import best_checkpoint, load_model
 from .evaluate import evaluate_system
 from .experiment import FULL, QUICK, Settings, run_system
 from .io import atomic_write_json, atomic_write_text
 from .model import SummarizerModel
-from .plan import HeadPlan
-from .train import TrainConfig, best_checkpoint, collate, load_examples
+from .train import TrainConfig, load_examples
 
 
 class Stages:
@@ -52,13 +54,11 @@ class Stages:
 def time_inference(model: SummarizerModel, examples, batch_size: int = 8) -> dict:
     """Documents and tokens per second of sentence scoring (batches grouped by length)."""
     model.eval()
-    order = sorted(examples, key=lambda e: len(e.input_ids))
-    batches = [collate(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
-    model(batches[0].input_ids, batches[0].segment_ids, batches[0].attention_mask,
-          batches[0].cls_positions, batches[0].ctx)  # warm-up
+    batches = [b for _, b in length_batches(examples, batch_size)]
+    sentence_logits(model, batches[0])  # warm-up
     t0 = time.perf_counter()
     for b in batches:
-        model(b.input_ids, b.segment_ids, b.attention_mask, b.cls_positions, b.ctx)
+        sentence_logits(model, b)
     dt = time.perf_counter() - t0
     tokens = sum(len(e.input_ids) for e in examples)
     return {"docs_per_s": len(examples) / dt, "tokens_per_s": tokens / dt, "seconds": dt}
@@ -94,9 +94,9 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
     results = {"teacher": stages.run("teacher", "fine-tune the teacher (minilm)", trained(teacher_cfg))}
 
     def analyze_teacher():
-        from .report import analyze
+        from .analysis import analyze
 
-        model = SummarizerModel.load(best_checkpoint(teacher_cfg.out))
+        model = load_model(teacher_cfg.out)
         r = analyze(model, examples("val"), out / "analysis", title="attnsum: teacher analysis")
         plan = HeadPlan.from_dict(r["plan"])
         fallback = plan.is_learned
@@ -127,7 +127,7 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
     base_scores = stages.run("baselines", "Lead-3 and oracle on the test split", baselines)
 
     def timing():
-        return {name: time_inference(SummarizerModel.load(r["checkpoint"]), examples("test"))
+        return {name: time_inference(load_model(r["checkpoint"]), examples("test"))
                 for name, r in results.items()}
 
     speed = stages.run("timing", "time inference on the test split", timing)

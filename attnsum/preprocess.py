@@ -1,7 +1,7 @@
 """BERTSum inputs: `[CLS] s1 [SEP] [CLS] s2 [SEP] ...`, interval segment ids, sentence spans,
 [CLS] positions and greedy oracle labels.
 
-Conventions (BERTSum, PAPER.md sections 5 and 7):
+Conventions (BERTSum, Liu and Lapata 2019, and the greedy oracle of its code):
 - sentences of 5 words or fewer are dropped, each sentence keeps at most 200 words, a document
   keeps at most 100 sentences (words: whitespace tokens of the original sentence);
 - the input stops at the last whole sentence that fits in ``max_len`` word pieces (512 by
@@ -28,6 +28,7 @@ from .data import Corpus
 from .io import atomic_write_text
 
 CACHE_VERSION = 1
+MAX_LEN = 512  # BERT's positions: the default input length in word pieces, everywhere
 
 
 # --------------------------------------------------------------------------- greedy oracle
@@ -107,7 +108,7 @@ def load_tokenizer(name_or_dir: str | None = None):
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    max_len: int = 512
+    max_len: int = MAX_LEN
     min_sentence_words: int = 5  # sentences of this many words or fewer are dropped
     max_sentence_words: int = 200
     max_sentences: int = 100

@@ -1,84 +1,19 @@
-"""`attnsum analyze`: importance, pattern scores, a suggested plan and a self-contained HTML
-report (inline CSS and script, no network) with interactive attention heatmaps.
-
-Files written to the output folder: ``report.html``, ``analysis.json``, ``importance.csv``,
-``pattern_scores.csv`` and ``plan.json`` (for ``attnsum train --plan``).
-"""
+"""The self-contained HTML report of `attnsum analyze` (analysis.py): importance grids, pattern
+grids, the suggested plan, and interactive attention heatmaps; inline CSS and script, no
+network."""
 
 from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .analysis import PatternScores, head_importance, pattern_scores, suggest_plan
-from .io import atomic_write_json, atomic_write_text
-from .model import SummarizerModel
-from .plan import HeadPlan
-from .preprocess import Example, load_tokenizer
-from .train import collate
+from .attention import HeadPlan
 
-MAX_TOKENS = 80  # tokens of each sample document shown in the heatmaps
-
-
-def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path, top_heads: int = 4,
-            samples: int = 2, threshold: float = 0.5, title: str = "") -> dict:
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise RuntimeError(f"cannot write the report folder {out}: {e.strerror}") from None
-    if not examples:
-        raise ValueError("the validation split is empty: nothing to analyze")
-    taylor = head_importance(model, examples, "taylor")
-    gate = head_importance(model, examples, "gate")
-    ps = pattern_scores(model, examples)
-    plan = suggest_plan(taylor, ps, threshold)
-    L, H = taylor.shape
-    top = sorted(((float(taylor[layer, h]), layer, h) for layer in range(L) for h in range(H)),
-                 reverse=True)[:top_heads]
-    heads = [(layer, h) for _, layer, h in top]
-    maps = _sample_maps(model, examples[:samples], heads)
-    result = {"layers": L, "heads": H, "documents": len(examples),
-              "importance": {"taylor": taylor.tolist(), "gate": gate.tolist()},
-              "patterns": list(ps.patterns), "pattern_scores": ps.score.tolist(),
-              "chance": ps.chance.tolist(), "plan": plan.to_dict(), "plan_text": str(plan),
-              "top_heads": heads}
-    atomic_write_json(out / "analysis.json", result)
-    atomic_write_text(out / "plan.json", plan.to_json() + "\n")
-    atomic_write_text(out / "importance.csv", "layer,head,taylor,gate\n" + "".join(
-        f"{layer},{h},{taylor[layer, h]:.6g},{gate[layer, h]:.6g}\n"
-        for layer in range(L) for h in range(H)))
-    atomic_write_text(out / "pattern_scores.csv", "layer,head,pattern,score,chance\n" + "".join(
-        f"{layer},{h},{p},{ps.score[layer, h, i]:.6g},{ps.chance[i]:.6g}\n"
-        for layer in range(L) for h in range(H) for i, p in enumerate(ps.patterns)))
-    atomic_write_text(out / "report.html", render_html(title or "attnsum analysis", taylor, gate,
-                                                       ps, plan, maps, len(examples)))
-    return result
-
-
-@torch.no_grad()
-def _sample_maps(model: SummarizerModel, examples: Sequence[Example], heads) -> list[dict]:
-    tok = load_tokenizer()
-    docs = []
-    for ex in examples:
-        batch = collate([ex])
-        maps = model.attention_maps(batch.input_ids, batch.segment_ids, batch.attention_mask,
-                                    batch.ctx)
-        n = min(MAX_TOKENS, len(ex.input_ids))
-        tokens = tok.convert_ids_to_tokens(ex.input_ids[:n])
-        docs.append({"id": ex.id, "tokens": tokens, "heads": [
-            {"layer": layer, "head": h,
-             "attn": np.round(maps[layer][0, h, :n, :n].float().numpy(), 3).tolist()}
-            for layer, h in heads]})
-    return docs
+if TYPE_CHECKING:
+    from .analysis import PatternScores
 
 
 def _grid(values: np.ndarray, fmt: str, cls: str, scale: float | None = None) -> str:

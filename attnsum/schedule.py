@@ -25,7 +25,7 @@ import math
 from dataclasses import asdict, dataclass
 
 OPTIMIZERS = ("adamw", "adam-noam")
-PAPER_WARMUP = 10_000  # BERTSum's Noam warmup (PAPER.md section 5)
+PAPER_WARMUP = 10_000  # BERTSum's Noam warmup, kept by the paper
 PAPER_PEAK = 2e-3 * PAPER_WARMUP ** -0.5  # 2e-5: the paper's lr 2e-3 at the top of its warmup
 
 

@@ -22,7 +22,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .api import InputError, Summarizer
+from .summarizer import InputError, Summarizer
 
 log = logging.getLogger("attnsum.serve")
 

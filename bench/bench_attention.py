@@ -20,25 +20,21 @@ gbps, peak_mb, max_err, device, torch, triton, commit
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 if "--quick" in sys.argv:  # the kernels run on CPU through Triton's interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from attnsum.attention import layer_allowed, reference_attention, torch_attention  # noqa: E402
-from attnsum.fused import fused_layer_attention  # noqa: E402
-from attnsum.patterns import PatternContext  # noqa: E402
-from attnsum.plan import HeadPlan  # noqa: E402
+from common import ROOT, commit, synthetic_batch, write_csv  # noqa: E402
+
+from attnsum.attention import HeadPlan, layer_allowed, reference_attention, torch_attention  # noqa: E402
+from attnsum.attention.triton_path import fused_layer_attention  # noqa: E402
 
 FIELDS = ["provider", "plan", "mode", "B", "H", "N", "D", "dtype", "ms", "ms_p20", "ms_p80",
           "tflops_dense", "tflops_needed", "gbps", "peak_mb", "max_err", "device", "torch",
@@ -55,31 +51,27 @@ def plan_for(name: str, H: int):
     return HeadPlan.parse({"learned": "none", "paper": "paper"}[name], 1, H).layer(0)
 
 
-def synthetic_batch(B: int, N: int, seed: int = 0, device="cpu"):
-    """BERTSum-shaped inputs: sentences of 10-60 tokens, each [CLS] ... [SEP], word ids drawn
-    from a Zipf-like law over the 30,522-piece vocabulary (so matching groups look like text)."""
-    g = torch.Generator().manual_seed(seed)
-    ranks = torch.arange(1, 30000, dtype=torch.float)
-    probs = 1.0 / ranks
-    ids = torch.zeros(B, N, dtype=torch.long)
-    for b in range(B):
-        pos = 0
-        while pos < N:
-            n = int(torch.randint(10, 61, (1,), generator=g))
-            body = torch.multinomial(probs, n, replacement=True, generator=g) + 1000
-            sent = torch.cat([torch.tensor([101]), body, torch.tensor([102])])[: N - pos]
-            ids[b, pos:pos + len(sent)] = sent
-            pos += len(sent)
-    am = torch.ones(B, N, dtype=torch.long)
-    ctx = PatternContext.from_bertsum(ids, am)
-    return PatternContext(ctx.token_ids.to(device), ctx.valid.to(device),
-                          ctx.sentence_ids.to(device))
+def allowed_pairs(plan, ctx) -> torch.Tensor:
+    """(H,) float64: allowed (query, key) pairs per head over the batch, from the range tables
+    (O(B N) memory, so N = 16,384 costs nothing); patterns without a range form fall back to
+    their dense mask."""
+    B, N = ctx.shape
+    learned = float(N) * ctx.valid.sum().double()  # every row attends the valid keys
+    out = []
+    for spec in plan:
+        if spec is None:
+            out.append(learned)
+        elif spec.pat.has_ranges:
+            out.append(ctx.ranges(spec.pat).counts().sum().double())
+        else:
+            out.append(layer_allowed((spec,), ctx).sum().double())
+    return torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in out])
 
 
 def needed_flops(plan, ctx) -> tuple[float, float]:
     """(softmax FLOPs per unit D, synth bytes factor): 4 * allowed pairs for softmax heads, 2 *
     allowed pairs for synthesized heads (forward; backward counted as 2.5x by the caller)."""
-    allowed = layer_allowed(plan, ctx).sum((0, 2, 3)).double()  # (H,) allowed pairs per head
+    allowed = allowed_pairs(plan, ctx)
     total = 0.0
     for h, s in enumerate(plan):
         total += (2.0 if s is not None and s.mode == "synth" else 4.0) * float(allowed[h])
@@ -117,7 +109,7 @@ def flex_provider(plan, ctx, H: int, device):
     """FlexAttention with a per-head mask_mod and score_mod equivalent to the plan."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    from attnsum.patterns import get_pattern
+    from attnsum.attention.patterns import get_pattern
 
     B, N = ctx.shape
     kinds = torch.tensor([0 if s is None else (2 if s.mode == "synth" else 1) for s in plan],
@@ -159,14 +151,6 @@ def timer(fn, device) -> tuple[float, float, float]:
     return times[1], times[0], times[-1]
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=5).stdout.strip()
-    except OSError:
-        return ""
-
-
 def run(args) -> list[dict]:
     device = args.device
     rows = []
@@ -176,7 +160,7 @@ def run(args) -> list[dict]:
     except ImportError:
         triton_version = ""
     meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-            "torch": torch.__version__, "triton": triton_version, "commit": _commit()}
+            "torch": torch.__version__, "triton": triton_version, "commit": commit()}
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
         for D in args.d:
@@ -266,17 +250,6 @@ def bench_one(provider, plan_name, plan, ctx, check_ctx, args, D, N, dtype, devi
     return out_rows
 
 
-def write_csv(path: Path, rows: list[dict], fields: list[str] = FIELDS) -> None:
-    """Append rows to a CSV of a fixed schema (header written once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -302,7 +275,7 @@ def main(argv=None) -> int:
         name = torch.cuda.get_device_name().replace(" ", "_") if args.device == "cuda" else "cpu"
         args.out = str(ROOT / "bench" / "results" / name / "attention.csv")
     rows = run(args)
-    write_csv(Path(args.out), rows)
+    write_csv(Path(args.out), rows, FIELDS)
     print(f"{len(rows)} rows appended to {args.out}")
     return 0 if rows else 1
 

@@ -27,16 +27,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 if "--quick" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from bench_attention import _commit, synthetic_batch, write_csv  # noqa: E402
+from common import ROOT, commit, synthetic_batch, write_csv  # noqa: E402
 
-from attnsum.attention import patterned_attention  # noqa: E402
+from attnsum.attention import HeadPlan, patterned_attention  # noqa: E402
 from attnsum.model import SummarizerModel, model_config  # noqa: E402
-from attnsum.plan import HeadPlan  # noqa: E402
 
 FIELDS = ["model", "N", "B", "ms", "docs_per_s", "tokens_per_s", "attention_share", "bound",
           "measured", "ratio", "device", "torch", "commit"]
@@ -128,7 +125,7 @@ def main(argv=None) -> int:
         args.device, args.n, args.tokens, args.student, args.dtype = "cpu", [64], 128, "tiny", "float32"
     device, dtype = args.device, getattr(torch, args.dtype)
     meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-            "torch": torch.__version__, "commit": _commit()}
+            "torch": torch.__version__, "commit": commit()}
     rows = []
     for N in args.n:
         rows += bench_length(args, N, max(1, args.tokens // N), device, dtype, meta)

@@ -1,26 +1,36 @@
 #!/usr/bin/env bash
-# The CPU budget runs on CNN/DailyMail (../shared/data/cnndm): the MiniLM teacher and two
-# student-mini twins (dense, `paper` plan) on the same 4,000 training documents, 500 steps of 8,
-# default schedules (schedule.py) and precision (precision.py); then ROUGE on the whole
-# validation split. Every step resumes: a finished run or evaluation is skipped, a training run
-# continues from its last checkpoint. Run it in the background:
+# The CPU budget runs on CNN/DailyMail (../shared/data/cnndm), sized for a 2-core CPU in one
+# session: the MiniLM teacher on 4,000 training documents (500 steps of 8), then two
+# student-mini twins from scratch (dense; `paper` plan) on the same first 2,000 documents with
+# equal budgets (250 steps of 8); default schedules (schedule.py) and precision (precision.py).
+# ROUGE on validation: Lead-3, oracle and the teacher on the whole split, the students on its
+# first VAL_DOCS documents; blind-test summaries of the first BLIND_DOCS test articles per
+# system (Lead-3: all of them). Every step resumes: a finished run, evaluation or summary file
+# is skipped; a training run continues from its last checkpoint, a summary file from its last
+# whole record. Run it in the background:
 #   nohup bash bench/cnndm_cpu.sh > runs/cnndm/log.txt 2>&1 &
-# Environment: DATA (default ../shared/data/cnndm), OUT (default runs/cnndm), ATTNSUM (default
-# "python -m attnsum").
+# Environment: DATA (default ../shared/data/cnndm), BLIND (default
+# ../shared/data/cnndm-blind/test-articles.jsonl.gz), OUT (default runs/cnndm), RESULTS (default
+# bench/results/cnndm), ATTNSUM (default "python -m attnsum"), VAL_DOCS (2000), BLIND_DOCS (1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cnndm}
+BLIND=${BLIND:-../shared/data/cnndm-blind/test-articles.jsonl.gz}
 OUT=${OUT:-runs/cnndm}
+RESULTS=${RESULTS:-bench/results/cnndm}
 ATTNSUM=${ATTNSUM:-python -m attnsum}
-mkdir -p "$OUT"
-common=(--dataset "$DATA" --limit 4000 --val-limit 200 --max-len 512 --steps 500 --batch-size 8
-        --val-every 125)
+VAL_DOCS=${VAL_DOCS:-2000}
+BLIND_DOCS=${BLIND_DOCS:-1000}
+mkdir -p "$OUT" "$RESULTS"
+common=(--dataset "$DATA" --val-limit 200 --max-len 512 --batch-size 8)
+teacher=(--limit 4000 --steps 500 --val-every 125)
+student=(--limit 2000 --steps 250 --val-every 125)
 
 train() {  # name, then train flags
   local name=$1; shift
   if [ -f "$OUT/$name/done" ]; then echo "== $name: trained earlier"; return; fi
   echo "== train $name ($(date -u +%H:%M:%S))"
-  $ATTNSUM train "${common[@]}" --out "$OUT/$name" "$@"
+  $ATTNSUM train "${common[@]}" "$@" --out "$OUT/$name"
   touch "$OUT/$name/done"
 }
 
@@ -32,11 +42,24 @@ evaluate() {  # name, then evaluate flags
   touch "$OUT/eval/$name/done"
 }
 
+blind() {  # name: summaries of the first BLIND_DOCS test articles
+  local name=$1 file="$RESULTS/$1.test.jsonl.gz"
+  if [ -f "$file" ]; then echo "== $name: blind test summarized earlier"; return; fi
+  echo "== blind test $name ($(date -u +%H:%M:%S))"
+  $ATTNSUM summarize --checkpoint "$OUT/$name" "$BLIND" --field article --limit "$BLIND_DOCS" \
+    --out "$OUT/$name.blind.jsonl"
+  python bench/cnndm_blind.py convert "$OUT/$name.blind.jsonl" "$file"
+}
+
+[ -f "$RESULTS/lead3.test.jsonl.gz" ] || python bench/cnndm_blind.py lead3 "$BLIND" "$RESULTS/lead3.test.jsonl.gz"
 evaluate lead3 --system lead3,oracle
-train cpu-teacher --preset minilm
+train cpu-teacher --preset minilm "${teacher[@]}"
 evaluate cpu-teacher --system "" --checkpoint "$OUT/cpu-teacher"
-train cpu-student --preset student-mini
-train cpu-student-paper --preset student-mini --plan paper
-evaluate cpu-student --system "" --checkpoint "$OUT/cpu-student"
-evaluate cpu-student-paper --system "" --checkpoint "$OUT/cpu-student-paper"
+blind cpu-teacher
+train cpu-student --preset student-mini "${student[@]}"
+train cpu-student-paper --preset student-mini --plan paper "${student[@]}"
+evaluate cpu-student --system "" --checkpoint "$OUT/cpu-student" --limit "$VAL_DOCS"
+evaluate cpu-student-paper --system "" --checkpoint "$OUT/cpu-student-paper" --limit "$VAL_DOCS"
+blind cpu-student-paper
+blind cpu-student
 echo "== done ($(date -u +%H:%M:%S))"

@@ -23,8 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT
 
 
 def _free_port() -> int:
@@ -106,7 +105,6 @@ def main(argv=None) -> int:
     p.add_argument("--max-seconds", type=float, default=120.0)
     p.add_argument("--out", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     from attnsum.data import load_corpus
 
     docs = [" ".join(d.sentences) for d in load_corpus("embedded", "test").documents]

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from attnsum.attention import reference_attention, torch_attention
+from attnsum.attention.patterns import PatternContext
+from attnsum.attention.plan import HeadPlan
 from attnsum.data import load_corpus
-from attnsum.patterns import PatternContext
-from attnsum.plan import HeadPlan
 from attnsum.preprocess import PreprocessConfig, prepare
 
 B, H, D = 4, 12, 64

@@ -1,7 +1,7 @@
 """Fused Triton attention for a layer that mixes learned, masked and synthesized heads.
 
-Every head reads one *range table* (DESIGN.md, "ranges"): in some ordering `perm` of the
-positions, the query at ordered position p attends the keys at ordered positions
+Every head reads one *range table* (attnsum/attention/__init__.py, "range tables"): in some
+ordering `perm` of the positions, the query at ordered position p attends the keys at ordered positions
 [lo[p], hi[p]), minus p itself when excl[p]. Learned heads use the table "every valid key";
 a masked head takes a softmax restricted to its table; a synthesized head averages V over it
 with no Q or K. One launch covers all heads: the head index selects its kind and table.
@@ -17,7 +17,7 @@ block computes dK and dV, each row written by exactly one program. The key-block
 visits the query blocks listed for it in a block table built once per batch.
 
 Layers: `@triton.jit` kernels -> launchers (`_forward`, `_backward`) -> `_PatternedAttention`
-(autograd) -> `patterned_attention` (public, shapes in its docstring).
+(autograd) -> `fused_attention` (public, shapes in its docstring).
 """
 
 from __future__ import annotations
@@ -358,9 +358,9 @@ class _PatternedAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def patterned_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kinds: torch.Tensor,
-                        table_of_head: torch.Tensor, tables: RangeTables,
-                        scale: float | None = None) -> torch.Tensor:
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kinds: torch.Tensor,
+                    table_of_head: torch.Tensor, tables: RangeTables,
+                    scale: float | None = None) -> torch.Tensor:
     """Attention of one layer whose heads are learned, masked or synthesized, in one launch.
 
     Args:

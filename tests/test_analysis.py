@@ -6,19 +6,18 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
+from helpers import embedded_examples
 
-from attnsum.analysis import head_importance, pattern_scores, suggest_plan
+from attnsum.analysis import analyze, head_importance, pattern_scores, suggest_plan
+from attnsum.attention.plan import HeadPlan
+from attnsum.checkpoints import read_config, save_model
 from attnsum.cli import main
-from attnsum.data import load_corpus
-from attnsum.model import SummarizerModel, model_config, read_config
-from attnsum.plan import HeadPlan
-from attnsum.preprocess import PreprocessConfig, prepare
-from attnsum.report import analyze
+from attnsum.model import SummarizerModel, model_config
 
 
 @pytest.fixture(scope="module")
 def examples():
-    return prepare(load_corpus("embedded", "val", limit=6), PreprocessConfig(max_len=256)).examples
+    return embedded_examples("val", limit=6, max_len=256)
 
 
 def _tiny(plan="none"):
@@ -57,7 +56,7 @@ def test_a_hard_wired_head_scores_one_with_the_right_chance_level(examples):
 
 def test_report_structure_and_plan_round_trip(tmp_path, examples):
     model = _tiny("0:1=sent/mask; 1:3=prev/synth")
-    model.save(tmp_path / "ckpt")
+    save_model(model, tmp_path / "ckpt")
     assert main(["analyze", "--checkpoint", str(tmp_path / "ckpt"), "--limit", "4",
                  "--max-len", "96", "--out", str(tmp_path / "rep")]) == 0
     result = json.loads((tmp_path / "rep" / "analysis.json").read_text())

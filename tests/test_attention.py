@@ -5,34 +5,11 @@ import math
 
 import pytest
 import torch
+from helpers import MIXED, make_batch
 
 from attnsum.attention import layer_allowed, patterned_attention, reference_attention, torch_attention
-from attnsum.patterns import PatternContext, PatternError
-from attnsum.plan import HeadPlan
-
-MIXED = ("*:0=match/mask; *:1=sent/mask; *:2=next/synth; *:3=prev/synth; *:4=match-self/mask; "
-         "*:5=match/synth; *:6=offset:3/mask; *:7=sent/synth")  # head 8 stays learned
-
-
-def make_batch(B, N, H=9, D=16, vocab=5, dtype=torch.float32, seed=0):
-    """Random batch: small vocabulary (many matches and some no-match rows), padding in
-    document 1, a one-sentence document 2."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (B, N), generator=g)
-    ids[0, : min(N, 3)] = torch.tensor([100, 200, 300])[: min(N, 3)]  # unique tokens: no match
-    am = torch.ones(B, N, dtype=torch.long)
-    if B > 1:
-        am[1, max(1, N - N // 3):] = 0
-    spans = []
-    for b in range(B):
-        n = int(am[b].sum())
-        cut = sorted({0, n, *(c for c in (n // 4, n // 2, n // 2 + 1) if 0 < c < n)})
-        spans.append(list(zip(cut[:-1], cut[1:], strict=True)))
-    if B > 2:
-        spans[2] = [(0, int(am[2].sum()))]
-    ctx = PatternContext.from_spans(ids, am, spans)
-    q, k, v = (torch.randn(B, H, N, D, generator=g).to(dtype) for _ in range(3))
-    return q, k, v, ctx
+from attnsum.attention.patterns import PatternError
+from attnsum.attention.plan import HeadPlan
 
 
 def test_reference_against_per_element_loop():
@@ -103,12 +80,14 @@ def test_plan_changes_exactly_the_patterned_heads():
         assert same == (h not in (1, 4)), h
 
 
-def test_half_precision_fast_path():
-    q, k, v, ctx = make_batch(2, 70, dtype=torch.float16)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_fast_path(dtype):
+    q, k, v, ctx = make_batch(2, 70, dtype=dtype)
     plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
     ref = reference_attention(q, k, v, plan, ctx)[0].float()
     out = torch_attention(q, k, v, plan, ctx).float()
-    # STYLE item 3: at most 2x the error of the same computation run in fp16, + epsilon.
+    # The tolerance rule (attnsum/attention/__init__.py): at most 2x the error of the same
+    # computation run in the low precision, + epsilon.
     ref16 = reference_attention(q, k, v, plan, ctx, upcast=False)
     err16 = (ref16[0].float() - ref).abs().max().item()
     assert (out - ref).abs().max().item() <= 2 * err16 + 1e-3

@@ -1,6 +1,7 @@
 """The benchmark harnesses in their CPU mode, so they cannot rot: correctness checks run,
 rows follow the CSV schema, and the plotting step turns them into tables and plots."""
 
+import ast
 import csv
 import os
 import subprocess
@@ -20,10 +21,16 @@ def _run(*args):
     return r
 
 
+def _fields(script: str) -> list[str]:
+    """The CSV schema a benchmark script declares (read from its source, not imported)."""
+    tree = ast.parse((ROOT / "bench" / script).read_text())
+    node = next(n for n in tree.body
+                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "FIELDS")
+    return ast.literal_eval(node.value)
+
+
 def test_attention_and_e2e_benchmarks_cpu_mode(tmp_path):
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_attention import FIELDS
-    from bench_e2e import FIELDS as E2E_FIELDS
+    FIELDS, E2E_FIELDS = _fields("bench_attention.py"), _fields("bench_e2e.py")
 
     _run("bench/bench_attention.py", "--quick", "--out", str(tmp_path / "attention.csv"))
     rows = list(csv.DictReader(open(tmp_path / "attention.csv")))
@@ -45,3 +52,29 @@ def test_attention_and_e2e_benchmarks_cpu_mode(tmp_path):
     assert "| ours | paper | fwd+bwd |" in (tmp_path / "attention.md").read_text()
     assert "student-paper" in (tmp_path / "e2e.md").read_text()
     assert list(tmp_path.glob("attention_d16_float32_*.png"))
+
+
+ALLOWED_PAIRS_CHECK = """
+import torch
+from bench_attention import allowed_pairs, plan_for
+from common import synthetic_batch
+from attnsum.attention import PatternContext, layer_allowed
+ctx = synthetic_batch(2, 300)
+assert int(ctx.token_ids.max()) < 30522  # every id inside the vocabulary
+valid = ctx.valid.clone()
+valid[1, 250:] = False  # padding
+padded = PatternContext.from_bertsum(ctx.token_ids * valid, valid.long())
+for name in ("learned", "paper", "half"):
+    for c in (ctx, padded):
+        plan = plan_for(name, 12)
+        assert torch.equal(allowed_pairs(plan, c), layer_allowed(plan, c).sum((0, 2, 3)).double())
+print("ok")
+"""
+
+
+def test_work_counted_from_range_tables_equals_the_dense_masks():
+    """The benchmark counts allowed pairs from the O(B N) range tables (dense masks need 13 GB at
+    N = 16,384): the count must equal the dense masks' on padded synthetic batches."""
+    r = subprocess.run([sys.executable, "-c", ALLOWED_PAIRS_CHECK], cwd=ROOT / "bench",
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -1,4 +1,5 @@
-"""The greedy oracle against a hand-worked example (PAPER.md section 7)."""
+"""The greedy oracle (BERTSum's: n-gram sets, R-1 + R-2 F, up to 3 rounds) against a hand-worked
+example."""
 
 import pytest
 

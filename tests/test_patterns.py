@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attnsum.patterns import (
+from attnsum.attention.patterns import (
     Pattern,
     PatternContext,
     PatternError,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from attnsum.patterns import PatternError
-from attnsum.plan import HeadPlan, HeadSpec
+from attnsum.attention.patterns import PatternError
+from attnsum.attention.plan import HeadPlan, HeadSpec
 
 
 def test_paper_preset_groups_of_four():

@@ -1,12 +1,10 @@
-"""Learning-rate schedules fit the run; precision is chosen by what the hardware runs natively."""
+"""Learning-rate schedules fit the run."""
 
 import json
 
 import pytest
-import torch
+from helpers import embedded_examples
 
-from attnsum import precision as precision_mod
-from attnsum.precision import resolve_precision
 from attnsum.schedule import ScheduleError, make_schedule
 from attnsum.train import TrainConfig, train
 
@@ -61,10 +59,7 @@ def test_a_run_that_ends_in_warmup_is_refused_or_allowed_on_request(tmp_path):
 
 
 def test_training_records_its_schedule_and_precision(tmp_path, capsys):
-    from attnsum.data import load_corpus
-    from attnsum.preprocess import PreprocessConfig, prepare
-
-    ex = prepare(load_corpus("embedded", "train", limit=4), PreprocessConfig(max_len=64)).examples
+    ex = embedded_examples("train", limit=4, max_len=64)
     out = tmp_path / "run"
     train(TrainConfig(preset="tiny", steps=20, batch_size=2, val_every=20, log_every=1,
                       out=str(out), precision="fp32"), ex, ex[:2])
@@ -79,34 +74,13 @@ def test_training_records_its_schedule_and_precision(tmp_path, capsys):
     assert lrs[-1] == pytest.approx(5e-4 / 20)
 
 
-@pytest.mark.parametrize("flags, want", [((), "fp32"), (("amx_bf16",), "bf16"),
-                                         (("avx512_bf16",), "bf16")])
-def test_auto_precision_follows_the_cpu(monkeypatch, flags, want):
-    monkeypatch.setattr(precision_mod, "cpu_bf16_flags", lambda: flags)
-    p = resolve_precision("auto", "cpu")
-    assert p.name == want
-    assert (p.dtype is None) == (want == "fp32")
-
-
-def test_precision_errors_and_autocast():
-    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
-        resolve_precision("fp16", "cpu")
-    with pytest.raises(ValueError, match="unknown precision"):
-        resolve_precision("int4", "cpu")
-    x = torch.randn(4, 8)
-    with resolve_precision("bf16", "cpu").autocast():
-        assert (x @ x.T).dtype == torch.bfloat16
-    with resolve_precision("fp32", "cpu").autocast():
-        assert (x @ x.T).dtype == torch.float32
-
-
 @pytest.mark.parametrize("settings", ["QUICK", "FULL"])
 def test_experiment_settings_reach_their_peak(settings):
     from attnsum import experiment
-    from attnsum.experiment import SYSTEMS, system_config
+    from attnsum.experiment import EXPERIMENT_SYSTEMS, system_config
 
     s = getattr(experiment, settings)
-    for system in SYSTEMS:
+    for system in EXPERIMENT_SYSTEMS:
         if system.distill:  # same schedule as its undistilled twin; needs a teacher run
             continue
         cfg = system_config(system, s, 0, experiment.Path("unused"), "embedded")

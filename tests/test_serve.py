@@ -10,11 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from attnsum.api import InputError, Summarizer
-from attnsum.batch import iter_documents, run_summarize
+from attnsum.checkpoints import save_model
 from attnsum.cli import main
 from attnsum.data import DataError, split_sentences
 from attnsum.model import SummarizerModel, model_config
+from attnsum.summarize import iter_documents, run_summarize
+from attnsum.summarizer import InputError, Summarizer
 
 ARTICLE = (
     "The city council approved a new budget for public schools on Tuesday night. "
@@ -29,7 +30,7 @@ ARTICLE = (
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
-    SummarizerModel(model_config("tiny", "paper")).save(folder)
+    save_model(SummarizerModel(model_config("tiny", "paper")), folder)
     return folder
 
 
@@ -212,3 +213,30 @@ def test_service_refuses_a_huge_body_without_reading_it(server):
     status, _ = _request(server, "POST", "/summarize", b'{"text": "' + b"a" * 300_000 + b'"}')
     assert status == 413
     assert _request(server, "GET", "/health")[0] == 200
+
+
+def test_summarize_to_a_file_resumes_after_a_kill(ckpt, tmp_path):
+    """A killed run leaves only OUT.partial (never a file that looks complete); the rerun keeps
+    its whole records, cuts the torn one, and ends with exactly the uninterrupted output."""
+    from attnsum.summarize import summarize_command
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": f"d{i}", "text": ARTICLE.replace("three", str(i))})
+                            + "\n" for i in range(7)))
+    args = dict(fmt="jsonl", field="text", jsonl_stdin=False, k=2, trigram_blocking=True,
+                chunk=3)
+    clean = tmp_path / "clean.jsonl"
+    summarize_command(str(ckpt), [str(docs)], str(clean), **args)
+    want = clean.read_text().splitlines(keepends=True)
+    assert len(want) == 7 and not (tmp_path / "clean.jsonl.partial").exists()
+
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.partial").write_text("".join(want[:3]) + want[3][:20])  # torn record
+    counts = summarize_command(str(ckpt), [str(docs)], str(out), **args)
+    assert counts["documents"] == 4  # only the documents after the 3 whole records
+    assert out.read_text() == clean.read_text()
+    assert not (tmp_path / "out.jsonl.partial").exists()
+
+    first = tmp_path / "first.jsonl"
+    summarize_command(str(ckpt), [str(docs)], str(first), limit=2, **args)
+    assert first.read_text().splitlines(keepends=True) == want[:2]

@@ -4,19 +4,22 @@ import json
 
 import pytest
 import torch
+from helpers import embedded_examples
 
 import attnsum.train
-from attnsum.data import Corpus, Document, load_corpus
-from attnsum.model import SummarizerModel, model_config, read_config
-from attnsum.patterns import PatternError
-from attnsum.preprocess import PreprocessConfig, prepare
-from attnsum.train import TrainConfig, collate, distill_loss, predict_scores, train
+from attnsum.attention.patterns import PatternError
+from attnsum.batching import collate, predict_scores
+from attnsum.checkpoints import load_model, read_config, save_model
+from attnsum.data import Corpus, Document
+from attnsum.losses import distill_loss
+from attnsum.model import SummarizerModel, model_config
+from attnsum.preprocess import prepare
+from attnsum.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
 def examples():
-    corpus = load_corpus("embedded", "train", limit=12)
-    return prepare(corpus, PreprocessConfig(max_len=128)).examples
+    return embedded_examples("train", limit=12, max_len=128)
 
 
 def _cfg(tmp_path, **kw):
@@ -41,8 +44,8 @@ def test_tiny_model_learns(tmp_path, examples):
 def test_save_load_gives_identical_scores(tmp_path, examples):
     model = SummarizerModel(model_config("tiny", "paper"))
     before = predict_scores(model, examples[:5])
-    model.save(tmp_path / "ckpt")
-    loaded = SummarizerModel.load(tmp_path / "ckpt")
+    save_model(model, tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt")
     assert predict_scores(loaded, examples[:5]) == before
     assert read_config(tmp_path / "ckpt").plan == model.cfg.plan
 
@@ -51,14 +54,14 @@ def test_resume_continues_with_the_same_state(tmp_path, examples, monkeypatch):
     straight = tmp_path / "a"
     train(_cfg(tmp_path, out=str(straight), steps=8, val_every=4), examples, examples[:3])
     resumed = tmp_path / "b"
-    # A crash while building step 5's batch (calls: steps 1-4, the validation at step 4, step 5),
-    # after the checkpoint of step 4.
+    # A crash while building step 5's batch (the training loop's 5th collate), after the
+    # checkpoint of step 4.
     calls = {"n": 0}
     real_collate = attnsum.train.collate
 
     def crashing_collate(docs):
         calls["n"] += 1
-        if calls["n"] == 6:
+        if calls["n"] == 5:
             raise KeyboardInterrupt
         return real_collate(docs)
 
@@ -73,8 +76,8 @@ def test_resume_continues_with_the_same_state(tmp_path, examples, monkeypatch):
     assert logged == list(range(1, 9))
     assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5)
     assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-5)
-    a = SummarizerModel.load(straight / "last").state_dict()
-    b = SummarizerModel.load(resumed / "last").state_dict()
+    a = load_model(straight / "last").state_dict()
+    b = load_model(resumed / "last").state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
 
@@ -113,13 +116,17 @@ def test_side_layers_start_identical_to_the_original(examples):
 def test_bad_checkpoints_and_plans(tmp_path, examples):
     with pytest.raises(PatternError, match="head index 7 is out of range"):
         model_config("tiny", "*:7=sent/mask")
-    with pytest.raises(RuntimeError, match="not an attnsum checkpoint"):
-        SummarizerModel.load(tmp_path)
+    with pytest.raises(RuntimeError, match="no checkpoint here"):
+        load_model(tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="not an attnsum checkpoint config"):
+        load_model(tmp_path / "bad")
     model = SummarizerModel(model_config("tiny", "paper"))
-    model.save(tmp_path / "c")
+    save_model(model, tmp_path / "c")
     (tmp_path / "c" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(RuntimeError, match="cannot read"):
-        SummarizerModel.load(tmp_path / "c")
+        load_model(tmp_path / "c")
     train(_cfg(tmp_path, steps=2, val_every=2), examples, examples[:2])
     with pytest.raises(RuntimeError, match="another preset or plan"):
         train(_cfg(tmp_path, steps=4, plan="none"), examples, examples[:2])

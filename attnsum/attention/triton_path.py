@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from attnsum_kernels.fused import SOFTMAX, SYNTH, RangeTables, patterned_attention
+from attnsum.kernels.fused import SOFTMAX, SYNTH, RangeTables, fused_attention
 
 from .patterns import PatternContext, PatternError, get_pattern
 from .plan import LayerPlan
@@ -54,4 +54,4 @@ def fused_layer_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: 
                          dtype=torch.int32, device=q.device)
     tab = torch.tensor([0 if s is None else names.index(s.pattern) for s in plan],
                        dtype=torch.int32, device=q.device)
-    return patterned_attention(q, k, v, kinds, tab, tables, scale)
+    return fused_attention(q, k, v, kinds, tab, tables, scale)

@@ -4,9 +4,9 @@ A pattern is a predicate over (query i, key j): ``mask_mod(b, h, q_idx, kv_idx) 
 style of FlexAttention / attention-gym, built per batch from a `PatternContext`. One definition
 serves the dense reference, the analysis (pattern scores) and the Hugging Face mask.
 
-Built-in patterns also describe themselves as *ranges* (DESIGN.md): in some ordering of the
-positions, query p attends the contiguous keys [lo[p], hi[p]) of that ordering, minus itself
-when ``exclude_self[p]``. The fast paths (PyTorch here, Triton in ``attnsum_kernels``) run only
+Built-in patterns also describe themselves as *ranges* (attnsum/attention/__init__.py): in some
+ordering of the positions, query p attends the contiguous keys [lo[p], hi[p]) of that ordering, minus itself
+when ``exclude_self[p]``. The fast paths (PyTorch here, Triton in ``attnsum.kernels``) run only
 on ranges; a new pattern that has no ranges runs on the dense reference path.
 
 Padding keys are never attended. Padding queries of a pattern head attend nothing (their

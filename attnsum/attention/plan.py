@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .patterns import MODES, Pattern, PatternError, get_pattern
 
-PRESETS = ("none", "paper")
+PLAN_PRESETS = ("none", "paper")
 PAPER_GROUP = (("match", "mask"), ("sent", "mask"), ("next", "synth"), ("prev", "synth"))
 
 
@@ -119,7 +119,7 @@ class HeadPlan:
                 pattern, mode = what.strip().rsplit("/", 1)
             except ValueError:
                 raise PatternError(f"bad plan item {item.strip()!r}: expected LAYERS:HEADS=PATTERN/MODE "
-                                   f"(or a preset: {', '.join(PRESETS)})") from None
+                                   f"(or a preset: {', '.join(PLAN_PRESETS)})") from None
             spec = (pattern.strip(), mode.strip())
             HeadSpec(*spec)  # validate once per item
             for layer in _indices(layers, num_layers, "layer"):

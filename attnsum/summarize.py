@@ -13,14 +13,16 @@ from __future__ import annotations
 import gzip
 import heapq
 import io
+import itertools
 import json
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .api import InputError, Summarizer
 from .data import DataError
+from .distributed import world as distributed_world
+from .summarizer import InputError, Summarizer
 
 
 def iter_documents(inputs: list[str], field: str = "text", jsonl_stdin: bool = False,
@@ -149,10 +151,27 @@ def merge_parts(parts: list[Path], out, fmt: str) -> None:
             f.close()
 
 
+def resume_point(partial: Path) -> int:
+    """Whole JSON Lines records in a partial output file; a torn last line (a kill mid-write) is
+    cut off, so appending continues cleanly."""
+    if not partial.is_file():
+        return 0
+    data = partial.read_bytes()
+    whole = data.rfind(b"\n") + 1
+    if whole < len(data):
+        with open(partial, "r+b") as f:
+            f.truncate(whole)
+    return data[:whole].count(b"\n")
+
+
 def summarize_command(checkpoint: str, inputs: list[str], out_path: str | None, fmt: str, field: str,
                       jsonl_stdin: bool, k: int, trigram_blocking: bool, chunk: int,
-                      device: str | None = None, precision: str = "auto") -> dict:
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+                      device: str | None = None, precision: str = "auto",
+                      limit: int | None = None) -> dict:
+    """Summarize `inputs` (the first `limit` documents) to `out_path` or stdout. A file output is
+    written to ``OUT.partial`` and renamed when complete; a rerun after a kill resumes JSON Lines
+    output after its last whole record (text output starts over)."""
+    rank, world = distributed_world()
     if world > 1 and not out_path:
         raise DataError("under torchrun, write to a file: --out PATH")
     if world > 1 and device is None and os.environ.get("LOCAL_RANK"):
@@ -164,11 +183,20 @@ def summarize_command(checkpoint: str, inputs: list[str], out_path: str | None, 
     if rank == 0:
         print(summarizer.precision.describe(), file=sys.stderr)
     docs = iter_documents(inputs, field, jsonl_stdin)
+    if limit is not None:
+        docs = itertools.islice(docs, limit)
     if world == 1:
-        if out_path:
-            with open(out_path, "w", encoding="utf-8") as out:
-                return run_summarize(summarizer, docs, out, fmt, k, trigram_blocking, chunk)
-        return run_summarize(summarizer, docs, sys.stdout, fmt, k, trigram_blocking, chunk)
+        if not out_path:
+            return run_summarize(summarizer, docs, sys.stdout, fmt, k, trigram_blocking, chunk)
+        partial = Path(f"{out_path}.partial")
+        done = resume_point(partial) if fmt == "jsonl" else 0
+        if done:
+            print(f"resuming {partial} after {done} documents", file=sys.stderr)
+        with open(partial, "a" if done else "w", encoding="utf-8") as out:
+            counts = run_summarize(summarizer, itertools.islice(docs, done, None), out, fmt, k,
+                                   trigram_blocking, chunk)
+        os.replace(partial, out_path)
+        return counts
     import torch.distributed as dist
 
     if not dist.is_initialized():

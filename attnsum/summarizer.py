@@ -22,11 +22,13 @@ from pathlib import Path
 
 import torch
 
+from .batching import length_batches, sentence_logits
+from .checkpoints import load_model
 from .data import split_sentences
 from .evaluate import select_top_k
 from .model import SummarizerModel
 from .precision import Precision, resolve_precision
-from .preprocess import Example, PreprocessConfig, build_example, filter_sentences, load_tokenizer
+from .preprocess import MAX_LEN, Example, PreprocessConfig, build_example, filter_sentences, load_tokenizer
 
 
 class InputError(ValueError):
@@ -69,16 +71,14 @@ class Summarizer:
                         precision: str = "auto", max_len: int | None = None,
                         backend: str = "auto") -> Summarizer:
         """Load a checkpoint folder (or a run folder: its best checkpoint)."""
-        from .train import best_checkpoint
-
-        model = SummarizerModel.load(best_checkpoint(folder))
+        model = load_model(folder)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         prec = resolve_precision(precision, dev)
         limit = model.cfg.max_positions
         if max_len is not None and max_len > limit:
             raise ValueError(f"max_len {max_len} exceeds the model's {limit} positions")
         model.to(dev).set_backend(backend)
-        return cls(model, dev, max_len or min(limit, 512), prec)
+        return cls(model, dev, max_len or min(limit, MAX_LEN), prec)
 
     def _example(self, text: str) -> tuple[Example, list[str], list[int]]:
         """The model input of a document, its sentences, and the indices of the candidates."""
@@ -106,18 +106,12 @@ class Summarizer:
     def score(self, prepared, k: int = 3, trigram_blocking: bool = True,
               batch_size: int = 16) -> list[Summary]:
         """Summaries of prepared documents, in their order (batches grouped by length)."""
-        from .train import collate
-
         if k < 1:
             raise InputError("k must be at least 1")
-        order = sorted(range(len(prepared)), key=lambda i: len(prepared[i][0].input_ids))
         out: list[Summary | None] = [None] * len(prepared)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            batch = collate([prepared[i][0] for i in chunk]).to(self.device)
+        for chunk, batch in length_batches([p[0] for p in prepared], batch_size):
             with self.precision.autocast():
-                logits = self.model(batch.input_ids, batch.segment_ids, batch.attention_mask,
-                                    batch.cls_positions, batch.ctx)
+                logits = sentence_logits(self.model, batch.to(self.device))
             probs = torch.sigmoid(logits.float()).cpu()
             for row, i in enumerate(chunk):
                 ex, sentences, idx = prepared[i]

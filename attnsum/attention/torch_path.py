@@ -1,12 +1,7 @@
-"""Attention of one layer under a head plan: the dense reference, the fast PyTorch path, and
-the dispatch between them and the fused Triton kernel.
-
-Every function takes q, k, v of shape (B, H, N, D), a `LayerPlan` (one `HeadSpec` or None per
-head) and the batch's `PatternContext`, and returns (B, H, N, D).
-
-Learned heads attend every non-padding key (padding queries too, as in BERT). Pattern heads
-attend their pattern's keys; padding queries and rows with no allowed key output zero.
-"""
+"""The fast PyTorch path of one layer under a head plan (CPU, and GPUs without Triton): learned
+heads through SDPA, synthesized heads by prefix sums (no q, k), masked heads as dense attention
+within the segments of their range tables (the range idea: attnsum/attention/__init__.py).
+Same contract as reference.py: (B, H, N, D) in and out."""
 
 from __future__ import annotations
 
@@ -16,58 +11,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from attnsum_kernels import attention_ref
+from attnsum.kernels import attention_ref
 
-from .patterns import PatternContext, PatternError, Ranges, dense_mask
+from .patterns import PatternContext, Ranges
 from .plan import LayerPlan
-
-BACKENDS = ("auto", "triton", "torch", "reference")
-
-
-def _check(q, k, v, plan: LayerPlan, ctx: PatternContext) -> None:
-    if not (q.shape == k.shape == v.shape and q.dim() == 4):
-        raise PatternError(f"q, k, v must share one (B, H, N, D) shape, got {tuple(q.shape)}, "
-                           f"{tuple(k.shape)}, {tuple(v.shape)}")
-    B, H, N, _ = q.shape
-    if len(plan) != H:
-        raise PatternError(f"the layer plan has {len(plan)} heads, the input has {H}")
-    if ctx.shape != (B, N):
-        raise PatternError(f"the pattern context is for (B, N) = {ctx.shape}, the input is {(B, N)}")
-
-
-# --------------------------------------------------------------------------- dense reference
-
-
-def layer_allowed(plan: LayerPlan, ctx: PatternContext) -> torch.Tensor:
-    """(B, H, N, N) bool: which keys each head's queries may attend."""
-    B, N = ctx.shape
-    learned = ctx.valid[:, None, :].expand(B, N, N)
-    cache: dict[str, torch.Tensor] = {}
-    masks = []
-    for spec in plan:
-        if spec is None:
-            masks.append(learned)
-        else:
-            if spec.pattern not in cache:
-                cache[spec.pattern] = dense_mask(spec.pat.mask_mod(ctx), B, N, ctx.valid.device)
-            masks.append(cache[spec.pattern])
-    return torch.stack(masks, dim=1)
-
-
-def _synth_flags(plan: LayerPlan, device) -> torch.Tensor:
-    return torch.tensor([s is not None and s.mode == "synth" for s in plan], device=device)
-
-
-def reference_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None,
-                        upcast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense reference: (out (B, H, N, D), probs (B, H, N, N), fp32 if upcast)."""
-    _check(q, k, v, plan, ctx)
-    return attention_ref(q, k, v, layer_allowed(plan, ctx), _synth_flags(plan, q.device), scale,
-                         upcast)
-
-
-# --------------------------------------------------------------------------- fast PyTorch path
-
+from .reference import check_inputs, layer_allowed, synth_flags
 
 # Inside, tensors are (B, N, h, D): the layout Hugging Face projections produce, so that the
 # per-token gathers below are row gathers of a (B * N, h, D) view.
@@ -259,7 +207,7 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
     """Fast PyTorch path: learned heads through SDPA, synthesized heads by prefix sums (no q, k),
     masked heads as dense attention within the segments of their ranges; patterns without
     ranges fall back to the dense reference for their heads. Differentiable by autograd."""
-    _check(q, k, v, plan, ctx)
+    check_inputs(q, k, v, plan, ctx)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     groups: dict[object, list[int]] = {}
     for h, spec in enumerate(plan):
@@ -278,7 +226,7 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
         elif not spec.pat.has_ranges:
             sub = (spec,) * qh.shape[2]
             o = attention_ref(qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2),
-                              layer_allowed(sub, ctx), _synth_flags(sub, q.device),
+                              layer_allowed(sub, ctx), synth_flags(sub, q.device),
                               scale)[0].transpose(1, 2)
         elif spec.mode == "synth":
             o = _synthesize(vh, ctx.ranges(spec.pat))
@@ -289,33 +237,3 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
         outs.append(o.to(q.dtype))
     out = _MergeHeads.apply(tuple(index), *outs) if len(outs) > 1 else outs[0]
     return out.transpose(1, 2)
-
-
-# --------------------------------------------------------------------------- dispatch
-
-
-def patterned_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None,
-                        backend: str = "auto") -> torch.Tensor:
-    """One layer's attention under `plan`: (B, H, N, D) -> (B, H, N, D).
-
-    backend: ``auto`` (the fused Triton kernel on CUDA when available, else the PyTorch path),
-    ``triton``, ``torch``, or ``reference`` (dense, materializes (B, H, N, N)).
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if backend == "reference":
-        return reference_attention(q, k, v, plan, ctx, scale)[0]
-    if backend == "triton" or (backend == "auto" and q.is_cuda and _triton_ready(plan)):
-        from .fused import fused_layer_attention
-
-        return fused_layer_attention(q, k, v, plan, ctx, scale)
-    return torch_attention(q, k, v, plan, ctx, scale)
-
-
-def _triton_ready(plan: LayerPlan) -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    # Learned-only layers go to SDPA; the kernel earns its keep on patterned heads.
-    return any(s is not None for s in plan) and all(s is None or s.pat.has_ranges for s in plan)

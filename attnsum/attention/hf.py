@@ -1,0 +1,110 @@
+"""Hugging Face integration: BERT-family models of transformers 5.x run with a head plan.
+
+    model = BertModel.from_pretrained(path)
+    plan = HeadPlan.parse("paper", L, H)
+    apply_plan(model, plan)                 # checks the shape, selects attn_implementation "attnsum"
+    ctx = PatternContext.from_bertsum(input_ids, attention_mask)
+    out = model(input_ids, attention_mask=attention_mask, attnsum=PlanInputs(plan, ctx))
+
+The plan and the batch's pattern context travel as one explicit forward argument, `PlanInputs`;
+transformers hands forward keyword arguments to the attention function, which takes the row of
+its layer (``module.layer_idx``). The attention function receives q, k, v as (B, H, N, D) and
+returns (B, N, H, D). With ``output_attentions=True`` it runs the dense reference and returns the
+(B, H, N, N) maps (for analysis); otherwise the fast path of `patterned_attention`.
+Attention-probability dropout is not applied (the plans target inference and students trained
+with hidden dropout only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .dispatch import patterned_attention
+from .patterns import PatternContext, PatternError
+from .plan import HeadPlan
+from .reference import reference_attention
+
+NAME = "attnsum"
+
+
+@dataclass
+class PlanInputs:
+    """What the attnsum attention needs beside q, k, v, for one forward pass.
+
+    plan: the model's `HeadPlan`.
+    ctx: the batch's `PatternContext`; may be None when every head is learned.
+    backend: ``auto``, ``triton``, ``torch`` or ``reference`` (dispatch.py).
+    gates: optional (L, H) tensor scaling each head's output (head importance by gates).
+    """
+
+    plan: HeadPlan
+    ctx: PatternContext | None = None
+    backend: str = "auto"
+    gates: torch.Tensor | None = None
+
+
+def _padding_context(query: torch.Tensor, attention_mask) -> PatternContext:
+    """Learned heads only need the padding: the bidirectional mask is valid[key] on every row."""
+    B, _, N, _ = query.shape
+    valid = (torch.ones(B, N, dtype=torch.bool, device=query.device) if attention_mask is None
+             else attention_mask[:, 0, 0, :].bool())
+    zeros = torch.zeros(B, N, dtype=torch.long, device=query.device)
+    return PatternContext(zeros, valid, zeros)
+
+
+def attnsum_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                      attnsum: PlanInputs | None = None, output_attentions=False, **kwargs):
+    if attnsum is None:
+        raise PatternError("a model with the attnsum attention needs its plan: call it with "
+                           "attnsum=PlanInputs(plan, PatternContext.from_bertsum(input_ids, "
+                           "attention_mask))")
+    heads = attnsum.plan.layer(module.layer_idx)
+    ctx = attnsum.ctx
+    if ctx is None:
+        if any(s is not None for s in heads):
+            raise PatternError(f"layer {module.layer_idx} has patterned heads: PlanInputs needs "
+                               "ctx=PatternContext.from_bertsum(input_ids, attention_mask)")
+        ctx = _padding_context(query, attention_mask)
+    if output_attentions:
+        out, probs = reference_attention(query, key, value, heads, ctx, scaling)
+    else:
+        out = patterned_attention(query, key, value, heads, ctx, scaling, attnsum.backend)
+        probs = None
+    if attnsum.gates is not None:  # (L, H) head gates for importance analysis
+        out = out * attnsum.gates[module.layer_idx].view(1, -1, 1, 1).to(out.dtype)
+    return out.transpose(1, 2).contiguous(), probs
+
+
+def register() -> None:
+    """Register the attention function and its mask function (without the latter transformers
+    would drop the padding mask) under the name ``attnsum``."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(NAME, attnsum_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+def self_attention_modules(model):
+    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "query")
+            and hasattr(m, "key")]
+    return sorted(mods, key=lambda m: m.layer_idx)
+
+
+def apply_plan(model, plan: HeadPlan):
+    """Check that `plan` fits `model` and switch the model to the ``attnsum`` attention
+    implementation; the plan itself is passed with every forward (`PlanInputs`)."""
+    register()
+    cfg = model.config
+    if (plan.num_layers, plan.num_heads) != (cfg.num_hidden_layers, cfg.num_attention_heads):
+        raise PatternError(f"the plan is for {plan.num_layers} layers x {plan.num_heads} heads, the "
+                           f"model has {cfg.num_hidden_layers} x {cfg.num_attention_heads}")
+    mods = self_attention_modules(model)
+    if len(mods) != plan.num_layers:
+        raise PatternError(f"found {len(mods)} self-attention layers, the plan has {plan.num_layers}")
+    if [m.layer_idx for m in mods] != list(range(plan.num_layers)):
+        raise PatternError("the model's self-attention layers are not numbered 0..L-1")
+    model.set_attn_implementation(NAME)
+    return model

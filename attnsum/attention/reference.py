@@ -1,0 +1,58 @@
+"""The dense reference of one layer under a head plan: materializes (B, H, N, N) masks and
+probabilities in fp32 and calls `attnsum.kernels.attention_ref`. Tests, benchmarks, the analysis
+(attention maps) and patterns without a range form use it.
+
+Every function takes q, k, v of shape (B, H, N, D), a `LayerPlan` (one `HeadSpec` or None per
+head) and the batch's `PatternContext`. Learned heads attend every non-padding key (padding
+queries too, as in BERT). Pattern heads attend their pattern's keys; padding queries and rows with
+no allowed key output zero.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnsum.kernels import attention_ref
+
+from .patterns import PatternContext, PatternError, dense_mask
+from .plan import LayerPlan
+
+
+def check_inputs(q, k, v, plan: LayerPlan, ctx: PatternContext) -> None:
+    if not (q.shape == k.shape == v.shape and q.dim() == 4):
+        raise PatternError(f"q, k, v must share one (B, H, N, D) shape, got {tuple(q.shape)}, "
+                           f"{tuple(k.shape)}, {tuple(v.shape)}")
+    B, H, N, _ = q.shape
+    if len(plan) != H:
+        raise PatternError(f"the layer plan has {len(plan)} heads, the input has {H}")
+    if ctx.shape != (B, N):
+        raise PatternError(f"the pattern context is for (B, N) = {ctx.shape}, the input is {(B, N)}")
+
+
+
+def layer_allowed(plan: LayerPlan, ctx: PatternContext) -> torch.Tensor:
+    """(B, H, N, N) bool: which keys each head's queries may attend."""
+    B, N = ctx.shape
+    learned = ctx.valid[:, None, :].expand(B, N, N)
+    cache: dict[str, torch.Tensor] = {}
+    masks = []
+    for spec in plan:
+        if spec is None:
+            masks.append(learned)
+        else:
+            if spec.pattern not in cache:
+                cache[spec.pattern] = dense_mask(spec.pat.mask_mod(ctx), B, N, ctx.valid.device)
+            masks.append(cache[spec.pattern])
+    return torch.stack(masks, dim=1)
+
+
+def synth_flags(plan: LayerPlan, device) -> torch.Tensor:
+    return torch.tensor([s is not None and s.mode == "synth" for s in plan], device=device)
+
+
+def reference_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None,
+                        upcast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense reference: (out (B, H, N, D), probs (B, H, N, N), fp32 if upcast)."""
+    check_inputs(q, k, v, plan, ctx)
+    return attention_ref(q, k, v, layer_allowed(plan, ctx), synth_flags(plan, q.device), scale,
+                         upcast)

@@ -1,0 +1,59 @@
+"""Helpers shared by the benchmark scripts: the checkout on the import path (the scripts run from
+a checkout without installing), synthetic BERTSum-shaped inputs, the commit, and the CSV writer."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from attnsum.attention import PatternContext  # noqa: E402
+
+VOCAB = 30522  # bert-base-uncased word pieces
+FIRST_WORD = 1000  # ids below are special and unused pieces
+
+
+def synthetic_batch(B: int, N: int, seed: int = 0, device="cpu"):
+    """BERTSum-shaped inputs: sentences of 10-60 tokens, each [CLS] ... [SEP], word ids drawn
+    from a Zipf-like law over the 30,522-piece vocabulary (so matching groups look like text)."""
+    g = torch.Generator().manual_seed(seed)
+    ranks = torch.arange(1, VOCAB - FIRST_WORD + 1, dtype=torch.float)  # ids stay < VOCAB
+    probs = 1.0 / ranks
+    ids = torch.zeros(B, N, dtype=torch.long)
+    for b in range(B):
+        pos = 0
+        while pos < N:
+            n = int(torch.randint(10, 61, (1,), generator=g))
+            body = torch.multinomial(probs, n, replacement=True, generator=g) + FIRST_WORD
+            sent = torch.cat([torch.tensor([101]), body, torch.tensor([102])])[: N - pos]
+            ids[b, pos:pos + len(sent)] = sent
+            pos += len(sent)
+    am = torch.ones(B, N, dtype=torch.long)
+    ctx = PatternContext.from_bertsum(ids, am)
+    return PatternContext(ctx.token_ids.to(device), ctx.valid.to(device),
+                          ctx.sentence_ids.to(device))
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+    except OSError:
+        return ""
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    """Append rows to a CSV of a fixed schema (header written once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
