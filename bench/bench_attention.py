@@ -14,7 +14,9 @@ Every provider's output is checked against the dense reference before it is time
 
 CSV schema (one row per provider x plan x mode x shape x dtype), appended to --out:
 provider, plan, mode, B, H, N, D, dtype, ms, ms_p20, ms_p80, tflops_dense, tflops_needed,
-gbps, peak_mb, max_err, device, torch, triton, commit
+gbps, peak_mb, max_err, device, torch, triton, commit, cell_fraction, work_fraction,
+flex_tile_fraction, work_bound (the work model of attnsum/attention/work.py, means over the
+layer's heads; a dense provider's row carries the learned plan's)
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from common import ROOT, commit, synthetic_batch, write_csv  # noqa: E402
 
 from attnsum.attention import HeadPlan, layer_allowed, reference_attention, torch_attention  # noqa: E402
 from attnsum.attention.triton_path import fused_layer_attention  # noqa: E402
+from attnsum.attention.work import head_work, layer_bound  # noqa: E402
 
 FIELDS = ["provider", "plan", "mode", "B", "H", "N", "D", "dtype", "ms", "ms_p20", "ms_p80",
           "tflops_dense", "tflops_needed", "gbps", "peak_mb", "max_err", "device", "torch",
-          "triton", "commit"]
+          "triton", "commit", "cell_fraction", "work_fraction", "flex_tile_fraction", "work_bound"]
 PLANS = ("learned", "paper", "half")
 MODES = ("fwd", "bwd", "fwd+bwd")
 
@@ -161,6 +164,7 @@ def run(args) -> list[dict]:
         triton_version = ""
     meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
             "torch": torch.__version__, "triton": triton_version, "commit": commit()}
+    work = {}  # (plan, N) -> the work model's fractions (independent of D and dtype)
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
         for D in args.d:
@@ -170,9 +174,23 @@ def run(args) -> list[dict]:
                     plan = plan_for(plan_name, args.h)
                     check_ctx = ctx if N <= args.check_max_n else synthetic_batch(args.b, 256, device=device)
                     for provider in args.providers:
+                        dense = provider not in ("ours", "ours-torch", "flex")
+                        key = ("learned" if dense else plan_name, N)
+                        if key not in work:
+                            work[key] = plan_work(plan_for(key[0], args.h), ctx)
+                            print(f"work model {key[0]} N={N}: {work[key]}")
                         rows += bench_one(provider, plan_name, plan, ctx, check_ctx, args, D, N,
-                                          dtype, device, meta)
+                                          dtype, device, {**meta, **work[key]})
     return rows
+
+
+def plan_work(plan, ctx) -> dict:
+    """The work model's means over the layer's heads (attnsum/attention/work.py) and the bound
+    1 / work fraction it implies over dense attention."""
+    heads = head_work(plan, ctx)
+    mean = {f: sum(h[f] for h in heads) / len(heads)
+            for f in ("cell_fraction", "work_fraction", "flex_tile_fraction")}
+    return {**mean, "work_bound": layer_bound(heads)}
 
 
 def bench_one(provider, plan_name, plan, ctx, check_ctx, args, D, N, dtype, device, meta):

@@ -2,7 +2,8 @@
 
     python bench/plot.py bench/results/<device>/
 
-attention.csv -> attention.md (fwd+bwd medians, ratios to sdpa-flash) and one
+attention.csv -> attention.md (medians, ratios to sdpa-flash beside the work model's bound and
+fractions: tiles the kernel visits, allowed cells, FlexAttention tiles) and one
 attention_d<D>_<dtype>_<mode>.png per head dim (time vs N, one line per provider and plan);
 e2e.csv -> e2e.md (throughput, measured speedup next to its Amdahl bound).
 """
@@ -25,7 +26,8 @@ def attention_markdown(rows: list[dict]) -> str:
     for r in rows:  # the last measurement of each configuration wins
         latest[(r["provider"], r["plan"], r["mode"], r["N"], r["D"], r["dtype"])] = r
     lines = ["| provider | plan | mode | N | D | dtype | ms (p20-p80) | TFLOP/s dense-eq | "
-             "TFLOP/s needed | GB/s synth | vs sdpa-flash |", "|" + "---|" * 11]
+             "TFLOP/s needed | GB/s synth | vs sdpa-flash | work bound | tiles / cells / flex |",
+             "|" + "---|" * 13]
     for key in sorted(latest, key=lambda k: (k[5], int(k[4]), k[2], int(k[3]), k[1], k[0])):
         r = latest[key]
         base = latest.get(("sdpa-flash", "learned", r["mode"], r["N"], r["D"], r["dtype"]))
@@ -33,7 +35,9 @@ def attention_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['provider']} | {r['plan']} | {r['mode']} | {r['N']} | {r['D']} | "
                      f"{r['dtype']} | {float(r['ms']):.3f} ({float(r['ms_p20']):.3f}-"
                      f"{float(r['ms_p80']):.3f}) | {float(r['tflops_dense']):.1f} | "
-                     f"{float(r['tflops_needed']):.1f} | {float(r['gbps']):.0f} | {ratio} |")
+                     f"{float(r['tflops_needed']):.1f} | {float(r['gbps']):.0f} | {ratio} | "
+                     f"{float(r['work_bound']):.1f}x | {float(r['work_fraction']):.3f} / "
+                     f"{float(r['cell_fraction']):.3f} / {float(r['flex_tile_fraction']):.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,10 +1,11 @@
-"""Adapter from head plans and pattern contexts to the fused Triton kernel."""
+"""Adapter from head plans and pattern contexts to the fused Triton kernel (imported when first
+used, so the tables can be built where Triton is absent: work.py)."""
 
 from __future__ import annotations
 
 import torch
 
-from attnsum.kernels.fused import SOFTMAX, SYNTH, RangeTables, fused_attention
+from attnsum.kernels.tables import RangeTables
 
 from .patterns import PatternContext, PatternError, get_pattern
 from .plan import LayerPlan
@@ -20,6 +21,11 @@ def _all_keys(ctx: PatternContext):
         raise PatternError("the fused kernel needs right padding (valid tokens first)")
     lo = torch.zeros(B, N, dtype=torch.int32, device=pos.device)
     return pos.expand(B, N), lo, lengths[:, None].expand(B, N).int(), torch.zeros_like(lo)
+
+
+def table_of(spec) -> str:
+    """The name of the table a head reads: its pattern's, or ALL for a learned head."""
+    return ALL if spec is None else spec.pattern
 
 
 def layer_tables(plan: LayerPlan, ctx: PatternContext) -> tuple[list[str], RangeTables]:
@@ -46,12 +52,14 @@ def fused_layer_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: 
                           ) -> torch.Tensor:
     """(B, H, N, D) -> (B, H, N, D) through one launch of the fused kernel (forward and
     backward). Every pattern in `plan` must have a range form."""
+    from attnsum.kernels.fused import SOFTMAX, SYNTH, fused_attention
+
     for s in plan:
         if s is not None and not s.pat.has_ranges:
             raise PatternError(f"pattern {s.pattern!r} has no range form: use backend 'torch'")
     names, tables = layer_tables(plan, ctx)
     kinds = torch.tensor([SYNTH if s is not None and s.mode == "synth" else SOFTMAX for s in plan],
                          dtype=torch.int32, device=q.device)
-    tab = torch.tensor([0 if s is None else names.index(s.pattern) for s in plan],
+    tab = torch.tensor([names.index(table_of(s)) for s in plan],
                        dtype=torch.int32, device=q.device)
     return fused_attention(q, k, v, kinds, tab, tables, scale)
