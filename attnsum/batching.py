@@ -78,13 +78,17 @@ def sentence_logits(model, batch: Batch, **kwargs) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_scores(model, examples: Sequence[Example], batch_size: int = 8,
-                   device: str | torch.device = "cpu", precision: str | None = None
-                   ) -> list[list[float]]:
-    """Sentence probabilities of each example, in input order."""
+                   device: str | torch.device = "cpu", precision: str | None = None,
+                   progress: bool = False) -> list[list[float]]:
+    """Sentence probabilities of each example, in input order (a progress bar on request)."""
+    from tqdm.auto import tqdm
+
     model.eval()
     autocast = resolve_precision(precision, device).autocast
     out: list[list[float]] = [[] for _ in examples]
-    for idx, batch in length_batches(examples, batch_size):
+    batches = length_batches(examples, batch_size)
+    for idx, batch in tqdm(batches, total=-(-len(examples) // batch_size), desc="score",
+                           unit="batch", disable=not progress):
         with autocast():
             logits = sentence_logits(model, batch.to(device))
         probs = torch.sigmoid(logits.float())

@@ -68,7 +68,7 @@ def cmd_evaluate(args) -> None:
         rows["model"] = evaluate_model(model, prepared.examples, out, "model", k=args.k,
                                        trigram_blocking=not args.no_trigram_blocking,
                                        extra={**extra, "trained": trained},
-                                       precision=args.precision)
+                                       precision=args.precision, progress=True)
     print(f"{args.dataset}/{args.split}: {len(prepared.examples)} documents "
           "(ROUGE F1, mean [95% bootstrap interval])")
     print(format_table(rows))

@@ -125,11 +125,12 @@ def evaluate_system(system: str, examples: Sequence[Example], out_dir: Path | No
 
 def evaluate_model(model, examples: Sequence[Example], out_dir: Path | None = None,
                    name: str = "model", k: int = 3, trigram_blocking: bool = True, device="cpu",
-                   extra: dict | None = None, precision: str | None = None) -> dict[str, Score]:
+                   extra: dict | None = None, precision: str | None = None,
+                   progress: bool = False) -> dict[str, Score]:
     """ROUGE of a model's top-k selections (trigram blocking by default)."""
     from .batching import predict_scores
 
-    scores = predict_scores(model, examples, device=device, precision=precision)
+    scores = predict_scores(model, examples, device=device, precision=precision, progress=progress)
     selections = [select_top_k(s, ex.sentences, k, trigram_blocking)
                   for s, ex in zip(scores, examples, strict=True)]
     return evaluate_selections(examples, selections,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from common import ROOT  # noqa: F401  (the checkout on the import path)
 
-from attnsum.evaluate import METRICS, bootstrap
+from attnsum.evaluate import BASELINES, METRICS, bootstrap
 
 
 def per_document(folder: Path) -> dict[str, list[list[float]]]:
@@ -30,7 +30,8 @@ def per_document(folder: Path) -> dict[str, list[list[float]]]:
             name = run.name if system == "model" else system
             rows = [json.loads(line) for line in pred.open(encoding="utf-8")]
             out[name] = [[r[m] for m in METRICS] for r in rows]
-    return out
+    baselines = [b for b in BASELINES if b in out]
+    return {name: out[name] for name in baselines + sorted(set(out) - set(baselines))}
 
 
 def table(systems: dict[str, list[list[float]]], first: int) -> str:
