@@ -110,6 +110,8 @@ def _parse(body: bytes, cfg: ServeConfig) -> tuple[list[str], int, bool]:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HTTPError(400, f"the body is not valid UTF-8 JSON ({e})") from None
+    except RecursionError:  # JSON nested deeper than the parser's recursion limit
+        raise HTTPError(400, "the body's JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise HTTPError(400, 'expected a JSON object: {"text": "..."} or {"texts": [...]}')
     if ("text" in data) == ("texts" in data):

@@ -321,6 +321,8 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kinds: to
         raise ValueError(f"head dim {D} is not supported (16, 32, 64 or 128)")
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype {q.dtype} is not supported")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.is_cuda or _interpreting()):
         raise ValueError("the fused kernel runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1)")
     if tables.perm.shape[1:] != (B, N):

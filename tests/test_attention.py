@@ -102,3 +102,8 @@ def test_bad_shapes_and_backend():
         torch_attention(q[:1], k[:1], v[:1], plan, ctx)
     with pytest.raises(ValueError, match="backend"):
         patterned_attention(q, k, v, plan, ctx, backend="cuda")
+    # int64 inputs would be truncated silently; mixed dtypes would fail deep inside a kernel
+    with pytest.raises(PatternError, match="one floating dtype"):
+        torch_attention(q.long(), k.long(), v.long(), plan, ctx)
+    with pytest.raises(PatternError, match="one floating dtype"):
+        patterned_attention(q.half(), k, v, plan, ctx, backend="reference")

@@ -108,6 +108,8 @@ def test_dispatch_and_bad_input():
     holed = type(ctx)(ctx.token_ids, valid, ctx.sentence_ids)
     with pytest.raises(ValueError, match="right padding"):
         fused_layer_attention(q, k, v, plan, holed)
+    with pytest.raises(ValueError, match="share one dtype"):  # not an assertion deep in Triton
+        fused_layer_attention(q.half(), k, v, plan, ctx)
 
 
 def test_hf_model_runs_its_patterned_heads_through_the_kernel():

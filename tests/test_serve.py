@@ -186,6 +186,7 @@ def test_service_batches_concurrent_requests(server):
     ({"text": "\x00\x01\x02\x03\x04\x05 \x06\x07\x08\x0b"}, 422, "does not look like text"),
     (b"\xff\xfe\x00garbage", 400, "not valid UTF-8 JSON"),
     (b"{not json", 400, "not valid UTF-8 JSON"),
+    (b"[" * 50_000 + b"]" * 50_000, 400, "nested too deeply"),  # past the parser's recursion
     ({"texts": "a string"}, 400, "list of strings"),
     ({"text": ARTICLE, "texts": [ARTICLE]}, 400, "exactly one"),
     ({"texts": [ARTICLE] * 5}, 413, "limit is 4"),

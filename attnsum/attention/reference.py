@@ -22,6 +22,12 @@ def check_inputs(q, k, v, plan: LayerPlan, ctx: PatternContext) -> None:
     if not (q.shape == k.shape == v.shape and q.dim() == 4):
         raise PatternError(f"q, k, v must share one (B, H, N, D) shape, got {tuple(q.shape)}, "
                            f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype and q.dtype.is_floating_point):
+        raise PatternError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, "
+                           f"{v.dtype}")
+    if not (q.device == k.device == v.device == ctx.valid.device):
+        raise PatternError(f"q, k, v and the pattern context must be on one device, got "
+                           f"{q.device}, {k.device}, {v.device}, {ctx.valid.device}")
     B, H, N, _ = q.shape
     if len(plan) != H:
         raise PatternError(f"the layer plan has {len(plan)} heads, the input has {H}")
