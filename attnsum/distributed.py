@@ -1,5 +1,5 @@
 """torchrun detection, in one place: training joins the process group, summarizing shards by
-rank."""
+rank; each process takes the GPU of its local rank."""
 
 from __future__ import annotations
 
@@ -11,14 +11,24 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the process group under torchrun (NCCL on GPUs, gloo on CPUs); (rank, world size)."""
+def local_device():
+    """The GPU of this process's local rank (cuda:0 outside torchrun), or the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")
+
+
+def init_distributed(backend: str | None = None) -> tuple[int, int]:
+    """Join the process group under torchrun (`backend`, by default NCCL on GPUs and gloo on
+    CPUs); (rank, world size)."""
     rank, size = world()
     if size > 1:
         import torch
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
         return dist.get_rank(), dist.get_world_size()
     return rank, size

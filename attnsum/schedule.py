@@ -64,10 +64,6 @@ class Schedule:
     def lr(self, step: int) -> float:
         return self.peak_lr * self.factor(step)
 
-    @property
-    def peak_step(self) -> int:
-        return min(self.warmup_steps, self.total_steps)
-
     def describe(self) -> str:
         shape = ("Noam (inverse square root after warmup)" if self.optimizer == "adam-noam"
                  else "linear warmup, linear decay to zero")

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .data import DataError
+from .distributed import init_distributed, local_device
 from .distributed import world as distributed_world
 from .summarizer import InputError, Summarizer
 
@@ -174,11 +175,8 @@ def summarize_command(checkpoint: str, inputs: list[str], out_path: str | None, 
     rank, world = distributed_world()
     if world > 1 and not out_path:
         raise DataError("under torchrun, write to a file: --out PATH")
-    if world > 1 and device is None and os.environ.get("LOCAL_RANK"):
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    if world > 1 and device is None:
+        device = str(local_device())
     summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision)
     if rank == 0:
         print(summarizer.precision.describe(), file=sys.stderr)
@@ -199,8 +197,7 @@ def summarize_command(checkpoint: str, inputs: list[str], out_path: str | None, 
         return counts
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
+    init_distributed("gloo")  # only barriers between ranks: gloo serves CPU and GPU runs alike
     part = Path(f"{out_path}.part{rank}")
     with open(part, "w", encoding="utf-8") as out:
         counts = run_summarize(summarizer, docs, out, fmt, k, trigram_blocking, chunk, rank, world,

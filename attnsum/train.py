@@ -8,7 +8,6 @@ and optional distillation from a teacher checkpoint. The run folder's layout: ch
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -20,6 +19,7 @@ import torch
 
 from .batching import collate, sentence_logits
 from .checkpoints import (
+    LAST,
     METRICS_FILE,
     has_trainer_state,
     keep_best,
@@ -28,7 +28,7 @@ from .checkpoints import (
     save_trainer_state,
 )
 from .data import DataError, load_corpus
-from .distributed import init_distributed
+from .distributed import init_distributed, local_device
 from .evaluate import evaluate_model
 from .losses import distill_loss, sentence_loss
 from .model import SummarizerModel, model_config
@@ -101,8 +101,7 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
           val_examples: list[Example] | None = None) -> dict:
     """Train (or resume) a model; returns the best validation scores and the run folder."""
     rank, world = init_distributed()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-                          if torch.cuda.is_available() else "cpu")
+    device = local_device()
     out = Path(cfg.out)
     precision = resolve_precision(cfg.precision, device)
     schedule = make_schedule(cfg.optimizer, cfg.steps, cfg.lr, cfg.warmup,
@@ -116,7 +115,7 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
 
     resume = has_trainer_state(out)
     if resume:
-        model = load_model(out / "last")
+        model = load_model(out / LAST)
         if (model.cfg.preset, model.cfg.plan, model.cfg.inject) != (
                 cfg.preset, model_config(cfg.preset, cfg.plan, cfg.inject).plan, cfg.inject):
             raise RuntimeError(f"{out}: the checkpoint is for another preset or plan; use another "
