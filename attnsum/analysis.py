@@ -4,8 +4,14 @@ suggestion that `attnsum train --plan` accepts.
 - Importance, two methods over a validation set (loss: summed BCE against oracle labels):
   ``taylor``, per head the sum over its Q/K/V rows and output-projection columns of
   (grad x weight)^2; ``gate``, |dL/d xi_h| for a gate xi_h = 1 on each head's output.
-- Pattern scores: for every head and pattern, the mean attention mass a query puts on the
-  pattern's allowed keys, next to the chance level (the mass a uniform head would put there).
+- Pattern scores: for every head and pattern (built-in and user patterns), the mean attention
+  mass a query puts on the pattern's allowed keys, next to the chance level (the mass a uniform
+  head would put there).
+- Head profiles, aids for naming patterns the built-ins miss: per head the histogram of the
+  relative offsets j - i of its attention mass, its mass on keys of the same token, the same
+  sentence, [CLS], [SEP] and punctuation, and the entropy of its rows.
+- Plan costs: the work fraction (attention/work.py) of every head kind at a few lengths, on
+  validation documents laid end to end, so the report's plan editor can price a plan.
 
 `analyze` (the ``attnsum analyze`` command) writes to its output folder: ``report.html``
 (report.py), ``analysis.json``, ``importance.csv``, ``pattern_scores.csv`` and ``plan.json``
@@ -21,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attention import HeadPlan, get_pattern
+from .attention import HeadPlan, PatternContext, get_pattern
 from .attention.hf import self_attention_modules
-from .attention.patterns import dense_mask
+from .attention.patterns import dense_mask, pattern_names, user_pattern_names
+from .attention.work import head_work
 from .batching import collate, length_batches, sentence_logits
 from .io import atomic_write_json, atomic_write_text
 from .losses import sentence_loss
@@ -33,8 +40,9 @@ from .report import render_html
 
 # Matching token is scored on its strict form (a row with no match allows only itself), not on
 # the full-attention fallback, under which every head would score on the no-match rows.
-SCORED_PATTERNS = ("match-self", "sent", "next", "prev")
-# What a head that follows a scored pattern is given: the paper's pattern and mode.
+SCORED_PATTERNS = ("match-self", "sent", "next", "prev", "sent-cls")
+# What a head that follows one of these is given: the paper's pattern and mode. The suggestion
+# keeps to the paper's four; other scores guide a person in the report's plan editor.
 SUGGESTED = {"match-self": ("match", "mask"), "sent": ("sent", "mask"), "next": ("next", "synth"),
              "prev": ("prev", "synth")}
 
@@ -95,19 +103,31 @@ class PatternScores:
     chance: np.ndarray  # (patterns,) mass of a uniform head
 
 
-@torch.no_grad()
-def pattern_scores(model: SummarizerModel, examples: Sequence[Example],
-                   patterns: Sequence[str] = SCORED_PATTERNS, batch_size: int = 4) -> PatternScores:
-    """Mean attention mass each head puts on each pattern's keys, over the valid query tokens
-    for which the pattern allows at least one key (the last token has no next token)."""
+def scored_patterns() -> tuple[str, ...]:
+    """The built-ins the analysis scores, then every user pattern registered."""
+    return SCORED_PATTERNS + tuple(user_pattern_names())
+
+
+def _attention_batches(model: SummarizerModel, examples: Sequence[Example], batch_size: int):
+    """(batch, encoder attention probabilities (B, L, H, N, N) fp32) over the examples."""
     model.eval()
-    P = len(patterns)
-    mass = None
-    chance, rows = np.zeros(P), np.zeros(P)
     for batch in _batches(examples, batch_size):
         maps = model.attention_maps(batch.input_ids, batch.segment_ids, batch.attention_mask,
                                     batch.ctx)
-        probs = torch.stack(maps, 1).float()  # (B, L, H, N, N)
+        yield batch, torch.stack(maps, 1).float()
+
+
+@torch.no_grad()
+def pattern_scores(model: SummarizerModel, examples: Sequence[Example],
+                   patterns: Sequence[str] | None = None, batch_size: int = 4) -> PatternScores:
+    """Mean attention mass each head puts on each pattern's keys (default `scored_patterns`),
+    over the valid query tokens for which the pattern allows at least one key (the last token
+    has no next token)."""
+    patterns = scored_patterns() if patterns is None else tuple(patterns)
+    P = len(patterns)
+    mass = None
+    chance, rows = np.zeros(P), np.zeros(P)
+    for batch, probs in _attention_batches(model, examples, batch_size):
         B, L, H, N, _ = probs.shape
         if mass is None:
             mass = np.zeros((L, H, P))
@@ -123,12 +143,94 @@ def pattern_scores(model: SummarizerModel, examples: Sequence[Example],
     return PatternScores(tuple(patterns), mass / rows, chance / rows)
 
 
+OFFSETS = 8  # the profile's offset histogram: j - i in -8..8, the rest in one "far" bin
+KEY_SETS = ("same token", "same sentence", "[CLS]", "[SEP]", "punctuation")
+
+
+def _punctuation_ids() -> torch.Tensor:
+    import string
+
+    vocab = load_tokenizer().get_vocab()
+    return torch.tensor(sorted(i for t, i in vocab.items()
+                               if t and all(c in string.punctuation for c in t)))
+
+
+@torch.no_grad()
+def head_profiles(model: SummarizerModel, examples: Sequence[Example],
+                  batch_size: int = 4) -> dict[str, np.ndarray]:
+    """Per head, averaged over valid queries: "offsets" (L, H, 2 * OFFSETS + 1), the mass at
+    j - i = -OFFSETS..OFFSETS; "far" (L, H), the rest; one (L, H) mass per `KEY_SETS` entry; and
+    "entropy" (L, H) of the rows, in nats."""
+    punct = _punctuation_ids()
+    sums: dict[str, torch.Tensor] = {}
+    n_rows = 0.0
+
+    def add(name, value):  # value (L, H, ...) summed over valid queries
+        sums[name] = sums[name] + value if name in sums else value.double()
+
+    for batch, probs in _attention_batches(model, examples, batch_size):
+        B, L, H, N, _ = probs.shape
+        valid = batch.ctx.valid.float()  # (B, N)
+        tok, sid = batch.ctx.token_ids, batch.ctx.sentence_ids
+        n_rows += float(valid.sum())
+        hist = []
+        for d in range(-OFFSETS, OFFSETS + 1):
+            diag = torch.diagonal(probs, offset=d, dim1=-2, dim2=-1)  # query i, key i + d
+            q = valid[:, max(0, -d):N - max(0, d)] if abs(d) < N else valid[:, :0]
+            hist.append(torch.einsum("blhq,bq->lh", diag, q))
+        offsets = torch.stack(hist, -1)
+        add("offsets", offsets)
+        add("far", torch.einsum("blhqk,bq->lh", probs, valid) - offsets.sum(-1))
+        pair_sets = {"same token": tok[:, :, None] == tok[:, None, :],
+                     "same sentence": (sid[:, :, None] == sid[:, None, :]) & (sid[:, :, None] >= 0)}
+        for name, pairs in pair_sets.items():
+            add(name, torch.einsum("blhqk,bqk,bq->lh", probs, pairs.float(), valid))
+        key_sets = {"[CLS]": tok == 101, "[SEP]": tok == 102, "punctuation": torch.isin(tok, punct)}
+        for name, keys in key_sets.items():
+            add(name, torch.einsum("blhqk,bk,bq->lh", probs, keys.float(), valid))
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)  # (B, L, H, N)
+        add("entropy", torch.einsum("blhq,bq->lh", entropy, valid))
+    return {k: (v / max(n_rows, 1.0)).numpy() for k, v in sums.items()}
+
+
+COST_LENGTHS = (512, 4096)
+WINDOW = "window:4"
+
+
+def plan_costs(examples: Sequence[Example], lengths: Sequence[int] = COST_LENGTHS) -> dict:
+    """The work fraction of a head of each kind ("learned", and "PATTERN/MODE" for every
+    pattern and mode registered) at each length, on validation documents laid end to end (one
+    long document of real sentences). Patterns without a range form run on the reference path:
+    work 1. {"lengths": [...], "work": {kind: [fraction per length]}}."""
+    from .attention.patterns import MODES
+
+    ids = [t for ex in examples for t in ex.input_ids]
+    if not ids:
+        raise ValueError("no validation document to price the plan on")
+    get_pattern(WINDOW)  # a window among the choices (window:K is built on first use)
+    kinds = [None] + [(name, mode) for name in pattern_names() for mode in MODES
+                      if mode in get_pattern(name).modes]
+    work: dict[str, list[float]] = {"learned" if k is None else "/".join(k): [] for k in kinds}
+    for n in lengths:
+        row = torch.tensor([(ids * (n // len(ids) + 1))[:n]])
+        ctx = PatternContext.from_bertsum(row, torch.ones_like(row))
+        ranged = [k for k in kinds if k is None or get_pattern(k[0]).has_ranges]
+        plan = HeadPlan.from_assignments(1, len(ranged), {
+            (0, h): k for h, k in enumerate(ranged) if k is not None}).layer(0)
+        fractions = head_work(plan, ctx, flex_block=None)
+        for k in kinds:
+            key = "learned" if k is None else "/".join(k)
+            work[key].append(fractions[ranged.index(k)]["work_fraction"] if k in ranged else 1.0)
+    return {"lengths": list(lengths), "work": work}
+
+
 def suggest_plan(importance: np.ndarray, scores: PatternScores, threshold: float = 0.5,
                  min_lift: float = 2.0) -> HeadPlan:
     """Give a head the pattern it already follows: a head whose mass on a pattern is at least
     `threshold` and at least `min_lift` times the chance level takes that pattern (the one
     with the highest lift if several qualify), in the paper's mode for it (mask for matching
-    token and intra-sentence, synthesize for previous/next token). Ties in lift go to the less
+    token and intra-sentence, synthesize for previous/next token); only the patterns of
+    `SUGGESTED` are suggested. Ties in lift go to the less
     important head; other heads stay learned."""
     L, H, _ = scores.score.shape
     lift = scores.score / np.maximum(scores.chance, 1e-9)
@@ -137,15 +239,18 @@ def suggest_plan(importance: np.ndarray, scores: PatternScores, threshold: float
         for h in range(H):
             ok = [(lift[layer, h, i], -importance[layer, h], name)
                   for i, name in enumerate(scores.patterns)
-                  if scores.score[layer, h, i] >= threshold and lift[layer, h, i] >= min_lift]
+                  if name in SUGGESTED and scores.score[layer, h, i] >= threshold
+                  and lift[layer, h, i] >= min_lift]
             if ok:
-                name = max(ok)[2]
-                assignments[(layer, h)] = SUGGESTED.get(name, (name, "mask"))
+                assignments[(layer, h)] = SUGGESTED[max(ok)[2]]
     return HeadPlan.from_assignments(L, H, assignments)
 
 
 def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path, top_heads: int = 4,
-            samples: int = 2, threshold: float = 0.5, title: str = "") -> dict:
+            samples: int = 2, threshold: float = 0.5, title: str = "",
+            pattern_files: Sequence[str] = ()) -> dict:
+    """Write the analysis of `model` on `examples` to `out` (see the module docstring);
+    `pattern_files` are the --patterns files loaded, for the train command the report shows."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -159,6 +264,8 @@ def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path
     taylor = head_importance(model, examples, "taylor")
     gate = head_importance(model, examples, "gate")
     ps = pattern_scores(model, examples)
+    profiles = head_profiles(model, examples)
+    costs = plan_costs(examples)
     plan = suggest_plan(taylor, ps, threshold)
     L, H = taylor.shape
     top = sorted(((float(taylor[layer, h]), layer, h) for layer in range(L) for h in range(H)),
@@ -169,7 +276,9 @@ def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path
               "importance": {"taylor": taylor.tolist(), "gate": gate.tolist()},
               "patterns": list(ps.patterns), "pattern_scores": ps.score.tolist(),
               "chance": ps.chance.tolist(), "plan": plan.to_dict(), "plan_text": str(plan),
-              "top_heads": heads}
+              "top_heads": heads, "profiles": {k: v.tolist() for k, v in profiles.items()},
+              "costs": costs, "preset": model.cfg.preset, "inject": model.cfg.inject,
+              "pattern_files": [str(f) for f in pattern_files]}
     atomic_write_json(out / "analysis.json", result)
     atomic_write_text(out / "plan.json", plan.to_json() + "\n")
     atomic_write_text(out / "importance.csv", "layer,head,taylor,gate\n" + "".join(
@@ -178,8 +287,7 @@ def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path
     atomic_write_text(out / "pattern_scores.csv", "layer,head,pattern,score,chance\n" + "".join(
         f"{layer},{h},{p},{ps.score[layer, h, i]:.6g},{ps.chance[i]:.6g}\n"
         for layer in range(L) for h in range(H) for i, p in enumerate(ps.patterns)))
-    atomic_write_text(out / "report.html", render_html(title or "attnsum analysis", taylor, gate,
-                                                       ps, plan, maps, len(examples)))
+    atomic_write_text(out / "report.html", render_html(title or "attnsum analysis", result, maps))
     return result
 
 

@@ -56,6 +56,8 @@ def read_config(folder: str | Path) -> ModelConfig:
         return ModelConfig(**data["attnsum"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise RuntimeError(f"{path}: not an attnsum checkpoint config ({e})") from None
+    except ValueError as e:  # a plan naming a pattern not registered here, say
+        raise RuntimeError(f"checkpoint {folder}: {e}") from None
 
 
 def read_training_summary(folder: str | Path) -> dict:

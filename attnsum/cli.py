@@ -112,7 +112,8 @@ def cmd_analyze(args) -> None:
     args.max_len = model.cfg.max_positions if args.max_len is None else args.max_len
     prepared = _load_examples(args)
     result = analyze(model, prepared.examples, args.out, top_heads=args.top_heads,
-                     threshold=args.threshold, title=f"attnsum analysis of {ckpt}")
+                     threshold=args.threshold, title=f"attnsum analysis of {ckpt}",
+                     pattern_files=args.patterns)
     print(f"analyzed {result['documents']} documents; suggested plan: {result['plan_text']}")
     print(f"report: {args.out}/report.html; plan for `attnsum train --plan`: {args.out}/plan.json")
 
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model selections without trigram blocking")
     _add_precision_arg(p)
     p.add_argument("--out", default="runs/evaluate", help="output folder")
+    _add_patterns_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     from .attention import BACKENDS
@@ -199,9 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-best", dest="keep_best", type=int, default=d.keep_best)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--teacher", default=None, help="checkpoint to distil sentence scores from")
+    p.add_argument("--init-from", dest="init_from", default=None,
+                   help="checkpoint to start from by layer dropping (same width and heads)")
+    p.add_argument("--init-layers", dest="init_layers", default=None,
+                   help="its layers to take, e.g. 1,3,5 (default: evenly spaced, ending at the "
+                        "last)")
     p.add_argument("--distill-weight", dest="distill_weight", type=float, default=d.distill_weight)
     p.add_argument("--backend", default=d.backend, choices=BACKENDS)
     p.add_argument("--out", default=d.out, help="run folder (resumed if it holds a checkpoint)")
+    _add_patterns_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("analyze", help="head importance, pattern scores, plan and HTML report")
@@ -212,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5,
                    help="least attention mass on a pattern for a head to take it")
     p.add_argument("--out", default="runs/analysis")
+    _add_patterns_arg(p)
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("pipeline", help="the whole method: teacher, analysis, patterned "
@@ -236,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N documents")
     p.add_argument("--device", default=None)
     _add_precision_arg(p)
+    _add_patterns_arg(p)
     p.set_defaults(func=cmd_summarize)
 
     from .serve import ServeConfig
@@ -253,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request")
     p.add_argument("--device", default=None)
     _add_precision_arg(p)
+    _add_patterns_arg(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("experiment", help="the paper's comparison table over several seeds")
@@ -265,18 +276,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_patterns_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patterns", action="append", default=[], metavar="FILE.py",
+                   help="a Python file that registers user patterns (repeatable); runs that "
+                        "file's code")
+
+
+def _load_pattern_files(args) -> None:
+    from .attention import get_pattern, load_pattern_file
+
+    for path in getattr(args, "patterns", None) or []:
+        names = load_pattern_file(path)
+        slow = [n for n in names if not get_pattern(n).has_ranges]
+        print(f"patterns from {path}: {', '.join(names)}"
+              + (f"; no range form, so on the dense reference path: {', '.join(slow)}"
+                 if slow else ""), file=sys.stderr)
+
+
 def _read_plan_file(args) -> None:
+    """A plan given as a .json file: read and checked against the preset here, so that a
+    mistake names the file."""
     plan = getattr(args, "plan", None)
     if plan and plan.endswith(".json"):
+        from .model import model_config
+
         try:
             args.plan = Path(plan).read_text(encoding="utf-8")
         except OSError as e:
             raise DataError(f"cannot read plan file {plan}: {e.strerror}") from None
+        try:
+            model_config(args.preset, args.plan, args.inject)
+        except ValueError as e:
+            raise DataError(f"plan file {plan}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _load_pattern_files(args)
         _read_plan_file(args)
         args.func(args)
     except (DataError, ValueError, RuntimeError, OSError) as e:

@@ -74,6 +74,10 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "student-6x8": ModelConfig("student-6x8", hidden=512, layers=6, heads=8, ffn=2048),
     # MiniLM's shape (6 x 12 heads of 32) from scratch: takes a plan suggested on the teacher.
     "student-mini": ModelConfig("student-mini", hidden=384, layers=6, heads=12, ffn=1536),
+    # Smaller than the teacher, to serve: MiniLM's width with 3 or 2 layers, trained from
+    # scratch or started from the teacher's own layers (`init_from_layers`).
+    "student-mini-3": ModelConfig("student-mini-3", hidden=384, layers=3, heads=12, ffn=1536),
+    "student-mini-2": ModelConfig("student-mini-2", hidden=384, layers=2, heads=12, ffn=1536),
     "tiny": ModelConfig("tiny", hidden=64, layers=2, heads=4, ffn=128),
 }
 
@@ -86,6 +90,14 @@ def model_config(preset: str, plan: str = "none", inject: str = "heads", **overr
     heads = cfg.heads if inject == "heads" else cfg.side_heads
     parsed = HeadPlan.parse(plan, cfg.layers, heads)
     return replace(cfg, plan=None if parsed.is_learned else parsed.to_dict())
+
+
+def spread_layers(source_layers: int, layers: int) -> list[int]:
+    """`layers` of `source_layers`, evenly spaced and ending at the last one (TinyBERT's uniform
+    mapping): 3 of 6 -> 1, 3, 5; 2 of 6 -> 2, 5."""
+    if not 1 <= layers <= source_layers:
+        raise PatternError(f"cannot take {layers} layers from a model with {source_layers}")
+    return [(i + 1) * source_layers // layers - 1 for i in range(layers)]
 
 
 class SideAttention(nn.Module):
@@ -255,3 +267,31 @@ class SummarizerModel(nn.Module):
         """The encoder heads' attention probabilities, one (B, H, N, N) tensor per layer."""
         out = self._encode(input_ids, segment_ids, attention_mask, ctx, output_attentions=True)
         return list(out.attentions)
+
+
+def init_from_layers(model: SummarizerModel, source: SummarizerModel,
+                     layers: list[int] | None = None) -> list[int]:
+    """Start `model` from `source` by layer dropping (DistilBERT, TinyBERT): its embeddings, the
+    chosen encoder layers (default `spread_layers`) in order, and the sentence classifier. A
+    patterned head keeps the copied value and output weights and ignores the rest. Returns the
+    source layers taken."""
+    s_cfg, cfg = source.cfg, model.cfg
+    if (s_cfg.hidden, s_cfg.heads, s_cfg.ffn, s_cfg.inject, s_cfg.classifier) != (
+            cfg.hidden, cfg.heads, cfg.ffn, cfg.inject, cfg.classifier):
+        raise PatternError(f"cannot start {cfg.preset!r} from {s_cfg.preset!r}: width, heads, "
+                           "feed-forward size, injection and classifier must match")
+    layers = spread_layers(s_cfg.layers, cfg.layers) if layers is None else list(layers)
+    if len(layers) != cfg.layers or not all(0 <= i < s_cfg.layers for i in layers):
+        raise PatternError(f"need {cfg.layers} source layers in 0-{s_cfg.layers - 1}, got {layers}")
+    src, dst = source.encoder, model.encoder
+    extend_positions(src, dst.config.max_position_embeddings)
+    if src.config.max_position_embeddings != dst.config.max_position_embeddings:
+        raise PatternError(f"the source has {src.config.max_position_embeddings} positions, the "
+                           f"model {dst.config.max_position_embeddings}")
+    dst.embeddings.load_state_dict(src.embeddings.state_dict())
+    for mine, theirs in zip(dst.encoder.layer, layers, strict=True):
+        mine.load_state_dict(src.encoder.layer[theirs].state_dict())
+    model.score.load_state_dict(source.score.state_dict())
+    if model.inter is not None:
+        model.inter.load_state_dict(source.inter.state_dict())
+    return layers

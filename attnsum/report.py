@@ -1,19 +1,22 @@
 """The self-contained HTML report of `attnsum analyze` (analysis.py): importance grids, pattern
-grids, the suggested plan, and interactive attention heatmaps; inline CSS and script, no
-network."""
+grids, the plan editor, head profiles and interactive attention heatmaps; inline CSS and script,
+no network.
+
+The plan editor starts from the suggested plan. Clicking a head of its grid selects it and shows
+its importance and its score on every pattern; the choice list assigns it a pattern and mode, or
+makes it learned. The plan text (HeadPlan's text form), the train command and the predicted cost
+(work fractions of analysis.plan_costs, per layer and for the model) follow every change;
+"download plan.json" saves the plan in the JSON form `attnsum train --plan` reads. Hooks for
+tests: grid cells carry data-layer and data-head, the plan text is #plan-text, the choice list
+#choice, the download button #download-plan, the reset button #reset-plan.
+"""
 
 from __future__ import annotations
 
 import html
 import json
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-from .attention import HeadPlan
-
-if TYPE_CHECKING:
-    from .analysis import PatternScores
 
 
 def _grid(values: np.ndarray, fmt: str, cls: str, scale: float | None = None) -> str:
@@ -30,13 +33,9 @@ def _grid(values: np.ndarray, fmt: str, cls: str, scale: float | None = None) ->
     return f'<table class="grid"><tr><th></th>{head}</tr>{"".join(rows)}</table>'
 
 
-def _plan_grid(plan: HeadPlan) -> str:
-    head = "".join(f"<th>h{h}</th>" for h in range(plan.num_heads))
-    rows = "".join(
-        "<tr><th>L{}</th>{}</tr>".format(layer, "".join(
-            f'<td class="{"pat" if s else "learned"}">{html.escape(str(s)) if s else "learned"}</td>'
-            for s in plan.layer(layer))) for layer in range(plan.num_layers))
-    return f'<table class="grid plan"><tr><th></th>{head}</tr>{rows}</table>'
+def _json_script(element_id: str, data) -> str:
+    text = json.dumps(data).replace("</", "<\\/")
+    return f'<script type="application/json" id="{element_id}">{text}</script>'
 
 
 CSS = """
@@ -45,7 +44,15 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd
 table.grid{border-collapse:collapse;margin:8px 0}
 table.grid td,table.grid th{border:1px solid #ccc;padding:3px 6px;text-align:center;font-size:12px}
 td.imp{background:rgba(200,60,40,var(--a))}td.pat-score{background:rgba(40,90,200,var(--a))}
-td.pat{background:#dfe9ff}td.learned{color:#999}
+#editor td.cell{cursor:pointer;min-width:64px;box-shadow:inset 0 -4px rgba(200,60,40,var(--a))}
+#editor td.cell.pat{background:#dfe9ff}#editor td.cell.learned{color:#999}
+#editor td.cell.sel{outline:3px solid #c33}
+#panel{min-width:280px}#panel table td{padding:1px 8px;font-size:12px}
+pre#plan-text{white-space:pre-wrap;background:#f6f6f6;padding:6px}
+input#train-command{width:100%;font-family:monospace}
+table.sort th{cursor:pointer}table.sort td{font-size:12px;padding:1px 6px;text-align:right}
+.bars{display:inline-flex;align-items:flex-end;height:24px;gap:1px}
+.bars i{display:inline-block;width:5px;background:#357}.bars i.zero{background:#c33}
 .doc{margin:10px 0 24px}.tokens span{padding:1px 2px;margin:1px;display:inline-block;cursor:pointer;
 border-radius:3px}.tokens span.q{outline:2px solid #c33}
 .heads button{margin:2px}.heads button.on{background:#245;color:#fff}
@@ -53,7 +60,88 @@ canvas{border:1px solid #ccc;image-rendering:pixelated;width:320px;height:320px}
 .row{display:flex;gap:24px;align-items:flex-start}.note{color:#666}
 """
 
-SCRIPT = """
+EDITOR_SCRIPT = """
+const A = JSON.parse(document.getElementById('analysis').textContent);
+const L = A.layers, H = A.heads, imp = A.importance.taylor;
+const KINDS = Object.keys(A.costs.work);  // "learned" and every "pattern/mode"
+const suggested = A.plan.heads.map(r => r.map(s => s ? s.pattern + '/' + s.mode : null));
+let plan = suggested.map(r => r.slice()), sel = null;
+const cells = document.querySelectorAll('#editor td.cell');
+const choice = document.getElementById('choice');
+KINDS.forEach(k => { const o = document.createElement('option'); o.value = k; o.textContent = k;
+  choice.appendChild(o); });
+function planText(){  // HeadPlan.__str__ (attnsum/attention/plan.py)
+  const bySpec = new Map();
+  plan.forEach((row, l) => row.forEach((s, h) => { if (!s) return;
+    if (!bySpec.has(s)) bySpec.set(s, new Map());
+    const m = bySpec.get(s); if (!m.has(l)) m.set(l, []); m.get(l).push(h); }));
+  const items = [];
+  bySpec.forEach((layers, spec) => layers.forEach((heads, l) =>
+    items.push(l + ':' + heads.join(',') + '=' + spec)));
+  return items.join('; ') || 'none';
+}
+function planJSON(){
+  return {num_layers: L, num_heads: H, heads: plan.map(r => r.map(s => {
+    if (!s) return null; const i = s.lastIndexOf('/');
+    return {pattern: s.slice(0, i), mode: s.slice(i + 1)}; }))};
+}
+function render(){
+  cells.forEach(c => { const s = plan[+c.dataset.layer][+c.dataset.head];
+    c.textContent = s || 'learned'; c.classList.toggle('pat', !!s); c.classList.toggle('learned', !s);
+    c.classList.toggle('sel', sel && +c.dataset.layer === sel[0] && +c.dataset.head === sel[1]); });
+  document.getElementById('plan-text').textContent = planText();
+  const cost = document.getElementById('plan-cost'), n = A.costs.lengths.length;
+  const layerWork = plan.map(r => A.costs.lengths.map((_, i) =>
+    r.reduce((t, s) => t + A.costs.work[s || 'learned'][i], 0) / H));
+  const model = A.costs.lengths.map((_, i) => layerWork.reduce((t, w) => t + w[i], 0) / L);
+  let rows = '<tr><th></th>' + A.costs.lengths.map(x => '<th>N = ' + x + '</th>').join('') + '</tr>';
+  layerWork.forEach((w, l) => { rows += '<tr><th>L' + l + '</th>' +
+    w.map(x => '<td>' + x.toFixed(3) + '</td>').join('') + '</tr>'; });
+  rows += '<tr><th>model</th>' + model.map(x => '<td>' + x.toFixed(3) + '</td>').join('') + '</tr>';
+  rows += '<tr><th>bound</th>' + model.map(x => '<td>' + (1 / x).toFixed(2) + 'x</td>').join('') + '</tr>';
+  cost.innerHTML = rows;
+  document.getElementById('train-command').value = 'attnsum train --preset ' + A.preset +
+    (A.inject === 'side' ? ' --inject side' : '') + ' --plan plan.json' +
+    (A.pattern_files.length ? ' ' + A.pattern_files.map(f => '--patterns ' + f).join(' ') : '');
+  showPanel();
+}
+function showPanel(){
+  const p = document.getElementById('panel-body');
+  if (!sel){ p.innerHTML = '<p class="note">click a head of the grid</p>'; choice.disabled = true; return; }
+  const [l, h] = sel; choice.disabled = false; choice.value = plan[l][h] || 'learned';
+  let rows = '<tr><th colspan="3">layer ' + l + ', head ' + h + ': importance ' +
+    imp[l][h].toFixed(3) + ' (gate ' + A.importance.gate[l][h].toFixed(3) + ')</th></tr>' +
+    '<tr><th>pattern</th><th>score</th><th>lift</th></tr>';
+  A.patterns.forEach((name, i) => { const s = A.pattern_scores[l][h][i];
+    rows += '<tr><td>' + name + '</td><td>' + s.toFixed(3) + '</td><td>' +
+      (s / Math.max(A.chance[i], 1e-9)).toFixed(1) + 'x</td></tr>'; });
+  p.innerHTML = '<table>' + rows + '</table>';
+}
+cells.forEach(c => c.addEventListener('click', () => {
+  sel = [+c.dataset.layer, +c.dataset.head]; render(); }));
+choice.addEventListener('change', () => { if (!sel) return;
+  plan[sel[0]][sel[1]] = choice.value === 'learned' ? null : choice.value; render(); });
+document.getElementById('reset-plan').addEventListener('click', () => {
+  plan = suggested.map(r => r.slice()); render(); });
+document.getElementById('download-plan').addEventListener('click', () => {
+  const blob = new Blob([JSON.stringify(planJSON()) + '\\n'], {type: 'application/json'});
+  const a = document.createElement('a'); a.href = URL.createObjectURL(blob); a.download = 'plan.json';
+  document.body.appendChild(a); a.click(); a.remove(); });
+document.getElementById('copy-command').addEventListener('click', () => {
+  const t = document.getElementById('train-command'); t.select(); document.execCommand('copy'); });
+render();
+
+// head profiles: a sortable table
+const prof = document.getElementById('profiles-table');
+prof.querySelectorAll('th').forEach((th, col) => th.addEventListener('click', () => {
+  const rows = Array.from(prof.querySelectorAll('tr')).slice(1);
+  const desc = th.dataset.desc !== '1'; th.dataset.desc = desc ? '1' : '0';
+  rows.sort((a, b) => { const x = +a.cells[col].dataset.v, y = +b.cells[col].dataset.v;
+    return desc ? y - x : x - y; });
+  rows.forEach(r => prof.appendChild(r)); }));
+"""
+
+HEATMAP_SCRIPT = """
 const DOCS = JSON.parse(document.getElementById('maps').textContent);
 function draw(canvas, attn){
   const n = attn.length, ctx = canvas.getContext('2d');
@@ -87,11 +175,74 @@ DOCS.forEach((doc, d) => {
 """
 
 
-def render_html(title: str, taylor: np.ndarray, gate: np.ndarray, ps: PatternScores,
-                plan: HeadPlan, maps: list[dict], n_docs: int) -> str:
+def _editor(result: dict) -> str:
+    L, H = result["layers"], result["heads"]
+    imp = np.asarray(result["importance"]["taylor"])
+    top = float(imp.max()) or 1.0
+    head = "".join(f"<th>h{h}</th>" for h in range(H))
+    rows = "".join(
+        f"<tr><th>L{layer}</th>" + "".join(
+            f'<td class="cell" data-layer="{layer}" data-head="{h}" '
+            f'style="--a:{imp[layer, h] / top:.3f}"></td>' for h in range(H)) + "</tr>"
+        for layer in range(L))
+    return f"""<p class="note">Starts from the suggested plan. Click a head, then choose its pattern
+and mode (or learned); the red bar under each head is its importance. The cost table gives the work
+fraction of the plan (tiles the fused kernel visits over a dense layer's, on validation documents
+laid end to end) and the speedup bound over dense attention it implies.</p>
+<div class="row" id="editor"><div><table class="grid"><tr><th></th>{head}</tr>{rows}</table>
+<p><button id="reset-plan">reset to the suggested plan</button>
+<button id="download-plan">download plan.json</button></p></div>
+<div id="panel"><label>assign the selected head: <select id="choice"></select></label>
+<div id="panel-body"></div></div>
+<div><h3>predicted cost (work fraction)</h3><table class="grid" id="plan-cost"></table></div></div>
+<h3>plan text</h3><pre id="plan-text"></pre>
+<p><label>train with it (after the download): <input id="train-command" readonly></label>
+<button id="copy-command">copy</button></p>"""
+
+
+def _profiles(result: dict) -> str:
+    prof = {k: np.asarray(v) for k, v in result["profiles"].items()}
+    imp = np.asarray(result["importance"]["taylor"])
+    L, H = imp.shape
+    offsets = prof["offsets"]
+    n_off = offsets.shape[-1] // 2
+    sets = [k for k in prof if k not in ("offsets", "far", "entropy")]
+    heads = sorted(((imp[layer, h], layer, h) for layer in range(L) for h in range(H)),
+                   reverse=True)
+    cols = ["layer", "head", "importance", "entropy", *sets, f"far (|j-i| > {n_off})",
+            f"offsets j - i ({-n_off}..{n_off})"]
+    body = []
+    for value, layer, h in heads:
+        hist = offsets[layer, h]
+        peak = max(float(hist.max()), 1e-9)
+        bars = "".join(f'<i class="{"zero" if d == n_off else ""}" style="height:'
+                       f'{max(1, round(24 * v / peak))}px" title="j - i = {d - n_off}: {v:.3f}"></i>'
+                       for d, v in enumerate(hist))
+        nums = [value, prof["entropy"][layer, h], *(prof[k][layer, h] for k in sets),
+                prof["far"][layer, h]]
+        tds = "".join(f'<td data-v="{v:.6g}">{v:.3f}</td>' for v in nums)
+        mode = int(np.argmax(hist)) - n_off
+        body.append(f'<tr><td data-v="{layer}">{layer}</td><td data-v="{h}">{h}</td>{tds}'
+                    f'<td data-v="{mode}"><span class="bars">{bars}</span></td></tr>')
+    header = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    return f"""<p class="note">Where each head's attention mass goes, averaged over valid
+query tokens: on keys of the same token (self included), of the same sentence, on [CLS], [SEP]
+and punctuation, beyond {n_off} positions; the entropy of its rows (nats; low: focused); and
+the histogram of relative offsets j - i (red bar: the token itself). Click a column to sort. A
+head with one tall bar away from zero is a positional head (offset:K); a concentrated mass on a
+key set the built-ins do not name is a candidate for a user pattern (--patterns).</p>
+<table class="sort" id="profiles-table"><tr>{header}</tr>{"".join(body)}</table>"""
+
+
+def render_html(title: str, result: dict, maps: list[dict]) -> str:
+    """The report of one analysis: `result` is analysis.json's content (analysis.py)."""
+    taylor = np.asarray(result["importance"]["taylor"])
+    gate = np.asarray(result["importance"]["gate"])
+    score = np.asarray(result["pattern_scores"])
     pattern_grids = "".join(
-        f"<h3>{html.escape(p)} <span class='note'>(chance level {ps.chance[i]:.3f})</span></h3>"
-        + _grid(ps.score[:, :, i], ".2f", "pat-score", 1.0) for i, p in enumerate(ps.patterns))
+        f"<h3>{html.escape(p)} <span class='note'>(chance level {result['chance'][i]:.3f})</span>"
+        f"</h3>" + _grid(score[:, :, i], ".2f", "pat-score", 1.0)
+        for i, p in enumerate(result["patterns"]))
     docs = []
     for d, doc in enumerate(maps):
         buttons = "".join(f"<button>L{h['layer']} h{h['head']}</button>" for h in doc["heads"])
@@ -100,12 +251,15 @@ def render_html(title: str, taylor: np.ndarray, gate: np.ndarray, ps: PatternSco
                     f'<div class="heads">{buttons}</div><div class="row"><canvas></canvas>'
                     f'<div><p class="info note">hover or click a token to see where the head '
                     f'sends its attention</p><div class="tokens">{tokens}</div></div></div></div>')
-    data = json.dumps(maps).replace("</", "<\\/")
+    editor_data = {k: result[k] for k in ("layers", "heads", "importance", "patterns",
+                                          "pattern_scores", "chance", "plan", "costs", "preset",
+                                          "inject", "pattern_files")}
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{CSS}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p class="note">{n_docs} validation documents; {taylor.shape[0]} layers x {taylor.shape[1]} heads.</p>
+<p class="note">{result['documents']} validation documents; {taylor.shape[0]} layers x
+{taylor.shape[1]} heads. Suggested plan: <code>{html.escape(result['plan_text'])}</code></p>
 <h2 id="importance">Head importance</h2>
 <div class="row"><div><h3>first-order Taylor</h3>{_grid(taylor, ".3f", "imp")}</div>
 <div><h3>gate sensitivity</h3>{_grid(gate, ".3f", "imp")}</div></div>
@@ -113,12 +267,15 @@ def render_html(title: str, taylor: np.ndarray, gate: np.ndarray, ps: PatternSco
 <p class="note">Mean attention mass each head puts on each pattern's keys (1.0: the head follows
 the pattern exactly); compare with the chance level of a uniform head.</p>
 {pattern_grids}
-<h2 id="plan">Suggested plan</h2>
-<p><code>{html.escape(str(plan))}</code></p>
-{_plan_grid(plan)}
+<h2 id="plan">Plan editor</h2>
+{_editor(result)}
+<h2 id="profiles">Head profiles</h2>
+{_profiles(result)}
 <h2 id="heatmaps">Attention of the most important heads</h2>
 {"".join(docs)}
-<script type="application/json" id="maps">{data}</script>
-<script>{SCRIPT}</script>
+{_json_script("analysis", editor_data)}
+{_json_script("maps", maps)}
+<script>{EDITOR_SCRIPT}</script>
+<script>{HEATMAP_SCRIPT}</script>
 </body></html>
 """

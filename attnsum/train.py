@@ -31,7 +31,7 @@ from .data import DataError, load_corpus
 from .distributed import init_distributed, local_device
 from .evaluate import evaluate_model
 from .losses import distill_loss, sentence_loss
-from .model import SummarizerModel, model_config
+from .model import SummarizerModel, init_from_layers, model_config
 from .precision import resolve_precision
 from .preprocess import MAX_LEN, Example, PreprocessConfig, prepare
 from .schedule import OPTIMIZERS, make_schedule
@@ -63,6 +63,8 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/train"
     teacher: str | None = None  # checkpoint folder of a teacher to distil from
+    init_from: str | None = None  # checkpoint to start from by layer dropping (model.py)
+    init_layers: str | None = None  # its layers to take, "1,3,5" (default: evenly spaced)
     distill_weight: float = 1.0
     backend: str = "auto"
     precision: str = "auto"  # auto, fp32, bf16, fp16: see precision.py
@@ -85,6 +87,15 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _init_layers(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"bad --init-layers {text!r}: use comma-separated layer indices") from None
+
+
 def load_examples(cfg: TrainConfig, split: str) -> list[Example]:
     limit = cfg.val_limit if split == cfg.val_split and cfg.val_limit is not None else cfg.limit
     corpus = load_corpus(cfg.dataset, split, limit=limit)
@@ -105,7 +116,8 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
     out = Path(cfg.out)
     precision = resolve_precision(cfg.precision, device)
     schedule = make_schedule(cfg.optimizer, cfg.steps, cfg.lr, cfg.warmup,
-                             pretrained=model_config(cfg.preset).pretrained is not None,
+                             pretrained=(model_config(cfg.preset).pretrained is not None
+                                         or cfg.init_from is not None),
                              allow_short_warmup=cfg.allow_short_warmup)
     summary = {"train": asdict(cfg), "schedule": schedule.to_dict(),
                "precision": precision.describe()}
@@ -124,6 +136,9 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
         model = SummarizerModel(model_config(cfg.preset, cfg.plan, cfg.inject,
                                         classifier=cfg.classifier,
                                         max_positions=max(MAX_LEN, cfg.max_len)))
+        if cfg.init_from:
+            layers = _init_layers(cfg.init_layers)
+            summary["init_layers"] = init_from_layers(model, load_model(cfg.init_from), layers)
     model.to(device).set_backend(cfg.backend)
     teacher = None
     if cfg.teacher:

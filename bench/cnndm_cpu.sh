@@ -2,7 +2,7 @@
 # The CPU budget runs on CNN/DailyMail (../shared/data/cnndm), sized for a 2-core CPU in one
 # session: the MiniLM teacher on 4,000 training documents (500 steps of 8), then two
 # student-mini twins from scratch (dense; `paper` plan) on the same first 2,000 documents with
-# equal budgets (250 steps of 8); default schedules (schedule.py) and precision (precision.py).
+# equal budgets (250 steps of 8), then the distilled serving students below; default schedules (schedule.py) and precision (precision.py).
 # ROUGE on validation: Lead-3, oracle and the teacher on the whole split, the students on its
 # first VAL_DOCS documents; blind-test summaries of the first BLIND_DOCS test articles per
 # system (Lead-3: all of them). Every step resumes: a finished run, evaluation or summary file
@@ -62,4 +62,18 @@ evaluate cpu-student --system "" --checkpoint "$OUT/cpu-student" --limit "$VAL_D
 evaluate cpu-student-paper --system "" --checkpoint "$OUT/cpu-student-paper" --limit "$VAL_DOCS"
 blind cpu-student-paper
 blind cpu-student
+# Serving students smaller than the teacher, distilled from it on its 4,000 documents
+# (300 steps of 8): 3 layers started from the teacher's layers 1, 3, 5 (paper plan; its dense
+# twin), 2 layers from layers 2, 5 (paper plan), and 3 layers from scratch (paper plan).
+distil=(--limit 4000 --steps 300 --val-every 150 --teacher "$OUT/cpu-teacher")
+from_teacher=(--init-from "$OUT/cpu-teacher" --lr 1e-4)
+train distil3-paper --preset student-mini-3 --plan paper "${distil[@]}" "${from_teacher[@]}"
+train distil3-dense --preset student-mini-3 "${distil[@]}" "${from_teacher[@]}"
+evaluate distil3-paper --system "" --checkpoint "$OUT/distil3-paper" --limit "$VAL_DOCS"
+evaluate distil3-dense --system "" --checkpoint "$OUT/distil3-dense" --limit "$VAL_DOCS"
+train distil2-paper --preset student-mini-2 --plan paper "${distil[@]}" "${from_teacher[@]}"
+evaluate distil2-paper --system "" --checkpoint "$OUT/distil2-paper" --limit "$VAL_DOCS"
+train distil3-paper-scratch --preset student-mini-3 --plan paper "${distil[@]}"
+evaluate distil3-paper-scratch --system "" --checkpoint "$OUT/distil3-paper-scratch" --limit "$VAL_DOCS"
+blind distil3-paper
 echo "== done ($(date -u +%H:%M:%S))"

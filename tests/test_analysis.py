@@ -8,7 +8,14 @@ import pytest
 import torch
 from helpers import embedded_examples
 
-from attnsum.analysis import analyze, head_importance, pattern_scores, suggest_plan
+from attnsum.analysis import (
+    OFFSETS,
+    analyze,
+    head_importance,
+    head_profiles,
+    pattern_scores,
+    suggest_plan,
+)
 from attnsum.attention.plan import HeadPlan
 from attnsum.checkpoints import read_config, save_model
 from attnsum.cli import main
@@ -54,6 +61,23 @@ def test_a_hard_wired_head_scores_one_with_the_right_chance_level(examples):
     assert str(plan.layer(0)[1]) == "sent/mask" and str(plan.layer(1)[3]) == "next/synth"
 
 
+def test_head_profiles_of_hard_wired_heads(examples):
+    model = _tiny("0:1=sent/mask; 1:3=prev/synth")
+    prof = head_profiles(model, examples)
+    ids = [ex.input_ids for ex in examples]
+    rows = sum(map(len, ids))
+    has_prev = (rows - len(ids)) / rows  # every token but the first of each document
+    assert prof["offsets"][1, 3, OFFSETS - 1] == pytest.approx(has_prev, rel=1e-5)
+    assert prof["offsets"][1, 3].sum() + prof["far"][1, 3] == pytest.approx(has_prev, rel=1e-5)
+    assert prof["entropy"][1, 3] == pytest.approx(0.0, abs=1e-5)  # one key per row
+    after_cls = sum(t == 101 for doc in ids for t in doc[:-1]) / rows
+    assert prof["[CLS]"][1, 3] == pytest.approx(after_cls, rel=1e-5)
+    assert prof["same sentence"][0, 1] == pytest.approx(1.0, rel=1e-5)
+    # a learned head's rows sum to one over the offset bins and the rest
+    assert prof["offsets"][0, 0].sum() + prof["far"][0, 0] == pytest.approx(1.0, rel=1e-5)
+    assert 0 < prof["entropy"][0, 0] <= np.log(max(map(len, ids)))
+
+
 def test_report_structure_and_plan_round_trip(tmp_path, examples):
     model = _tiny("0:1=sent/mask; 1:3=prev/synth")
     save_model(model, tmp_path / "ckpt")
@@ -93,8 +117,11 @@ def test_report_structure_and_plan_round_trip(tmp_path, examples):
     html = (tmp_path / "rep" / "report.html").read_text()
     c = Collect()
     c.feed(html)
-    assert {"importance", "patterns", "plan", "heatmaps", "doc0"} <= c.ids
-    assert c.tables == 2 + 4 + 1  # two importance grids, four pattern grids, the plan
+    assert {"importance", "patterns", "plan", "profiles", "heatmaps", "doc0", "plan-text",
+            "download-plan", "reset-plan", "choice", "plan-cost", "analysis"} <= c.ids
+    assert result["patterns"][:5] == ["match-self", "sent", "next", "prev", "sent-cls"]
+    # two importance grids, a grid per pattern, the editor's grid and cost table, the profiles
+    assert c.tables == 2 + len(result["patterns"]) + 3
     assert c.external == []  # self-contained: no script, style or link fetched
     assert c.canvases == len(c.script_json) >= 1
     first = c.script_json[0]

@@ -43,9 +43,14 @@ def test_reference_against_per_element_loop():
     113,  # spans two blocks, with padding in document 1
     300,  # several blocks and windows
 ])
-def test_fast_path_matches_reference_forward_and_backward(N):
+@pytest.mark.parametrize("plan_text", [
+    MIXED,
+    "*:0=window:2/mask; *:1=window:5/synth; *:2=sent-cls/synth; *:3=sent-cls/mask; "
+    "*:4=offset:-2/synth",  # the other built-ins (and learned heads)
+])
+def test_fast_path_matches_reference_forward_and_backward(N, plan_text):
     q, k, v, ctx = make_batch(3, N)
-    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    plan = HeadPlan.parse(plan_text, 1, 9).layer(0)
     for t in (q, k, v):
         t.requires_grad_(True)
     ref = reference_attention(q, k, v, plan, ctx)[0]

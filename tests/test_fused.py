@@ -21,6 +21,8 @@ KINDS = {
     "next/synth": "*:*=next/synth",
     "prev/mask": "*:*=prev/mask",
     "offset:3/synth": "*:*=offset:3/synth",
+    "window:3/mask": "*:*=window:3/mask",
+    "sent-cls/synth": "*:*=sent-cls/synth",
 }
 
 

@@ -10,6 +10,7 @@ from attnsum.attention.patterns import (
     and_masks,
     dense_mask,
     get_pattern,
+    load_pattern_file,
     or_masks,
     register_pattern,
 )
@@ -92,8 +93,23 @@ def test_next_and_previous_hand_drawn():
     assert two[2][0] == 1 and two[3][1] == 1 and sum(map(sum, two)) == 2
 
 
+def test_window_and_sentence_cls_hand_drawn():
+    ctx = _ctx([7, 1, 7, 8, 0], [(0, 2), (2, 4)], n_valid=4)
+    window = [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 0], [0] * 5]
+    assert _dense("window:1", ctx) == window == _dense_from_ranges("window:1", ctx)
+    own_cls = [[1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0], [0] * 5]
+    assert _dense("sent-cls", ctx) == own_cls == _dense_from_ranges("sent-cls", ctx)
+    with pytest.raises(PatternError, match="at least 1"):
+        get_pattern("window:0")
+    gap = PatternContext(torch.tensor([[7, 1, 2]]), torch.tensor([[True, False, True]]),
+                         torch.tensor([[0, -1, 0]]))
+    with pytest.raises(PatternError, match="padding at the end"):
+        gap.ranges(get_pattern("window:1"))
+
+
 @pytest.mark.parametrize("n", [1, 17, 113])
-@pytest.mark.parametrize("name", ["match", "match-self", "sent", "next", "prev", "offset:3"])
+@pytest.mark.parametrize("name", ["match", "match-self", "sent", "next", "prev", "offset:3",
+                                  "window:2", "sent-cls"])
 def test_ranges_equal_predicates_on_random_batches(name, n):
     g = torch.Generator().manual_seed(n)
     B = 3
@@ -164,3 +180,52 @@ def test_user_pattern_without_ranges_and_combinators():
     not_self = lambda b, h, q, kv: q != kv
     m = dense_mask(and_masks(or_masks(prev, first), not_self), 1, 3)[0].int().tolist()
     assert m == [[0, 0, 0], [1, 0, 0], [1, 1, 0]]
+
+
+USER_FILE = """
+import torch
+from attnsum.attention import Pattern, Ranges, register_pattern
+
+def same_parity(ctx):
+    def parity(b, h, q, kv):
+        return (q % 2) == (kv % 2)
+    return parity
+
+def to_second(ctx):
+    def second(b, h, q, kv):
+        return kv == 1
+    return second
+
+def second_ranges(ctx):
+    B, N = ctx.shape
+    lo = torch.where(ctx.valid, 1, 0).int()
+    hi = torch.where(ctx.valid & (N > 1), 2, 0).int()
+    return Ranges(None, lo, hi, torch.zeros_like(ctx.valid))
+
+register_pattern(Pattern("parity", same_parity, modes=("mask",)))
+register_pattern(Pattern("second", to_second, second_ranges))
+"""
+
+
+def test_pattern_files_register_patterns_and_fail_clearly(tmp_path):
+    good = tmp_path / "mine.py"
+    good.write_text(USER_FILE)
+    assert load_pattern_file(good) == ["parity", "second"]
+    ctx = _ctx([7, 1, 2, 8], [(0, 4)])
+    assert _dense("parity", ctx) == [[1, 0, 1, 0], [0, 1, 0, 1]] * 2
+    assert _dense("second", ctx) == _dense_from_ranges("second", ctx) == [[0, 1, 0, 0]] * 4
+    assert get_pattern("parity").modes == ("mask",) and not get_pattern("parity").has_ranges
+    cases = {"raises.py": ("raise KeyError('oops')", "raised KeyError"),
+             "empty.py": ("x = 1", "registers no pattern"),
+             "shadow.py": ("from attnsum.attention import Pattern, register_pattern\n"
+                           "register_pattern(Pattern('sent', lambda ctx: None))", "shadows a built-in"),
+             "family.py": ("from attnsum.attention import Pattern, register_pattern\n"
+                           "register_pattern(Pattern('window:9', lambda ctx: None))", "shadows"),
+             "syntax.py": ("def (", "raised SyntaxError"),
+             "notes.txt": ("", "no such pattern file")}
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(PatternError, match=message) as e:
+            load_pattern_file(path)
+        assert str(path) in str(e.value) and "\n" not in str(e.value)

@@ -54,11 +54,21 @@ point, `patterned_attention`), hf.py (Hugging Face plug-in).
 
 from .dispatch import BACKENDS, patterned_attention
 from .hf import PlanInputs, apply_plan
-from .patterns import PatternContext, PatternError, get_pattern, pattern_names, register_pattern
+from .patterns import (
+    Pattern,
+    PatternContext,
+    PatternError,
+    Ranges,
+    get_pattern,
+    load_pattern_file,
+    pattern_names,
+    register_pattern,
+)
 from .plan import HeadPlan, HeadSpec, LayerPlan
 from .reference import layer_allowed, reference_attention
 from .torch_path import torch_attention
 
-__all__ = ["BACKENDS", "HeadPlan", "HeadSpec", "LayerPlan", "PatternContext", "PatternError",
-           "PlanInputs", "apply_plan", "get_pattern", "layer_allowed", "pattern_names",
+__all__ = ["BACKENDS", "HeadPlan", "HeadSpec", "LayerPlan", "Pattern", "PatternContext",
+           "PatternError", "PlanInputs", "Ranges", "apply_plan", "get_pattern", "layer_allowed",
+           "load_pattern_file", "pattern_names",
            "patterned_attention", "reference_attention", "register_pattern", "torch_attention"]

@@ -304,13 +304,82 @@ def generate_offset(k: int) -> Pattern:
     return Pattern(name, predicate, ranges, description=f"positional offset {k:+d}")
 
 
+# ---- window
+
+
+def _check_suffix_padding(ctx: PatternContext) -> torch.Tensor:
+    """Tokens per document, checking that padding is a suffix (as in every batch the project
+    builds); range forms in natural order that span several keys rely on it."""
+    n = ctx.valid.sum(1)
+    pos = torch.arange(ctx.valid.shape[1], device=ctx.valid.device)
+    if not bool((ctx.valid == (pos[None, :] < n[:, None])).all()):
+        raise PatternError("this range form needs padding at the end of each document")
+    return n
+
+
+def generate_window(k: int) -> Pattern:
+    """|i - j| <= k: a local window around each token (itself included)."""
+    if k < 1:
+        raise PatternError(f"window size must be at least 1, got {k}")
+
+    def predicate(ctx: PatternContext) -> MaskMod:
+        def window(b, h, q, kv):
+            return (q - kv).abs() <= k
+
+        window.__name__ = f"window_{k}"
+        return window
+
+    def ranges(ctx: PatternContext) -> Ranges:
+        n = _check_suffix_padding(ctx)[:, None]
+        B, N = ctx.valid.shape
+        pos = torch.arange(N, device=ctx.valid.device).expand(B, N)
+        lo = (pos - k).clamp_min(0)
+        hi = torch.minimum(pos + k + 1, n)
+        return Ranges(None, torch.where(ctx.valid, lo, 0).int(), torch.where(ctx.valid, hi, 0).int(),
+                      torch.zeros_like(ctx.valid))
+
+    return Pattern(f"window:{k}", predicate, ranges, description=f"local window |i - j| <= {k}")
+
+
+# ---- the sentence's own [CLS]
+
+
+def _sentence_starts(ctx: PatternContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first position of each token's sentence run, inside a sentence): (B, N) long, bool."""
+    sid = ctx.sentence_ids
+    change = torch.ones_like(sid, dtype=torch.long)
+    change[:, 1:] = (sid[:, 1:] != sid[:, :-1]).long()
+    run = torch.cumsum(change, dim=1)
+    return torch.searchsorted(run, run, side="left"), (sid >= 0) & ctx.valid
+
+
+def generate_sentence_cls() -> Pattern:
+    """j is the first token ([CLS]) of i's sentence."""
+
+    def predicate(ctx: PatternContext) -> MaskMod:
+        start, inside = _sentence_starts(ctx)
+
+        def sentence_cls(b, h, q, kv):
+            return (kv == start[b, q]) & inside[b, q]
+
+        return sentence_cls
+
+    def ranges(ctx: PatternContext) -> Ranges:
+        start, inside = _sentence_starts(ctx)
+        return Ranges(None, torch.where(inside, start, 0).int(),
+                      torch.where(inside, start + 1, 0).int(), torch.zeros_like(inside))
+
+    return Pattern("sent-cls", predicate, ranges, description="the sentence's own [CLS]")
+
+
 # --------------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, Pattern] = {}
+# Families named NAME:K, built on first use.
+_FAMILIES: dict[str, Callable[[int], Pattern]] = {"offset": generate_offset, "window": generate_window}
 
 
-def register_pattern(pattern: Pattern) -> Pattern:
-    """Make a pattern available by name to head plans (``name/mode``)."""
+def _add(pattern: Pattern) -> Pattern:
     for m in pattern.modes:
         if m not in MODES:
             raise PatternError(f"pattern {pattern.name!r}: unknown mode {m!r}")
@@ -318,24 +387,72 @@ def register_pattern(pattern: Pattern) -> Pattern:
     return pattern
 
 
+def register_pattern(pattern: Pattern) -> Pattern:
+    """Make a user pattern available by name to head plans (``name/mode``); see
+    `load_pattern_file`. Built-in names (and the NAME:K families) cannot be taken."""
+    if not isinstance(pattern, Pattern):
+        raise PatternError(f"register_pattern takes a Pattern, got {type(pattern).__name__}")
+    if pattern.name in _BUILTIN or pattern.name.split(":", 1)[0] in _FAMILIES:
+        raise PatternError(f"pattern {pattern.name!r} shadows a built-in pattern; pick another name")
+    if not pattern.name or any(c in pattern.name for c in ";=/,* "):
+        raise PatternError(f"bad pattern name {pattern.name!r}: no spaces or ; = / , *")
+    return _add(pattern)
+
+
 for _p in (generate_matching_token("full"), generate_matching_token("self"),
-           generate_intra_sentence(), generate_offset(1), generate_offset(-1)):
-    register_pattern(_p)
+           generate_intra_sentence(), generate_offset(1), generate_offset(-1),
+           generate_sentence_cls()):
+    _add(_p)
+_BUILTIN = frozenset(_REGISTRY)
 
 
 def get_pattern(name: str) -> Pattern:
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith("offset:"):
+    family, _, arg = name.partition(":")
+    if family in _FAMILIES and arg:
         try:
-            k = int(name.split(":", 1)[1])
+            k = int(arg)
         except ValueError:
-            raise PatternError(f"bad offset pattern {name!r}: use offset:K with an integer K") from None
-        return register_pattern(generate_offset(k)) if k not in (1, -1) else get_pattern(
-            {1: "next", -1: "prev"}[k])
-    raise PatternError(f"unknown pattern {name!r}: use one of {', '.join(sorted(_REGISTRY))} "
-                       "or offset:K")
+            raise PatternError(f"bad pattern {name!r}: use {family}:K with an integer K") from None
+        pattern = _FAMILIES[family](k)
+        return _REGISTRY.get(pattern.name) or _add(pattern)  # offset:1 is "next"
+    raise PatternError(f"unknown pattern {name!r}: use one of {', '.join(pattern_names())}, "
+                       "offset:K or window:K; a user pattern needs the --patterns file that "
+                       "registers it")
 
 
 def pattern_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def user_pattern_names() -> list[str]:
+    return sorted(n for n in _REGISTRY if n not in _BUILTIN and n.split(":", 1)[0] not in _FAMILIES)
+
+
+def load_pattern_file(path) -> list[str]:
+    """Run a Python file that registers patterns (`register_pattern`); returns their names.
+    User code runs only when a command is given ``--patterns FILE.py``. Every failure is one
+    `PatternError` naming the file."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix != ".py" or not path.is_file():
+        raise PatternError(f"{path}: no such pattern file (a .py file that registers patterns)")
+    before = dict(_REGISTRY)
+    spec = importlib.util.spec_from_file_location(f"attnsum_user_patterns_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except PatternError as e:
+        raise PatternError(f"{path}: {e}") from None
+    except BaseException as e:  # the user's code: any failure is reported, not raised
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise PatternError(f"{path}: the pattern file raised {type(e).__name__}: {e}") from None
+    added = [n for n, p in _REGISTRY.items() if before.get(n) is not p]
+    if not added:
+        raise PatternError(f"{path}: registers no pattern (call "
+                           "attnsum.attention.register_pattern(Pattern(...)))")
+    return added

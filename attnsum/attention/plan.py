@@ -139,12 +139,16 @@ class HeadPlan:
 
     @classmethod
     def from_dict(cls, d: dict, num_layers: int | None = None, num_heads: int | None = None) -> HeadPlan:
-        L, H = d["num_layers"], d["num_heads"]
-        if (num_layers, num_heads) != (None, None) and (L, H) != (num_layers, num_heads):
-            raise PatternError(f"the plan is for {L} layers x {H} heads, the model has "
-                               f"{num_layers} x {num_heads}")
-        rows = tuple(tuple(None if s is None else HeadSpec(s["pattern"], s["mode"]) for s in row)
-                     for row in d["heads"])
+        try:
+            L, H = d["num_layers"], d["num_heads"]
+            if (num_layers, num_heads) != (None, None) and (L, H) != (num_layers, num_heads):
+                raise PatternError(f"the plan is for {L} layers x {H} heads, the model has "
+                                   f"{num_layers} x {num_heads}")
+            rows = tuple(tuple(None if s is None else HeadSpec(s["pattern"], s["mode"])
+                               for s in row) for row in d["heads"])
+        except (KeyError, TypeError, AttributeError):
+            raise PatternError('bad plan JSON: expected {"num_layers": L, "num_heads": H, "heads": '
+                               '[[null or {"pattern": P, "mode": M}, ...], ...]}') from None
         return cls(L, H, rows)
 
     @classmethod

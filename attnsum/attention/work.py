@@ -23,16 +23,17 @@ from .triton_path import layer_tables, table_of
 FLEX_BLOCK = 128  # FlexAttention's default BlockMask block
 
 
-def _allowed_rows(spec, ctx: PatternContext, rows: torch.Tensor) -> torch.Tensor:
-    """(B, len(rows), N) bool: the keys each of `rows` may attend (learned: the valid keys)."""
+def _allowed_rows(mod, ctx: PatternContext, rows: torch.Tensor) -> torch.Tensor:
+    """(B, len(rows), N) bool: the keys each of `rows` may attend under the full predicate
+    `mod` (None for a learned head: the valid keys)."""
     B, N = ctx.shape
+    if mod is None:
+        return ctx.valid[:, None, :].expand(B, len(rows), N)
     b = torch.arange(B, device=rows.device)[:, None, None]
     q = rows[None, :, None]
     kv = torch.arange(N, device=rows.device)[None, None, :]
-    if spec is None:
-        return ctx.valid[:, None, :].expand(B, len(rows), N)
     h = torch.zeros((), dtype=torch.long, device=rows.device)
-    return spec.pat.mask_mod(ctx)(b, h, q, kv).expand(B, len(rows), N)
+    return mod(b, h, q, kv).expand(B, len(rows), N)
 
 
 def flex_tile_fraction(spec, ctx: PatternContext, block: int = FLEX_BLOCK) -> float:
@@ -40,19 +41,21 @@ def flex_tile_fraction(spec, ctx: PatternContext, block: int = FLEX_BLOCK) -> fl
     tiles at a time (memory O(B block N))."""
     B, N = ctx.shape
     nt = -(-N // block)
+    mod = None if spec is None else spec.pat.mask_mod(ctx)
     kept = 0
     for start in range(0, N, block):
         rows = torch.arange(start, min(start + block, N), device=ctx.valid.device)
-        cells = _allowed_rows(spec, ctx, rows).any(1)  # (B, N): keys some row of the tile allows
+        cells = _allowed_rows(mod, ctx, rows).any(1)  # (B, N): keys some row of the tile allows
         cells = torch.nn.functional.pad(cells, (0, nt * block - N))
         kept += int(cells.view(B, nt, block).any(-1).sum())
     return kept / (B * nt * nt)
 
 
 def head_work(plan: LayerPlan, ctx: PatternContext, block_m: int = 64, block_n: int = 64,
-              flex_block: int = FLEX_BLOCK) -> list[dict]:
+              flex_block: int | None = FLEX_BLOCK) -> list[dict]:
     """One dict per head: kind ("learned", "mask", "synth"), pattern, cell_fraction,
-    work_fraction, flex_tile_fraction. Every pattern of `plan` needs a range form."""
+    work_fraction, flex_tile_fraction (left out when `flex_block` is None). Every pattern of
+    `plan` needs a range form."""
     B, N = ctx.shape
     names, tables = layer_tables(plan, ctx)
     blocks = tables.blocks(block_m, block_n)
@@ -60,14 +63,16 @@ def head_work(plan: LayerPlan, ctx: PatternContext, block_m: int = 64, block_n: 
     visited = (blocks.kb_end - blocks.kb_start).long().sum((1, 2)).double() / (B * nqb * nkb)
     counts = (tables.hi.long() - tables.lo.long() - tables.excl.long()).clamp_min(0)
     cells = counts.sum((1, 2)).double() / (B * N * N)  # (T,); learned rows: every valid key
-    flex = {spec: flex_tile_fraction(spec, ctx, flex_block) for spec in set(plan)}
+    flex = ({} if flex_block is None
+            else {spec: flex_tile_fraction(spec, ctx, flex_block) for spec in set(plan)})
     out = []
     for spec in plan:
         t = names.index(table_of(spec))
         out.append({"kind": "learned" if spec is None else spec.mode,
                     "pattern": "" if spec is None else spec.pattern,
-                    "cell_fraction": float(cells[t]), "work_fraction": float(visited[t]),
-                    "flex_tile_fraction": flex[spec]})
+                    "cell_fraction": float(cells[t]), "work_fraction": float(visited[t])})
+        if spec in flex:
+            out[-1]["flex_tile_fraction"] = flex[spec]
     return out
 
 

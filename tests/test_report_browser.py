@@ -1,0 +1,144 @@
+"""The report's plan editor in a real browser (Debian's chromium through chromedriver, as
+.ci/run installs them): a person assigns heads, reads the plan text and its cost, downloads
+plan.json and trains with it; user patterns are scored in the report and train."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_patterns import USER_FILE
+
+from attnsum.attention.plan import HeadPlan
+from attnsum.checkpoints import read_config, save_model
+from attnsum.cli import main
+from attnsum.model import SummarizerModel, model_config
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
+                                reason="chromium and chromium-driver not installed (.ci/run installs them)")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    (root / "mine.py").write_text(USER_FILE)
+    torch.manual_seed(0)
+    save_model(SummarizerModel(model_config("tiny", "0:1=sent/mask; 1:3=prev/synth")), root / "ckpt")
+    assert main(["analyze", "--checkpoint", str(root / "ckpt"), "--limit", "4", "--max-len", "96",
+                 "--patterns", str(root / "mine.py"), "--out", str(root / "rep")]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def browser(report):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1300,1600"):
+        options.add_argument(arg)
+    options.add_experimental_option("prefs", {"download.default_directory": str(report / "dl"),
+                                              "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _wait_for(path: Path, seconds: float = 10.0) -> Path:
+    end = time.time() + seconds
+    while time.time() < end:
+        if path.is_file() and path.stat().st_size > 0:
+            return path
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_plan_editor_assigns_downloads_and_trains(report, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    analysis = json.loads((report / "rep" / "analysis.json").read_text())
+    assert "parity" in analysis["patterns"]  # the user pattern is scored
+    browser.get((report / "rep" / "report.html").as_uri())
+    text = lambda: browser.find_element(By.ID, "plan-text").text  # noqa: E731
+    suggested = HeadPlan.from_dict(analysis["plan"])
+    assert text() == str(suggested) and str(suggested.layer(1)[3]) == "prev/synth"
+    assert browser.get_log("browser") == []  # no script error
+
+    def assign(layer, head, kind):
+        browser.find_element(By.CSS_SELECTOR, f'td[data-layer="{layer}"][data-head="{head}"]').click()
+        Select(browser.find_element(By.ID, "choice")).select_by_value(kind)
+
+    assign(1, 0, "parity/mask")
+    assign(0, 2, "window:4/mask")
+    assign(0, 1, "learned")
+    edits = {(1, 0): ("parity", "mask"), (0, 2): ("window:4", "mask")}
+    kept = {(layer, h): (s.pattern, s.mode) for layer, row in enumerate(suggested.heads)
+            for h, s in enumerate(row) if s is not None and (layer, h) != (0, 1)}
+    want = HeadPlan.from_assignments(2, 4, {**kept, **edits})
+    assert text() == str(want)
+    # The cost of the edited plan: mean work fraction over heads and layers, per length.
+    work = analysis["costs"]["work"]
+    model_row = browser.find_element(By.ID, "plan-cost").text.splitlines()[-2].split()
+    assert model_row[0] == "model" and len(model_row) == 1 + len(analysis["costs"]["lengths"])
+    for i in range(len(analysis["costs"]["lengths"])):
+        per_head = [work[str(s) if s else "learned"][i] for row in want.heads for s in row]
+        assert model_row[1 + i] == f"{np.mean(per_head):.3f}"
+    assert work["parity/mask"] == [1.0, 1.0]  # no range form: the dense reference path
+    command = browser.find_element(By.ID, "train-command").get_attribute("value")
+    assert command.startswith("attnsum train --preset tiny --plan plan.json --patterns ")
+
+    browser.find_element(By.ID, "download-plan").click()
+    downloaded = _wait_for(report / "dl" / "plan.json")
+    assert HeadPlan.from_json(downloaded.read_text()) == want
+    assert main(["train", "--preset", "tiny", "--plan", str(downloaded), "--patterns",
+                 str(report / "mine.py"), "--steps", "1", "--limit", "4", "--max-len", "96",
+                 "--val-every", "1", "--out", str(report / "run")]) == 0
+    assert HeadPlan.from_dict(read_config(report / "run" / "last").plan) == want
+
+    browser.find_element(By.ID, "reset-plan").click()
+    assert text() == str(suggested)
+
+
+def test_profiles_table_sorts(report, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get((report / "rep" / "report.html").as_uri())
+    table = browser.find_element(By.ID, "profiles-table")
+    header = [th.text for th in table.find_elements(By.TAG_NAME, "th")]
+    col = header.index("entropy")
+    table.find_elements(By.TAG_NAME, "th")[col].click()
+    rows = table.find_elements(By.TAG_NAME, "tr")[1:]
+    values = [float(r.find_elements(By.TAG_NAME, "td")[col].get_attribute("data-v")) for r in rows]
+    assert len(values) == 8 and values == sorted(values, reverse=True)
+    analysis = json.loads((report / "rep" / "analysis.json").read_text())
+    assert max(values) == pytest.approx(np.max(analysis["profiles"]["entropy"]), rel=1e-5)
+
+
+def test_a_checkpoint_with_user_patterns_needs_its_file(report, capsys):
+    run = report / "user-run"
+    args = ["--limit", "4", "--max-len", "96"]
+    assert main(["train", "--preset", "tiny", "--plan", "*:0=second/synth; 1:1=parity/mask",
+                 "--patterns", str(report / "mine.py"), "--steps", "1", "--val-every", "1",
+                 "--out", str(run), *args]) == 0
+    assert main(["analyze", "--checkpoint", str(run), "--patterns", str(report / "mine.py"),
+                 "--out", str(report / "rep2"), *args]) == 0
+    assert json.loads((report / "rep2" / "analysis.json").read_text())["pattern_scores"]
+    from attnsum.attention import patterns
+
+    saved = dict(patterns._REGISTRY)
+    try:  # a fresh process: the user patterns are not registered
+        for name in ("second", "parity"):
+            del patterns._REGISTRY[name]
+        capsys.readouterr()
+        assert main(["analyze", "--checkpoint", str(run), "--out", str(report / "rep3"), *args]) == 2
+        err = capsys.readouterr().err
+        assert "unknown pattern 'second'" in err and "--patterns" in err and str(run) in err
+    finally:
+        patterns._REGISTRY.update(saved)
