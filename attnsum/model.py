@@ -79,6 +79,7 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "student-mini-3": ModelConfig("student-mini-3", hidden=384, layers=3, heads=12, ffn=1536),
     "student-mini-2": ModelConfig("student-mini-2", hidden=384, layers=2, heads=12, ffn=1536),
     "tiny": ModelConfig("tiny", hidden=64, layers=2, heads=4, ffn=128),
+    "tiny-student": ModelConfig("tiny-student", hidden=64, layers=1, heads=4, ffn=128),
 }
 
 

@@ -10,12 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from attnsum.checkpoints import save_model
+from attnsum.checkpoints import best_checkpoint, read_training_summary
 from attnsum.cli import main
 from attnsum.data import DataError, split_sentences
-from attnsum.model import SummarizerModel, model_config
 from attnsum.summarize import iter_documents, run_summarize
 from attnsum.summarizer import InputError, Summarizer
+from attnsum.train import TrainConfig, train
 
 ARTICLE = (
     "The city council approved a new budget for public schools on Tuesday night. "
@@ -29,8 +29,17 @@ ARTICLE = (
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt")
-    save_model(SummarizerModel(model_config("tiny", "paper")), folder)
+    """A served student as the project makes them: a patterned one-layer student started from
+    layer 1 of a tiny teacher and distilled from it (a few steps: the service is under test)."""
+    root = tmp_path_factory.mktemp("ckpt")
+    common = dict(steps=3, batch_size=2, val_every=3, limit=6, max_len=128, progress=False)
+    train(TrainConfig(preset="tiny", out=str(root / "teacher"), **common))
+    run = train(TrainConfig(preset="tiny-student", plan="paper", out=str(root / "student"),
+                            teacher=str(root / "teacher"), init_from=str(root / "teacher"),
+                            **common))
+    folder = best_checkpoint(run["out"])
+    trained = read_training_summary(folder)
+    assert trained["init_layers"] == [1] and trained["train"]["teacher"] == str(root / "teacher")
     return folder
 
 
@@ -160,7 +169,7 @@ def _request(port, method, path, body=None, headers=None):
 def test_service_endpoints(server):
     assert _request(server, "GET", "/health") == (200, _request(server, "GET", "/health")[1])
     status, health = _request(server, "GET", "/health")
-    assert status == 200 and health["status"] == "ok" and health["preset"] == "tiny"
+    assert status == 200 and health["status"] == "ok" and health["preset"] == "tiny-student"
     status, body = _request(server, "POST", "/summarize", {"text": ARTICLE, "k": 2})
     assert status == 200 and len(body["summaries"][0]["sentences"]) == 2
     status, body = _request(server, "POST", "/summarize", {"texts": [ARTICLE, ARTICLE]})

@@ -12,7 +12,7 @@ from attnsum.batching import collate, predict_scores
 from attnsum.checkpoints import load_model, read_config, save_model
 from attnsum.data import Corpus, Document
 from attnsum.losses import distill_loss
-from attnsum.model import SummarizerModel, model_config
+from attnsum.model import SummarizerModel, init_from_layers, model_config, spread_layers
 from attnsum.preprocess import prepare
 from attnsum.train import TrainConfig, train
 
@@ -111,6 +111,26 @@ def test_side_layers_start_identical_to_the_original(examples):
     for a, b in zip(predict_scores(side, examples[:3]), predict_scores(plain, examples[:3]),
                     strict=True):
         assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_layer_dropping_copies_the_chosen_teacher_layers():
+    assert spread_layers(6, 3) == [1, 3, 5] and spread_layers(6, 2) == [2, 5]
+    assert spread_layers(6, 6) == list(range(6)) and spread_layers(2, 1) == [1]
+    torch.manual_seed(0)
+    teacher = SummarizerModel(model_config("tiny"))
+    student = SummarizerModel(model_config("tiny-student", "paper"))
+    assert init_from_layers(student, teacher) == [1]
+    t, s = teacher.state_dict(), student.state_dict()
+    for name, value in s.items():
+        source = name.replace("encoder.layer.0.", "encoder.layer.1.")
+        assert torch.equal(value, t[source]), name
+    assert init_from_layers(student, teacher, [0]) == [0]
+    assert torch.equal(student.state_dict()["encoder.encoder.layer.0.output.dense.weight"],
+                       t["encoder.encoder.layer.0.output.dense.weight"])
+    with pytest.raises(PatternError, match="need 1 source layers"):
+        init_from_layers(student, teacher, [0, 1])
+    with pytest.raises(PatternError, match="width"):
+        init_from_layers(SummarizerModel(model_config("student-mini-2")), teacher)
 
 
 def test_bad_checkpoints_and_plans(tmp_path, examples):
