@@ -189,12 +189,13 @@ def _editor(result: dict) -> str:
 and mode (or learned); the red bar under each head is its importance. The cost table gives the work
 fraction of the plan (tiles the fused kernel visits over a dense layer's, on validation documents
 laid end to end) and the speedup bound over dense attention it implies.</p>
-<div class="row" id="editor"><div><table class="grid"><tr><th></th>{head}</tr>{rows}</table>
+<div id="editor"><table class="grid"><tr><th></th>{head}</tr>{rows}</table>
 <p><button id="reset-plan">reset to the suggested plan</button>
-<button id="download-plan">download plan.json</button></p></div>
-<div id="panel"><label>assign the selected head: <select id="choice"></select></label>
-<div id="panel-body"></div></div>
+<button id="download-plan">download plan.json</button></p>
+<div class="row"><div id="panel"><label>assign the selected head: <select id="choice"></select>
+</label><div id="panel-body"></div></div>
 <div><h3>predicted cost (work fraction)</h3><table class="grid" id="plan-cost"></table></div></div>
+</div>
 <h3>plan text</h3><pre id="plan-text"></pre>
 <p><label>train with it (after the download): <input id="train-command" readonly></label>
 <button id="copy-command">copy</button></p>"""

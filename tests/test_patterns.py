@@ -1,4 +1,7 @@
-"""Each pattern against a hand-drawn example; range tables against the predicates."""
+"""Each pattern against a hand-drawn example; range tables against the predicates; user
+pattern files."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,29 +185,14 @@ def test_user_pattern_without_ranges_and_combinators():
     assert m == [[0, 0, 0], [1, 0, 0], [1, 1, 0]]
 
 
-USER_FILE = """
-import torch
-from attnsum.attention import Pattern, Ranges, register_pattern
+def _readme_pattern_file() -> str:
+    """The user pattern file of README.md (section "User patterns"), so the example is tested."""
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    start = text.index("```python\n# mine.py")
+    return text[start + len("```python\n"):text.index("```", start + 3)]
 
-def same_parity(ctx):
-    def parity(b, h, q, kv):
-        return (q % 2) == (kv % 2)
-    return parity
 
-def to_second(ctx):
-    def second(b, h, q, kv):
-        return kv == 1
-    return second
-
-def second_ranges(ctx):
-    B, N = ctx.shape
-    lo = torch.where(ctx.valid, 1, 0).int()
-    hi = torch.where(ctx.valid & (N > 1), 2, 0).int()
-    return Ranges(None, lo, hi, torch.zeros_like(ctx.valid))
-
-register_pattern(Pattern("parity", same_parity, modes=("mask",)))
-register_pattern(Pattern("second", to_second, second_ranges))
-"""
+USER_FILE = _readme_pattern_file()
 
 
 def test_pattern_files_register_patterns_and_fail_clearly(tmp_path):
