@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .attention import HeadPlan, PatternContext, PatternError, PlanInputs, apply_plan, patterned_attention
+from .attention.hf import drop_synth_projections
 from .preprocess import MAX_LEN, minilm_dir
 
 
@@ -236,6 +237,11 @@ class SummarizerModel(nn.Module):
 
     def set_backend(self, backend: str) -> None:
         self.backend = backend
+
+    def drop_synth_projections(self) -> int:
+        """For inference: stop computing the q and k that synthesized heads ignore (hf.py).
+        The model no longer loads or saves checkpoints of its preset's shapes."""
+        return drop_synth_projections(self.encoder, self.encoder_plan)
 
     def _encode(self, input_ids, segment_ids, attention_mask, ctx, gates=None,
                 output_attentions=False):

@@ -78,6 +78,7 @@ class Summarizer:
         if max_len is not None and max_len > limit:
             raise ValueError(f"max_len {max_len} exceeds the model's {limit} positions")
         model.to(dev).set_backend(backend)
+        model.drop_synth_projections()
         return cls(model, dev, max_len or min(limit, MAX_LEN), prec)
 
     def _example(self, text: str) -> tuple[Example, list[str], list[int]]:

@@ -33,7 +33,7 @@ import torch
 if "--quick" in sys.argv:  # the kernels run on CPU through Triton's interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from common import ROOT, commit, synthetic_batch, write_csv  # noqa: E402
+from common import commit, device_name, result_dir, synthetic_batch, write_csv  # noqa: E402
 
 from attnsum.attention import HeadPlan, layer_allowed, reference_attention, torch_attention  # noqa: E402
 from attnsum.attention.triton_path import fused_layer_attention  # noqa: E402
@@ -162,7 +162,7 @@ def run(args) -> list[dict]:
         triton_version = triton.__version__
     except ImportError:
         triton_version = ""
-    meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    meta = {"device": device_name(device),
             "torch": torch.__version__, "triton": triton_version, "commit": commit()}
     work = {}  # (plan, N) -> the work model's fractions (independent of D and dtype)
     for dtype_name in args.dtypes:
@@ -290,8 +290,7 @@ def main(argv=None) -> int:
         args.device, args.b, args.h, args.n, args.d = "cpu", 1, 4, [48], [16]
         args.dtypes, args.providers = ["float32"], ["ours", "ours-torch", "eager", "sdpa-math"]
     if args.out is None:
-        name = torch.cuda.get_device_name().replace(" ", "_") if args.device == "cuda" else "cpu"
-        args.out = str(ROOT / "bench" / "results" / name / "attention.csv")
+        args.out = str(result_dir(args.device) / "attention.csv")
     rows = run(args)
     write_csv(Path(args.out), rows, FIELDS)
     print(f"{len(rows)} rows appended to {args.out}")

@@ -30,7 +30,7 @@ import torch
 if "--quick" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from common import ROOT, commit, synthetic_batch, write_csv  # noqa: E402
+from common import commit, device_name, result_dir, synthetic_batch, write_csv  # noqa: E402
 
 from attnsum.attention import HeadPlan, patterned_attention  # noqa: E402
 from attnsum.model import SummarizerModel, model_config  # noqa: E402
@@ -124,14 +124,13 @@ def main(argv=None) -> int:
     if args.quick:
         args.device, args.n, args.tokens, args.student, args.dtype = "cpu", [64], 128, "tiny", "float32"
     device, dtype = args.device, getattr(torch, args.dtype)
-    meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    meta = {"device": device_name(device),
             "torch": torch.__version__, "commit": commit()}
     rows = []
     for N in args.n:
         rows += bench_length(args, N, max(1, args.tokens // N), device, dtype, meta)
     if args.out is None:
-        name = meta["device"].replace(" ", "_")
-        args.out = str(ROOT / "bench" / "results" / name / "e2e.csv")
+        args.out = str(result_dir(device) / "e2e.csv")
     write_csv(Path(args.out), rows, FIELDS)
     print(f"{len(rows)} rows appended to {args.out}")
     return 0

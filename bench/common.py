@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: the checkout on the import path (the scripts run from
-a checkout without installing), synthetic BERTSum-shaped inputs, the commit, and the CSV writer."""
+a checkout without installing), synthetic BERTSum-shaped inputs, the device's name and result
+folder, the commit, and the CSV writer."""
 
 from __future__ import annotations
 
@@ -38,6 +39,24 @@ def synthetic_batch(B: int, N: int, seed: int = 0, device="cpu"):
     ctx = PatternContext.from_bertsum(ids, am)
     return PatternContext(ctx.token_ids.to(device), ctx.valid.to(device),
                           ctx.sentence_ids.to(device))
+
+
+def device_name(device: str) -> str:
+    """The GPU's name, or "cpu-" and the CPU's model name (/proc/cpuinfo), for result folders."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), "unknown")
+    except OSError:
+        model = "unknown"
+    return "cpu-" + model
+
+
+def result_dir(device: str) -> Path:
+    """bench/results/<device name with spaces as _>/."""
+    return ROOT / "bench" / "results" / device_name(device).replace(" ", "_")
 
 
 def commit() -> str:

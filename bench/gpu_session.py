@@ -7,7 +7,7 @@ a CPU could have caught.
 
 Each part fits one device call of 9 minutes (every step has its own time limit) and writes its
 results before the next step starts, at most 8 files in all: session.log (everything printed),
-checks.csv, attention.csv, e2e.csv, attention.md, e2e.md, plots.tar.gz. It needs only what the
+checks.csv, attention.csv, e2e.csv, students.csv, attention.md, e2e.md, plots.tar.gz. It needs only what the
 GPU image has (torch, triton, transformers, numpy, matplotlib, pytest) and runs from a checkout
 without installing. The rehearsal runs the same host-side code at the real sizes (inputs, range
 and block tables at N = 16,384, the work model at 4,096, CSV, tables, plots) and the kernels
@@ -182,17 +182,21 @@ def part2(out: Path, rehearse: bool) -> int:
     att, e2e = str(out / "attention.csv"), str(out / "e2e.csv")
     if rehearse:
         grids = [["--quick"]]
-        e2e_args = ["--quick"]
+        e2e_args = students_args = ["--quick"]
     else:
         grids = [["--n", "512", "2048", "4096", "8192", "16384", "--d", "64", "--dtypes", "bfloat16"],
                  ["--n", "4096", "--d", "32", "128", "--dtypes", "bfloat16"]]
         e2e_args = ["--n", "512", "4096", "16384"]
+        students_args = ["--precision", "bf16", "--budget", "2"]
     rc = 0
     for grid in grids:
         step("attention benchmark " + " ".join(grid))
         rc |= run([sys.executable, "bench/bench_attention.py", *grid, "--out", att])
     step("end-to-end benchmark")
     rc |= run([sys.executable, "bench/bench_e2e.py", *e2e_args, "--out", e2e])
+    step("serving students")
+    rc |= run([sys.executable, "bench/bench_students.py", *students_args, "--out",
+               str(out / "students.csv")])
     step("tables and plots")
     rc |= run([sys.executable, "bench/plot.py", str(out)])
     pngs = sorted(out.glob("*.png"))

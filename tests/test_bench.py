@@ -33,13 +33,13 @@ def _fields(script: str) -> list[str]:
 def test_gpu_session_rehearsal(tmp_path):
     """The GPU session's CPU rehearsal: every step of both parts (environment, kernel test
     collection, host side at N = 16,384, real-size checks at small sizes, both benchmarks in
-    their quick mode, tables, plots) with at most 8 result files."""
+    their quick mode, the serving students, tables, plots) with at most 8 result files."""
     FIELDS, E2E_FIELDS = _fields("bench_attention.py"), _fields("bench_e2e.py")
     out = tmp_path / "session"
     r = _run("bench/gpu_session.py", str(out), "--rehearse")
     files = sorted(p.name for p in out.iterdir())
     assert files == ["attention.csv", "attention.md", "checks.csv", "e2e.csv", "e2e.md",
-                     "plots.tar.gz", "session.log"], files
+                     "plots.tar.gz", "session.log", "students.csv"], files
     log = (out / "session.log").read_text()
     assert "N=16384: tables" in log and "work model N=4096 [paper]" in log
     checks = list(csv.DictReader(open(out / "checks.csv")))
@@ -59,6 +59,17 @@ def test_gpu_session_rehearsal(tmp_path):
     assert {r["model"] for r in e2e} == {"teacher", "student-dense", "student-paper"}
     paper = next(r for r in e2e if r["model"] == "student-paper")
     assert float(paper["ratio"]) == pytest.approx(float(paper["measured"]) / float(paper["bound"]))
+
+    students = list(csv.DictReader(open(out / "students.csv")))
+    assert list(students[0]) == _fields("bench_students.py")
+    assert [r["model"] for r in students] == ["teacher", "student3-dense", "student3-paper",
+                                              "student2-paper"]
+    teacher = float(students[0]["docs_per_s"])
+    for row in students:
+        rate, p50 = float(row["docs_per_s"]), float(row["p50_ms"])
+        assert p50 <= float(row["p95_ms"]) and float(row["peak_mib"]) > 0
+        assert rate == pytest.approx(int(row["batch"]) / p50 * 1e3)
+        assert float(row["speedup"]) == pytest.approx(rate / teacher)
 
     assert "| ours | paper | fwd+bwd |" in (out / "attention.md").read_text()
     assert "student-paper" in (out / "e2e.md").read_text()

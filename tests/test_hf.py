@@ -55,6 +55,29 @@ def test_patterned_model_returns_attention_maps_that_follow_the_plan():
     assert torch.allclose(maps[1][0, 2].diagonal(1), torch.ones(23))
 
 
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_synthesized_heads_need_no_q_and_k(backend):
+    from attnsum.attention.hf import drop_synth_projections
+
+    model = tiny_bert()
+    ids, am = _batch(2000)
+    # layer 0: two synthesized heads of four; layer 1: all four (one head's rows must stay)
+    plan = HeadPlan.parse("0:1,3=next/synth; 0:2=sent/mask; 1:*=prev/synth", 2, 4)
+    apply_plan(model, plan)
+    inputs = PlanInputs(plan, PatternContext.from_bertsum(ids, am), backend)
+    with torch.no_grad():
+        want = model(ids, attention_mask=am, attnsum=inputs).last_hidden_state
+        q0 = model.encoder.layer[0].attention.self.query.weight.clone()
+        assert drop_synth_projections(model, plan) == 2 * (2 * 16 + 3 * 16)
+        assert drop_synth_projections(model, plan) == 0  # once is enough
+        got = model(ids, attention_mask=am, attnsum=inputs,
+                    output_attentions=backend == "reference").last_hidden_state
+    attn = [layer.attention.self for layer in model.encoder.layer]
+    assert attn[0].query.weight.shape == (2 * 16, 64) and attn[1].key.weight.shape == (16, 64)
+    assert torch.equal(attn[0].query.weight, torch.cat([q0[:16], q0[32:48]]))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_errors_for_a_plan_that_does_not_fit_or_a_missing_context():
     model = tiny_bert()
     with pytest.raises(PatternError, match="6 x 12|2 x 4"):
