@@ -1,5 +1,6 @@
 """Helpers shared by the tests (pytest puts this folder on the import path): random attention
-batches with every awkward case, the mixed plan, a tiny random BERT, and embedded examples."""
+batches with every awkward case, the mixed plan, a tiny random BERT, embedded examples, and the
+check that NaN and Inf in padding rows stay there."""
 
 import torch
 
@@ -47,3 +48,24 @@ def embedded_examples(split: str = "train", limit: int = 12, max_len: int = 128)
 
     return prepare(load_corpus("embedded", split, limit=limit),
                    PreprocessConfig(max_len=max_len)).examples
+
+
+def poisoned_padding(q, k, v, ctx):
+    """Copies of q, k, v with NaN and Inf planted in the rows of padding tokens."""
+    pad = ~ctx.valid[:, None, :, None]
+    poison = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    return tuple(x.masked_fill(pad, poison[i]) for i, x in enumerate((q, k, v)))
+
+
+def check_padding_isolation(fn, q, k, v, ctx):
+    """NaN and Inf in padding rows change no valid row's output, and every gradient is finite
+    (zero at padding rows)."""
+    clean = fn(q, k, v)
+    bad = [x.clone().requires_grad_(True) for x in poisoned_padding(q, k, v, ctx)]
+    out = fn(*bad)
+    valid = ctx.valid[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(out[valid], clean[valid], atol=1e-6, rtol=1e-6)
+    grads = torch.autograd.grad(out[valid].sum(), bad)
+    for name, g in zip("qkv", grads, strict=True):
+        assert torch.isfinite(g).all(), f"d{name}"
+        assert (g.masked_select(~ctx.valid[:, None, :, None].expand_as(g)) == 0).all(), f"d{name}"

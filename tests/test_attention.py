@@ -5,9 +5,16 @@ import math
 
 import pytest
 import torch
-from helpers import MIXED, make_batch
+from helpers import MIXED, check_padding_isolation, make_batch
 
-from attnsum.attention import layer_allowed, patterned_attention, reference_attention, torch_attention
+from attnsum.attention import (
+    PatternContext,
+    get_pattern,
+    layer_allowed,
+    patterned_attention,
+    reference_attention,
+    torch_attention,
+)
 from attnsum.attention.patterns import PatternError
 from attnsum.attention.plan import HeadPlan
 
@@ -18,6 +25,8 @@ def test_reference_against_per_element_loop():
     out, probs = reference_attention(q, k, v, plan, ctx)
     allowed = layer_allowed(plan, ctx)
     B, H, N, D = q.shape
+    pad = ~ctx.valid[:, None, :, None]  # the contract: padding rows of q, k, v count as zero
+    q, k, v = (x.masked_fill(pad, 0.0) for x in (q, k, v))
     for b in range(B):
         for h in range(H):
             for i in range(N):
@@ -112,3 +121,55 @@ def test_bad_shapes_and_backend():
         torch_attention(q.long(), k.long(), v.long(), plan, ctx)
     with pytest.raises(PatternError, match="one floating dtype"):
         patterned_attention(q.half(), k, v, plan, ctx, backend="reference")
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_nan_and_inf_in_padding_rows_stay_there(backend):
+    q, k, v, ctx = make_batch(3, 40)
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    assert not ctx.valid.all()
+    check_padding_isolation(lambda *x: patterned_attention(*x, plan, ctx, backend=backend),
+                            q, k, v, ctx)
+
+
+def test_synthesized_heads_are_accurate_on_values_far_from_zero():
+    # pairs of equal tokens: each matching-token head averages two values of ~10 +- 1
+    g = torch.Generator().manual_seed(0)
+    N = 150
+    ids = torch.arange(N).div(2, rounding_mode="floor")[torch.randperm(N, generator=g)][None]
+    ctx = PatternContext.from_spans(ids + 1000, None, [[(0, 60), (60, N)]])
+    v = 10 + torch.randn(1, 2, N, 16, generator=g)
+    plan = HeadPlan.parse("*:0=match/synth; *:1=sent/synth", 1, 2).layer(0)
+    out = torch_attention(v, v, v, plan, ctx)
+    allowed = layer_allowed(plan, ctx).double()
+    want = (allowed @ v.double()) / allowed.sum(-1, keepdim=True)  # plain fp64 averages
+    assert (out.double() - want).abs().max() < 5e-6
+
+
+def test_range_tables_are_checked_where_they_are_built(monkeypatch):
+    from attnsum.attention.patterns import Pattern, Ranges
+
+    ctx = PatternContext.from_bertsum(torch.tensor([[101, 5, 6, 102]]), None)
+    nxt = get_pattern("next")
+
+    def bad(**change):
+        r = nxt.ranges(ctx)
+        fields = {"perm": r.perm, "lo": r.lo, "hi": r.hi, "exclude_self": r.exclude_self, **change}
+        return Pattern("bad", nxt.predicate, lambda c: Ranges(**fields))
+
+    with pytest.raises(PatternError, match="exclude_self is set on a row"):
+        ctx.ranges(bad(exclude_self=torch.tensor([[True, False, False, False]])))
+    with pytest.raises(PatternError, match="0 <= lo <= hi <= N"):
+        ctx.ranges(bad(hi=torch.tensor([[2, 3, 4, 5]], dtype=torch.int32)))
+    with pytest.raises(PatternError, match="int32"):
+        ctx.ranges(bad(lo=torch.zeros(1, 4, dtype=torch.long)))
+    with pytest.raises(PatternError, match="shape"):
+        ctx.ranges(bad(lo=torch.zeros(1, 3, dtype=torch.int32)))
+    wrong = bad(hi=torch.tensor([[2, 3, 4, 4]], dtype=torch.int32))  # row 0 also allows key 2
+    ctx.ranges(wrong)  # the cheap checks pass...
+    monkeypatch.setenv("ATTNSUM_DEBUG", "1")
+    fresh = PatternContext.from_bertsum(torch.tensor([[101, 5, 6, 102]]), None)
+    with pytest.raises(PatternError, match="same keys as the pattern"):
+        fresh.ranges(wrong)  # ...the full check does not
+    with pytest.raises(PatternError, match="permutation"):
+        fresh.ranges(bad(perm=torch.zeros(1, 4, dtype=torch.long)))

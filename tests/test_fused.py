@@ -3,7 +3,7 @@ TRITON_INTERPRET=1 on CPU (set in conftest.py) or on a GPU when one is present."
 
 import pytest
 import torch
-from helpers import MIXED, make_batch, tiny_bert
+from helpers import MIXED, check_padding_isolation, make_batch, tiny_bert
 
 from attnsum.attention import patterned_attention, reference_attention
 from attnsum.attention.plan import HeadPlan
@@ -71,6 +71,14 @@ def test_each_head_kind_alone(kind):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_all_kinds_mixed_in_one_launch(N, dtype):
     _check(MIXED, B=3, N=N, H=9, D=16, dtype=dtype)
+
+
+def test_nan_and_inf_in_padding_rows_stay_there():
+    q, k, v, ctx = make_batch(2, 40)
+    q, k, v = (x.to(DEVICE) for x in (q, k, v))
+    ctx = type(ctx)(*_to(DEVICE, ctx.token_ids, ctx.valid, ctx.sentence_ids))
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    check_padding_isolation(lambda *x: fused_layer_attention(*x, plan, ctx), q, k, v, ctx)
 
 
 def test_longer_sequence_and_wider_heads():

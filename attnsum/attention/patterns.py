@@ -145,8 +145,53 @@ class PatternContext:
         return self._memo[key]
 
     def ranges(self, pattern: Pattern) -> Ranges:
-        """The pattern's range table for this batch, computed once and cached."""
-        return self.memo(("ranges", pattern.name), lambda: pattern.ranges(self))
+        """The pattern's range table for this batch, computed once, checked (`check_ranges`)
+        and cached."""
+        def build():
+            r = pattern.ranges(self)
+            check_ranges(r, self, pattern)
+            return r
+
+        return self.memo(("ranges", pattern.name), build)
+
+
+DEBUG_ENV = "ATTNSUM_DEBUG"  # set to 1: full range-table checks (check_ranges)
+
+
+def check_ranges(r: Ranges, ctx: PatternContext, pattern: Pattern) -> None:
+    """What the fast paths rely on, checked where a range table is built: shapes and dtypes,
+    0 <= lo <= hi <= N, exclude_self only inside its row's range; cheap (O(B N)). With
+    ATTNSUM_DEBUG=1 also that perm is a permutation of every row and that the table allows
+    exactly the pattern's predicate (O(B N^2))."""
+    import os
+
+    B, N = ctx.shape
+    where = f"pattern {pattern.name!r}: range table"
+    for name in ("lo", "hi", "exclude_self") + (("perm",) if r.perm is not None else ()):
+        t = getattr(r, name)
+        if tuple(t.shape) != (B, N):
+            raise PatternError(f"{where}: {name} has shape {tuple(t.shape)}, expected {(B, N)}")
+    if r.lo.dtype != torch.int32 or r.hi.dtype != torch.int32 or r.exclude_self.dtype != torch.bool:
+        raise PatternError(f"{where}: lo and hi must be int32 and exclude_self bool, got "
+                           f"{r.lo.dtype}, {r.hi.dtype}, {r.exclude_self.dtype}")
+    if not bool(((r.lo >= 0) & (r.lo <= r.hi) & (r.hi <= N)).all()):
+        raise PatternError(f"{where}: needs 0 <= lo <= hi <= N = {N} on every row")
+    pos = torch.arange(N, device=r.lo.device)[None, :]
+    if bool((r.exclude_self & ((pos < r.lo) | (pos >= r.hi))).any()):
+        raise PatternError(f"{where}: exclude_self is set on a row whose range does not hold it")
+    if os.environ.get(DEBUG_ENV) != "1":
+        return
+    if r.perm is not None and not torch.equal(torch.sort(r.perm, dim=1).values,
+                                              pos.expand(B, N).to(r.perm.dtype)):
+        raise PatternError(f"{where}: perm is not a permutation of 0..N-1 in every row")
+    order = r.perm if r.perm is not None else pos.expand(B, N)
+    inside = (pos[:, :, None] >= r.lo[:, None, :]) & (pos[:, :, None] < r.hi[:, None, :])
+    inside = inside.transpose(1, 2) & ~(r.exclude_self[:, :, None] & (pos[:, None, :] == pos[:, :, None]))
+    allowed = torch.zeros(B, N, N, dtype=torch.bool, device=r.lo.device)
+    b = torch.arange(B, device=r.lo.device)[:, None, None]
+    allowed[b, order[:, :, None], order[:, None, :]] = inside
+    if not torch.equal(allowed, dense_mask(pattern.mask_mod(ctx), B, N, r.lo.device)):
+        raise PatternError(f"{where}: does not allow the same keys as the pattern's predicate")
 
 
 # --------------------------------------------------------------------------- patterns

@@ -5,7 +5,8 @@ probabilities in fp32 and calls `attnsum.kernels.attention_ref`. Tests, benchmar
 Every function takes q, k, v of shape (B, H, N, D), a `LayerPlan` (one `HeadSpec` or None per
 head) and the batch's `PatternContext`. Learned heads attend every non-padding key (padding
 queries too, as in BERT). Pattern heads attend their pattern's keys; padding queries and rows with
-no allowed key output zero.
+no allowed key output zero. Every path first zeroes the padding rows of q, k and v
+(`clear_padding`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def check_inputs(q, k, v, plan: LayerPlan, ctx: PatternContext) -> None:
 
 
 
+def clear_padding(q, k, v, ctx: PatternContext):
+    """q, k, v with the rows of padding tokens set to zero, so that nothing in a padding row (a
+    NaN or Inf included) reaches other rows' outputs or gradients (0 x NaN is NaN); padding
+    rows get zero gradients."""
+    keep = ctx.valid[:, None, :, None]
+    return tuple(torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+                 for x in (q, k, v))
+
+
 def layer_allowed(plan: LayerPlan, ctx: PatternContext) -> torch.Tensor:
     """(B, H, N, N) bool: which keys each head's queries may attend."""
     B, N = ctx.shape
@@ -60,5 +70,6 @@ def reference_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: fl
                         upcast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense reference: (out (B, H, N, D), probs (B, H, N, N), fp32 if upcast)."""
     check_inputs(q, k, v, plan, ctx)
+    q, k, v = clear_padding(q, k, v, ctx)
     return attention_ref(q, k, v, layer_allowed(plan, ctx), synth_flags(plan, q.device), scale,
                          upcast)

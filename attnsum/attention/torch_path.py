@@ -15,7 +15,7 @@ from attnsum.kernels import attention_ref
 
 from .patterns import PatternContext, Ranges
 from .plan import LayerPlan
-from .reference import check_inputs, layer_allowed, synth_flags
+from .reference import check_inputs, clear_padding, layer_allowed, synth_flags
 
 # Inside, tensors are (B, N, h, D): the layout Hugging Face projections produce, so that the
 # per-token gathers below are row gathers of a (B * N, h, D) view.
@@ -38,11 +38,12 @@ def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def _synthesize(v: torch.Tensor, r: Ranges) -> torch.Tensor:
-    """Mean of v (B, N, h, D) over each range, without q or k: differences of prefix sums."""
+    """Mean of v (B, N, h, D) over each range, without q or k: differences of fp64 prefix sums."""
     if r.perm is None and not bool(r.exclude_self.any()) and bool(((r.hi - r.lo) <= 1).all()):
         # One key or none per row (next / previous token): a row gather, no prefix sums.
         return _rows(v, r.lo.long()) * (r.hi > r.lo)[:, :, None, None].to(v.dtype)
-    vo = v.float() if r.perm is None else _rows(v.float(), r.perm)
+    # fp64 prefix sums: a difference of fp32 sums loses the low bits of values far from zero
+    vo = v.double() if r.perm is None else _rows(v.double(), r.perm)
     cs = F.pad(torch.cumsum(vo, dim=1), (0, 0, 0, 0, 1, 0))  # (B, N+1, h, D)
     total = _rows(cs, r.hi.long()) - _rows(cs, r.lo.long())
     total = total - vo * r.exclude_self[:, :, None, None]
@@ -208,6 +209,7 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
     masked heads as dense attention within the segments of their ranges; patterns without
     ranges fall back to the dense reference for their heads. Differentiable by autograd."""
     check_inputs(q, k, v, plan, ctx)
+    q, k, v = clear_padding(q, k, v, ctx)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     groups: dict[object, list[int]] = {}
     for h, spec in enumerate(plan):

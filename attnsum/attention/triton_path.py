@@ -9,6 +9,7 @@ from attnsum.kernels.tables import RangeTables
 
 from .patterns import PatternContext, PatternError, get_pattern
 from .plan import LayerPlan
+from .reference import check_inputs, clear_padding
 
 ALL = "__all__"  # the table of learned heads: every valid key
 
@@ -57,6 +58,8 @@ def fused_layer_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: 
     for s in plan:
         if s is not None and not s.pat.has_ranges:
             raise PatternError(f"pattern {s.pattern!r} has no range form: use backend 'torch'")
+    check_inputs(q, k, v, plan, ctx)
+    q, k, v = clear_padding(q, k, v, ctx)
     names, tables = layer_tables(plan, ctx)
     kinds = torch.tensor([SYNTH if s is not None and s.mode == "synth" else SOFTMAX for s in plan],
                          dtype=torch.int32, device=q.device)
