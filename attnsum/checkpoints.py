@@ -4,26 +4,28 @@ A checkpoint is a folder with ``model.safetensors`` (weights) and ``config.json`
 config under "attnsum", and what training recorded beside it: settings, schedule, precision,
 step). A run folder holds::
 
-    RUN/last/            a checkpoint plus optimizer.safetensors and trainer.json (resume state)
-    RUN/best-<step>/     the best k checkpoints by validation ROUGE
-    RUN/metrics.jsonl    one JSON object per logged step and per validation
+    RUN/last -> last-<step>/   a checkpoint plus optimizer.safetensors and trainer.json (resume
+                               state); `last` is a symbolic link, moved in one atomic rename
+    RUN/best-<step>/           the best k checkpoints by validation ROUGE
+    RUN/metrics.jsonl          one JSON object per logged step and per validation
 
 Nothing is pickled; every file is written atomically (io.py), trainer.json last, so a folder with
-trainer.json is complete.
+trainer.json is complete. A kill at any moment leaves RUN/last complete: the next resume state is
+written whole into a fresh last-<step>/ before the link moves to it, and folders that the link
+or the best list no longer name are removed only after that.
 """
 
 from __future__ import annotations
 
 import json
-import random
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .model import ModelConfig, SummarizerModel
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -72,10 +74,10 @@ def best_checkpoint(run: str | Path) -> Path:
     run = Path(run)
     if (run / WEIGHTS_FILE).is_file():
         return run
-    meta = run / LAST / TRAINER_FILE
-    if meta.is_file():
-        best = json.loads(meta.read_text())["best"]
-        return Path(best[0]["path"]) if best else run / LAST
+    last = last_checkpoint(run)
+    if last is not None:
+        best = json.loads((last / TRAINER_FILE).read_text())["best"]
+        return Path(best[0]["path"]) if best else last
     raise RuntimeError(f"{run}: no checkpoint here (expected {WEIGHTS_FILE} or {LAST}/)")
 
 
@@ -120,56 +122,92 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def last_checkpoint(run: str | Path) -> Path | None:
+    """RUN/last when complete; else (a kill between moving the old folder aside and linking the
+    new one) the newest complete last-<step>/; None for a run with no resume state."""
+    run = Path(run)
+    if (run / LAST / TRAINER_FILE).is_file():
+        return run / LAST
+    done = [p for p in run.glob(f"{LAST}-*") if (p / TRAINER_FILE).is_file()]
+    return max(done, key=lambda p: json.loads((p / TRAINER_FILE).read_text())["step"], default=None)
+
+
 def has_trainer_state(run: Path) -> bool:
-    return (run / LAST / TRAINER_FILE).is_file()
+    return last_checkpoint(run) is not None
+
+
+def _point_last(run: Path, target: str) -> None:
+    """Make RUN/last a symbolic link to RUN/`target` with one atomic rename."""
+    link, tmp = run / LAST, run / f".{LAST}.link"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    if link.is_dir() and not link.is_symlink():  # a run folder written before links
+        os.rename(link, run / f"{LAST}-moved")
+    os.replace(tmp, link)
 
 
 def save_trainer_state(run: Path, model: SummarizerModel, optimizer, step: int, summary: dict,
                        best: list) -> None:
-    """Write RUN/last: weights and config first (with `summary`: settings, schedule,
-    precision), trainer state last."""
+    """Write the resume state into a fresh RUN/last-<step>/ (weights and config with `summary`:
+    settings, schedule, precision; then the optimizer; trainer.json last), point RUN/last at it,
+    then remove the last-*/ and best-*/ folders no longer named (by the link or by `best`)."""
     from safetensors.torch import save
 
-    folder = run / LAST
+    folder = run / f"{LAST}-{step}"
+    shutil.rmtree(folder, ignore_errors=True)  # a torn earlier attempt at this step
     save_model(model, folder, {**summary, "step": step})
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
-    tensors["rng.torch"] = torch.get_rng_state()
     atomic_write_bytes(folder / OPTIMIZER_FILE, save(tensors))
-    atomic_write_json(folder / TRAINER_FILE, {
-        "step": step, "optimizer": meta, "best": best,
-        "rng": {"python": list(random.getstate()[1]), "numpy": np.random.get_state()[1].tolist()}})
+    atomic_write_json(folder / TRAINER_FILE, {"step": step, "optimizer": meta, "best": best})
+    _point_last(run, folder.name)
+    named = {folder.name} | {Path(e["path"]).name for e in best}
+    for old in [*run.glob(f"{LAST}-*"), *run.glob("best-*")]:
+        if old.name not in named:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def trim_metrics(run: Path, step: int) -> None:
+    """Keep the whole lines of RUN/metrics.jsonl up to `step`: a resumed run logs the later
+    steps again, and a kill mid-write leaves a torn last line."""
+    path = run / METRICS_FILE
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not line.endswith("\n"):
+            break
+        if record.get("step", 0) <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(keep))
 
 
 def load_trainer_state(run: Path, optimizer) -> tuple[int, list]:
-    """Restore the optimizer and RNG states of RUN/last; returns (step, best list)."""
+    """Restore the optimizer state of RUN/last; returns (step, best list). Random state needs
+    no saving: train.py seeds every step from (seed, step, rank)."""
     from safetensors.torch import load_file
 
-    folder = run / LAST
+    folder = last_checkpoint(run)
     try:
         meta = json.loads((folder / TRAINER_FILE).read_text())
         tensors = load_file(str(folder / OPTIMIZER_FILE))
     except (OSError, json.JSONDecodeError, ValueError) as e:
         raise RuntimeError(f"{folder}: cannot resume, trainer state unreadable ({e})") from None
-    torch.set_rng_state(tensors.pop("rng.torch"))
+    tensors.pop("rng.torch", None)  # written by earlier versions; steps now seed themselves
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
-    state = random.getstate()
-    random.setstate((state[0], tuple(meta["rng"]["python"]), state[2]))
-    np_state = np.random.get_state()
-    np.random.set_state((np_state[0], np.array(meta["rng"]["numpy"], dtype=np.uint32),
-                         *np_state[2:]))
     return meta["step"], meta["best"]
 
 
 def keep_best(run: Path, model: SummarizerModel, step: int, val: dict, best: list, k: int,
               summary: dict) -> list:
     """Keep the best `k` checkpoints by validation ROUGE (mean of R-1, R-2, R-Lsum); returns the
-    updated list of {"step", "val", "path"}, best first."""
+    updated list of {"step", "val", "path"}, best first, for `save_trainer_state`."""
     entry = {"step": step, "val": val, "path": str(best_dir(run, step))}
-    ranked = sorted(best + [entry], key=lambda e: -e["val"]["mean"])
-    keep, drop = ranked[:k], ranked[k:]
+    keep = sorted(best + [entry], key=lambda e: -e["val"]["mean"])[:k]
     if entry in keep:
         save_model(model, entry["path"], {**summary, "step": step, "val": val})
-    for e in drop:
-        if e is not entry:
-            shutil.rmtree(e["path"], ignore_errors=True)
-    return keep
+    return keep  # the folders dropped go once the trainer state names the new list

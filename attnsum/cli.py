@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inject", default=d.inject, choices=["heads", "side"],
                    help="patterns on the encoder's own heads, or on side layers (pretrained)")
     p.add_argument("--classifier", default=d.classifier, choices=["linear", "transformer"])
+    p.add_argument("--dropout", type=float, default=None, help="dropout (default: the preset's)")
     p.add_argument("--dataset", default=d.dataset)
     p.add_argument("--train-split", dest="train_split", default=d.train_split)
     p.add_argument("--val-split", dest="val_split", default=d.val_split)
@@ -199,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_arg(p)
     p.add_argument("--val-every", dest="val_every", type=int, default=d.val_every)
     p.add_argument("--keep-best", dest="keep_best", type=int, default=d.keep_best)
+    p.add_argument("--log-every", dest="log_every", type=int, default=d.log_every,
+                   help="steps between lines of metrics.jsonl")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--teacher", default=None, help="checkpoint to distil sentence scores from")
     p.add_argument("--init-from", dest="init_from", default=None,

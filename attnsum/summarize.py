@@ -171,7 +171,9 @@ def summarize_command(checkpoint: str, inputs: list[str], out_path: str | None, 
                       limit: int | None = None) -> dict:
     """Summarize `inputs` (the first `limit` documents) to `out_path` or stdout. A file output is
     written to ``OUT.partial`` and renamed when complete; a rerun after a kill resumes JSON Lines
-    output after its last whole record (text output starts over)."""
+    output after its last whole record (text output starts over). Under torchrun each rank
+    writes ``OUT.part<rank>`` and rank 0 merges them, in input order, into ``OUT.partial``, then
+    renames it: OUT exists only when whole."""
     rank, world = distributed_world()
     if world > 1 and not out_path:
         raise DataError("under torchrun, write to a file: --out PATH")
@@ -203,11 +205,16 @@ def summarize_command(checkpoint: str, inputs: list[str], out_path: str | None, 
         counts = run_summarize(summarizer, docs, out, fmt, k, trigram_blocking, chunk, rank, world,
                                progress=rank == 0)
     dist.barrier()
-    if rank == 0:
+    if rank == 0:  # merged into OUT.partial, renamed when whole
         parts = [Path(f"{out_path}.part{r}") for r in range(world)]
-        with open(out_path, "w", encoding="utf-8") as out:
+        partial = Path(f"{out_path}.partial")
+        with open(partial, "w", encoding="utf-8") as out:
             merge_parts(parts, out, fmt)
+        os.replace(partial, out_path)
         for p in parts:
             p.unlink()
-    dist.barrier()
-    return counts
+    import torch
+
+    totals = torch.tensor([counts["documents"], counts["errors"]])
+    dist.all_reduce(totals)  # every rank reports the whole run
+    return {"documents": int(totals[0]), "errors": int(totals[1])}

@@ -19,13 +19,14 @@ import torch
 
 from .batching import collate, sentence_logits
 from .checkpoints import (
-    LAST,
     METRICS_FILE,
     has_trainer_state,
     keep_best,
+    last_checkpoint,
     load_model,
     load_trainer_state,
     save_trainer_state,
+    trim_metrics,
 )
 from .data import DataError, load_corpus
 from .distributed import init_distributed, local_device
@@ -43,6 +44,7 @@ class TrainConfig:
     plan: str = "none"
     inject: str = "heads"
     classifier: str = "linear"
+    dropout: float | None = None  # hidden and attention dropout; None: the preset's
     dataset: str = "embedded"
     train_split: str = "train"
     val_split: str = "val"
@@ -127,15 +129,16 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
 
     resume = has_trainer_state(out)
     if resume:
-        model = load_model(out / LAST)
+        model = load_model(last_checkpoint(out))
         if (model.cfg.preset, model.cfg.plan, model.cfg.inject) != (
                 cfg.preset, model_config(cfg.preset, cfg.plan, cfg.inject).plan, cfg.inject):
             raise RuntimeError(f"{out}: the checkpoint is for another preset or plan; use another "
                                "--out or the same settings")
     else:
+        overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
         model = SummarizerModel(model_config(cfg.preset, cfg.plan, cfg.inject,
                                         classifier=cfg.classifier,
-                                        max_positions=max(MAX_LEN, cfg.max_len)))
+                                        max_positions=max(MAX_LEN, cfg.max_len), **overrides))
         if cfg.init_from:
             layers = _init_layers(cfg.init_layers)
             summary["init_layers"] = init_from_layers(model, load_model(cfg.init_from), layers)
@@ -154,6 +157,8 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model)
     out.mkdir(parents=True, exist_ok=True)
+    if resume and rank == 0:
+        trim_metrics(out, step)
     metrics = open(out / METRICS_FILE, "a", encoding="utf-8") if rank == 0 else None
 
     from tqdm.auto import tqdm
@@ -169,8 +174,11 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
         for g in opt.param_groups:
             g["lr"] = schedule.lr(step + 1)
         opt.zero_grad(set_to_none=True)
-        total = 0.0
-        rng = random.Random(cfg.seed * 1_000_003 + step)  # the step's documents: resumable
+        total, tokens = 0.0, 0
+        # The step's documents and dropout masks follow from (seed, step, rank) alone: a resumed
+        # run, on any number of processes, repeats the uninterrupted one exactly.
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        torch.manual_seed((cfg.seed * 1_000_003 + step) * 1_000_003 + rank)
         for _ in range(cfg.accum):
             docs = [train_examples[rng.randrange(len(train_examples))]
                     for _ in range(cfg.batch_size * world)][rank::world]
@@ -183,9 +191,16 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
                     with torch.no_grad():
                         t_logits = sentence_logits(teacher, batch).float()
                     loss = loss + cfg.distill_weight * distill_loss(logits, t_logits, mask)
-            (loss / cfg.accum).backward()
+            # The loss sums over documents and DDP averages gradients over ranks: scaled by
+            # the world size, the update equals one process's on the whole global batch.
+            (loss * world / cfg.accum).backward()
             total += loss.item() / cfg.accum
-            seen_tokens += int(batch.attention_mask.sum())
+            tokens += int(batch.attention_mask.sum())
+        if world > 1:  # the global batch's loss and tokens, for the log
+            sums = torch.tensor([total, float(tokens)])
+            torch.distributed.all_reduce(sums)
+            total, tokens = sums[0].item(), int(sums[1].item())
+        seen_tokens += tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
