@@ -1,12 +1,14 @@
 """Load test of `attnsum serve` on loopback: throughput and latency percentiles per checkpoint.
 
     python bench/load_test.py NAME=CHECKPOINT [NAME=CHECKPOINT ...] [--requests 200]
-           [--concurrency 8] [--max-seconds 120]
+           [--concurrency 8] [--max-seconds 120] [--soak]
 
 Each checkpoint gets its own server on 127.0.0.1 (a free port), warmed up with one request,
 then `--requests` POST /summarize requests (one embedded test document each) from
-`--concurrency` client threads, stopping early after `--max-seconds`. Reports requests/s,
-p50/p99 latency and failures; stops the server with SIGTERM (graceful shutdown).
+`--concurrency` client threads, stopping early after `--max-seconds`; with `--soak`, the clients
+post without pause for `--max-seconds`. Reports requests/s, p50/p99 latency, failures, and the
+server's resident memory after the warm-up and at the end; stops the server with SIGTERM
+(graceful shutdown).
 """
 
 from __future__ import annotations
@@ -61,8 +63,18 @@ def _wait_healthy(port: int, proc, limit: float = 120.0) -> None:
     raise RuntimeError("the server did not become healthy")
 
 
+def _rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux /proc), MiB; NaN where unreadable."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return kib / 1024
+    except (OSError, StopIteration, ValueError):
+        return float("nan")
+
+
 def load_test(checkpoint: str, docs: list[str], requests: int, concurrency: int,
-              max_seconds: float) -> dict:
+              max_seconds: float, soak: bool = False) -> dict:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "attnsum.cli", "serve", "--checkpoint",
                              checkpoint, "--port", str(port)], cwd=ROOT,
@@ -71,18 +83,28 @@ def load_test(checkpoint: str, docs: list[str], requests: int, concurrency: int,
         _wait_healthy(port, proc)
         bodies = [json.dumps({"text": docs[i % len(docs)]}).encode() for i in range(requests)]
         _post(port, bodies[0])  # warm-up
+        rss_before = _rss_mib(proc.pid)
         deadline = time.time() + max_seconds
-        results = []
 
         def one(body):
             if time.time() > deadline:
                 return None
             return _post(port, body)
 
+        def client(i):  # soak: post without pause until the deadline
+            out = []
+            while time.time() < deadline:
+                out.append(_post(port, bodies[(i + len(out) * concurrency) % len(bodies)]))
+            return out
+
         t0 = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            results = [r for r in pool.map(one, bodies) if r is not None]
+            if soak:
+                results = [r for rs in pool.map(client, range(concurrency)) for r in rs]
+            else:
+                results = [r for r in pool.map(one, bodies) if r is not None]
         wall = time.perf_counter() - t0
+        rss_after = _rss_mib(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -94,7 +116,7 @@ def load_test(checkpoint: str, docs: list[str], requests: int, concurrency: int,
             "seconds": wall, "requests_per_s": len(results) / wall,
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
-            "concurrency": concurrency}
+            "concurrency": concurrency, "rss_before_mib": rss_before, "rss_after_mib": rss_after}
 
 
 def main(argv=None) -> int:
@@ -103,6 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--max-seconds", type=float, default=120.0)
+    p.add_argument("--soak", action="store_true",
+                   help="post without pause for --max-seconds (a soak test)")
     p.add_argument("--out", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
     from attnsum.data import load_corpus
@@ -111,10 +135,12 @@ def main(argv=None) -> int:
     results = {}
     for spec in args.checkpoints:
         name, _, ckpt = spec.partition("=")
-        r = load_test(ckpt or name, docs, args.requests, args.concurrency, args.max_seconds)
+        r = load_test(ckpt or name, docs, args.requests, args.concurrency, args.max_seconds,
+                      args.soak)
         results[name] = r
         print(f"{name:>20}: {r['requests']} requests, {r['failed']} failed, "
-              f"{r['requests_per_s']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms")
+              f"{r['requests_per_s']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+              f"server memory {r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} MiB")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0 if all(r["failed"] == 0 for r in results.values()) else 1

@@ -250,3 +250,22 @@ def test_summarize_to_a_file_resumes_after_a_kill(ckpt, tmp_path):
     first = tmp_path / "first.jsonl"
     summarize_command(str(ckpt), [str(docs)], str(first), limit=2, **args)
     assert first.read_text().splitlines(keepends=True) == want[:2]
+
+
+def test_bounded_soak_of_the_service(ckpt, tmp_path):
+    """bench/load_test.py --soak: 8 clients posting without pause for 20 s against a real server
+    process; no failure, and the server's memory does not keep growing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "soak.json"
+    done = subprocess.run([sys.executable, "bench/load_test.py", f"student={ckpt}", "--soak",
+                           "--concurrency", "8", "--max-seconds", "20", "--out", str(out)],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    r = json.loads(out.read_text())["student"]
+    assert r["failed"] == 0 and r["requests"] >= 8 and r["p50_ms"] <= r["p99_ms"]
+    assert r["requests_per_s"] == pytest.approx(r["requests"] / r["seconds"])
+    assert 0 < r["rss_before_mib"] and r["rss_after_mib"] < 1.5 * r["rss_before_mib"]
