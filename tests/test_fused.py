@@ -118,7 +118,7 @@ def test_dispatch_and_bad_input():
     holed = type(ctx)(ctx.token_ids, valid, ctx.sentence_ids)
     with pytest.raises(ValueError, match="right padding"):
         fused_layer_attention(q, k, v, plan, holed)
-    with pytest.raises(ValueError, match="share one dtype"):  # not an assertion deep in Triton
+    with pytest.raises(ValueError, match="one floating dtype"):  # not an assertion deep in Triton
         fused_layer_attention(q.half(), k, v, plan, ctx)
 
 
