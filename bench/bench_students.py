@@ -60,6 +60,9 @@ def measure(preset: str, plan: str, N: int, B: int, device: str, precision: str,
     model = SummarizerModel(model_config(preset, plan, max_positions=max(512, N)),
                             load_pretrained=False).to(device).eval()
     model.drop_synth_projections()
+    if precision == "int8":  # dynamic int8 quantization of the Linear layers (CPU), else fp32
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        precision = "fp32"
     prec = resolve_precision(precision, torch.device(device))
     ids, seg, am, cls, ctx = inputs(B, N, device)
 
@@ -99,7 +102,9 @@ def run_isolated(name: str, N: int, B: int, args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16 (precision.py)")
+    p.add_argument("--precision", default="auto",
+                   help="auto, fp32, bf16, fp16 (precision.py), or int8: dynamic int8 "
+                        "quantization of the Linear layers (CPU)")
     p.add_argument("--n", type=int, nargs="+", default=[512, 2048])
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -114,9 +119,14 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         args.device, args.precision, args.n, args.batch, args.budget = "cpu", "fp32", [64], [2], 0.1
-    precision = resolve_precision(args.precision, torch.device(args.device))
-    print(precision.describe())
-    meta = {"precision": precision.name, "device": device_name(args.device),
+    if args.precision == "int8":
+        name = "int8"
+        print("dynamic int8 quantization of the Linear layers, the rest in fp32")
+    else:
+        precision = resolve_precision(args.precision, torch.device(args.device))
+        name = precision.name
+        print(precision.describe())
+    meta = {"precision": name, "device": device_name(args.device),
             "torch": torch.__version__, "commit": commit()}
     rows = []
     for N in args.n:
