@@ -92,6 +92,19 @@ def cmd_train(args) -> None:
     print(f"run folder: {result['out']}")
 
 
+def cmd_shard(args) -> None:
+    from .shards import write_shard
+
+    for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
+        args.split = split
+        prepared = _load_examples(args)
+        out = write_shard(prepared.examples, args.out, split, args.max_len)
+        size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+        print(f"{split}: {len(prepared.examples)} documents, {size:.1f} MiB in {out}")
+        if prepared.skipped:
+            print(format_skips(prepared.skipped))
+
+
 def cmd_experiment(args) -> None:
     import time
 
@@ -214,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=d.out, help="run folder (resumed if it holds a checkpoint)")
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("shard", help="preprocess splits into compact shards (for a GPU machine)")
+    _add_dataset_args(p)
+    p.add_argument("--splits", default="train,val", help="comma-separated splits")
+    p.add_argument("--out", required=True, help="shard folder (shards/ is ignored by git)")
+    p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser("analyze", help="head importance, pattern scores, plan and HTML report")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")

@@ -36,6 +36,7 @@ from .model import SummarizerModel, init_from_layers, model_config
 from .precision import resolve_precision
 from .preprocess import MAX_LEN, Example, PreprocessConfig, prepare
 from .schedule import OPTIMIZERS, make_schedule
+from .shards import is_shard_folder, read_shard
 
 
 @dataclass
@@ -100,14 +101,18 @@ def _init_layers(text: str | None) -> list[int] | None:
 
 def load_examples(cfg: TrainConfig, split: str) -> list[Example]:
     limit = cfg.val_limit if split == cfg.val_split and cfg.val_limit is not None else cfg.limit
-    corpus = load_corpus(cfg.dataset, split, limit=limit)
-    prepared = prepare(corpus, PreprocessConfig(max_len=cfg.max_len))
-    if not prepared.examples:
+    if is_shard_folder(cfg.dataset):
+        examples = read_shard(cfg.dataset, split, cfg.max_len, limit,
+                              need_texts=split == cfg.val_split)
+    else:
+        corpus = load_corpus(cfg.dataset, split, limit=limit)
+        examples = prepare(corpus, PreprocessConfig(max_len=cfg.max_len)).examples
+    if not examples:
         raise DataError(f"{cfg.dataset}/{split}: no usable document")
-    if not any(e.oracle for e in prepared.examples):
+    if not any(any(e.labels) for e in examples):
         raise DataError(f"{cfg.dataset}/{split}: the oracle selects no sentence in any document "
                         "(references empty or unrelated?)")
-    return prepared.examples
+    return examples
 
 
 def train(cfg: TrainConfig, train_examples: list[Example] | None = None,

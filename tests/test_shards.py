@@ -1,0 +1,57 @@
+"""Compact shards of preprocessed examples (attnsum/shards.py): the round trip, training from
+shards exactly as from the dataset, and clear errors."""
+
+import json
+from dataclasses import replace
+
+import pytest
+from helpers import embedded_examples
+
+from attnsum.cli import main
+from attnsum.data import DataError
+from attnsum.shards import read_shard, write_shard
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return embedded_examples("val", limit=10, max_len=128)
+
+
+def test_round_trip(tmp_path, examples):
+    write_shard(examples, tmp_path, "val", 128)
+    assert read_shard(tmp_path, "val", 128, need_texts=True) == examples
+    assert read_shard(tmp_path, "val", limit=3) == examples[:3]
+    write_shard(examples, tmp_path, "train", 128)  # tokens and ids only
+    back = read_shard(tmp_path, "train", 128)
+    blank = dict(sentences=[], reference=[], all_sentences=[], oracle=[])
+    assert back == [replace(e, **blank) for e in examples]
+    assert not (tmp_path / "train" / "texts.jsonl.gz").exists()
+
+
+def test_training_from_shards_equals_training_from_the_dataset(tmp_path):
+    common = ["--preset", "tiny", "--limit", "8", "--max-len", "128", "--steps", "3",
+              "--val-every", "3", "--log-every", "1"]
+    assert main(["shard", "--dataset", "embedded", "--limit", "8", "--max-len", "128",
+                 "--out", str(tmp_path / "shards")]) == 0
+    assert main(["train", *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", *common, "--dataset", str(tmp_path / "shards"),
+                 "--out", str(tmp_path / "b")]) == 0
+    read = lambda run: [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").open()]  # noqa: E731
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in ms]  # noqa: E731
+    assert strip(read("b")) == strip(read("a"))
+
+
+def test_bad_shards_are_clear_errors(tmp_path, examples):
+    write_shard(examples, tmp_path, "train", 128)
+    with pytest.raises(DataError, match="written for --max-len 128, asked for 512"):
+        read_shard(tmp_path, "train", 512)
+    with pytest.raises(DataError, match="without texts"):
+        read_shard(tmp_path, "train", need_texts=True)
+    with pytest.raises(DataError, match="not a shard of split 'val'"):
+        read_shard(tmp_path, "val")
+    (tmp_path / "train" / "tokens.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="unreadable shard"):
+        read_shard(tmp_path, "train")
+    big = replace(examples[0], input_ids=[70000] + examples[0].input_ids[1:])
+    with pytest.raises(DataError, match="uint16"):
+        write_shard([big], tmp_path / "x", "train", 128)
