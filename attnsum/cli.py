@@ -85,11 +85,13 @@ def cmd_train(args) -> None:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                          if hasattr(args, f.name)})
     result = train(cfg)
+    stopped = result["step"] < cfg.steps
     for e in result["best"]:
         v = e["val"]
         print(f"step {e['step']}: val ROUGE-1/2/Lsum {v['rouge1']:.2f}/{v['rouge2']:.2f}/"
               f"{v['rougeLsum']:.2f}  {e['path']}")
     print(f"run folder: {result['out']}")
+    return 3 if stopped else 0  # 3: stopped by --time-limit, run again to go on
 
 
 def cmd_shard(args) -> None:
@@ -215,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-best", dest="keep_best", type=int, default=d.keep_best)
     p.add_argument("--log-every", dest="log_every", type=int, default=d.log_every,
                    help="steps between lines of metrics.jsonl")
+    p.add_argument("--time-limit", dest="time_limit", type=float, default=None,
+                   help="minutes: after a step past this, save the resume state and stop (a rerun "
+                        "goes on); for machines lent by the call")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--teacher", default=None, help="checkpoint to distil sentence scores from")
     p.add_argument("--init-from", dest="init_from", default=None,
@@ -337,11 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _load_pattern_files(args)
         _read_plan_file(args)
-        args.func(args)
+        return args.func(args) or 0
     except (DataError, ValueError, RuntimeError, OSError) as e:
         print(f"attnsum {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

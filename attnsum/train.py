@@ -71,6 +71,7 @@ class TrainConfig:
     distill_weight: float = 1.0
     backend: str = "auto"
     precision: str = "auto"  # auto, fp32, bf16, fp16: see precision.py
+    time_limit: float | None = None  # minutes: save the resume state and stop after a step
     progress: bool = True
 
     def __post_init__(self):
@@ -201,10 +202,11 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
             (loss * world / cfg.accum).backward()
             total += loss.item() / cfg.accum
             tokens += int(batch.attention_mask.sum())
-        if world > 1:  # the global batch's loss and tokens, for the log
-            sums = torch.tensor([total, float(tokens)])
+        out_of_time = cfg.time_limit is not None and time.time() - t0 > 60 * cfg.time_limit
+        if world > 1:  # the global batch's loss and tokens for the log; stop when any rank must
+            sums = torch.tensor([total, float(tokens), float(out_of_time)])
             torch.distributed.all_reduce(sums)
-            total, tokens = sums[0].item(), int(sums[1].item())
+            total, tokens, out_of_time = sums[0].item(), int(sums[1].item()), bool(sums[2] > 0)
         seen_tokens += tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -228,6 +230,14 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
             metrics.flush()
             best = keep_best(out, model, step, val, best, cfg.keep_best, summary)
             save_trainer_state(out, model, opt, step, summary, best)
+        elif out_of_time and step < cfg.steps and rank == 0:
+            save_trainer_state(out, model, opt, step, summary, best)
+        if out_of_time and step < cfg.steps:
+            if rank == 0:
+                print(f"\nstopped at step {step} of {cfg.steps} after the time limit of "
+                      f"{cfg.time_limit:g} min; run the same command again to go on",
+                      file=sys.stderr, flush=True)
+            break
     bar.close()
     if metrics:
         metrics.close()

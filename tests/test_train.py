@@ -1,6 +1,7 @@
 """Training, checkpoints, resume, distillation, and the fused path's loss curve."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -91,6 +92,22 @@ def test_fused_kernel_and_torch_path_give_the_same_loss_curve(tmp_path, examples
               short, short[:1])
         runs[backend] = _losses(out)
     assert runs["triton"] == pytest.approx(runs["torch"], rel=1e-4)
+
+
+def test_time_limit_stops_after_a_step_and_a_rerun_goes_on(tmp_path, examples):
+    straight = train(_cfg(tmp_path, out=str(tmp_path / "straight"), steps=5, val_every=5),
+                     examples, examples)
+    cut = _cfg(tmp_path, out=str(tmp_path / "cut"), steps=5, val_every=5, time_limit=1e-9)
+    first = train(cut, examples, examples)
+    assert first["step"] == 1  # one step, then the resume state, then a stop
+    assert json.loads((tmp_path / "cut" / "last" / "trainer.json").read_text())["step"] == 1
+    rest = train(replace(cut, time_limit=None), examples, examples)
+    assert rest["step"] == 5 and straight["step"] == 5
+    a = load_model(tmp_path / "straight" / "last").state_dict()
+    b = load_model(tmp_path / "cut" / "last").state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=0, rtol=0, msg=name)
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "straight")
 
 
 def test_distillation_loss():
