@@ -4,17 +4,18 @@ function of the package. A user mistake prints one clear ``error:`` line and exi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from .data import DataError, Fields, format_skips, load_corpus
+from .data import DataError, Fields, format_skips
 from .preprocess import MAX_LEN
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="embedded",
-                   help="embedded (default, shipped by aclsum), cnn_dailymail, or a path to a "
-                        "JSON Lines / Parquet file or folder")
+                   help="embedded (default, shipped by aclsum), cnn_dailymail, a path to a "
+                        "JSON Lines / Parquet file or folder, or a shard folder (attnsum shard)")
     p.add_argument("--split", default="test", help="train, val or test (default: test)")
     p.add_argument("--article-field", default="article", help="field of a local file's article")
     p.add_argument("--summary-field", default="highlights", help="field of a local file's summary")
@@ -31,12 +32,12 @@ def _add_precision_arg(p: argparse.ArgumentParser) -> None:
                         "bf16, fp16 (CUDA)")
 
 
-def _load_examples(args):
-    from .preprocess import PreprocessConfig, prepare
+def _load_examples(args, need_texts: bool = True):
+    from .shards import examples_of
 
-    corpus = load_corpus(args.dataset, args.split, limit=args.limit,
-                         fields=Fields(args.article_field, args.summary_field, args.id_field))
-    prepared = prepare(corpus, PreprocessConfig(max_len=args.max_len), progress=True)
+    prepared = examples_of(args.dataset, args.split, args.max_len, args.limit,
+                           Fields(args.article_field, args.summary_field, args.id_field),
+                           need_texts=need_texts, progress=True)
     if not prepared.examples:
         raise DataError(f"{args.dataset}/{args.split}: no usable document")
     return prepared
@@ -54,6 +55,12 @@ def cmd_evaluate(args) -> None:
     extra = {"dataset": args.dataset, "split": args.split, "max_len": args.max_len,
              "skipped": dict(prepared.skipped)}
     rows = {s: evaluate_system(s, prepared.examples, out, extra) for s in systems}
+    if args.scores:
+        from .evaluate import evaluate_scores, read_scores
+
+        scores = read_scores(args.scores, prepared.examples)
+        rows["scores"] = evaluate_scores(prepared.examples, scores, out, "scores", args.k,
+                                         not args.no_trigram_blocking, extra)
     if args.checkpoint:
         from .checkpoints import best_checkpoint, load_model, read_training_summary
         from .evaluate import evaluate_model
@@ -88,10 +95,27 @@ def cmd_train(args) -> None:
     stopped = result["step"] < cfg.steps
     for e in result["best"]:
         v = e["val"]
-        print(f"step {e['step']}: val ROUGE-1/2/Lsum {v['rouge1']:.2f}/{v['rouge2']:.2f}/"
-              f"{v['rougeLsum']:.2f}  {e['path']}")
+        shown = (f"val loss {v['loss']:.4f}" if "loss" in v else
+                 f"val ROUGE-1/2/Lsum {v['rouge1']:.2f}/{v['rouge2']:.2f}/{v['rougeLsum']:.2f}")
+        print(f"step {e['step']}: {shown}  {e['path']}")
     print(f"run folder: {result['out']}")
     return 3 if stopped else 0  # 3: stopped by --time-limit, run again to go on
+
+
+def cmd_score(args) -> None:
+    from .batching import predict_scores
+    from .checkpoints import best_checkpoint, load_model
+    from .distributed import local_device
+    from .io import atomic_write_text
+
+    ckpt = best_checkpoint(args.checkpoint)
+    model = load_model(ckpt).to(local_device())
+    prepared = _load_examples(args, need_texts=False)
+    scores = predict_scores(model, prepared.examples, device=local_device(),
+                            precision=args.precision, progress=True)
+    atomic_write_text(args.out, "".join(json.dumps({"id": e.id, "scores": s}) + "\n"
+                                        for e, s in zip(prepared.examples, scores, strict=True)))
+    print(f"sentence scores of {len(scores)} documents by {ckpt} written to {args.out}")
 
 
 def cmd_shard(args) -> None:
@@ -168,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(p)
     p.add_argument("--checkpoint", default=None,
                    help="also evaluate a trained model (checkpoint or run folder)")
+    p.add_argument("--scores", default=None,
+                   help="also evaluate sentence scores written by `attnsum score` (selection "
+                        "and ROUGE here, the model elsewhere)")
     p.add_argument("-k", type=int, default=3, help="sentences per model summary")
     p.add_argument("--no-trigram-blocking", action="store_true",
                    help="model selections without trigram blocking")
@@ -217,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-best", dest="keep_best", type=int, default=d.keep_best)
     p.add_argument("--log-every", dest="log_every", type=int, default=d.log_every,
                    help="steps between lines of metrics.jsonl")
+    p.add_argument("--val-metric", dest="val_metric", default=d.val_metric,
+                   choices=["rouge", "loss"],
+                   help="what ranks checkpoints: validation ROUGE, or the validation loss (no "
+                        "texts or rouge-score needed)")
     p.add_argument("--time-limit", dest="time_limit", type=float, default=None,
                    help="minutes: after a step past this, save the resume state and stop (a rerun "
                         "goes on); for machines lent by the call")
@@ -232,6 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=d.out, help="run folder (resumed if it holds a checkpoint)")
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("score", help="sentence scores of a split, for `evaluate --scores`")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
+    _add_dataset_args(p)
+    p.set_defaults(split="val")
+    _add_precision_arg(p)
+    p.add_argument("--out", required=True, help="JSON Lines file: {id, scores} per document")
+    _add_patterns_arg(p)
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("shard", help="preprocess splits into compact shards (for a GPU machine)")
     _add_dataset_args(p)

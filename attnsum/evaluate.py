@@ -131,10 +131,41 @@ def evaluate_model(model, examples: Sequence[Example], out_dir: Path | None = No
     from .batching import predict_scores
 
     scores = predict_scores(model, examples, device=device, precision=precision, progress=progress)
+    return evaluate_scores(examples, scores, out_dir, name, k, trigram_blocking, extra)
+
+
+def evaluate_scores(examples: Sequence[Example], scores: Sequence[Sequence[float]],
+                    out_dir: Path | None = None, name: str = "model", k: int = 3,
+                    trigram_blocking: bool = True, extra: dict | None = None) -> dict[str, Score]:
+    """ROUGE of the top-k selections by per-sentence scores (one list per example)."""
     selections = [select_top_k(s, ex.sentences, k, trigram_blocking)
                   for s, ex in zip(scores, examples, strict=True)]
     return evaluate_selections(examples, selections,
                                lambda ex, sel: [ex.sentences[i] for i in sel], out_dir, name, extra)
+
+
+def read_scores(path: str | Path, examples: Sequence[Example]) -> list[list[float]]:
+    """The scores of `attnsum score` for `examples`, matched by id; every example needs its
+    scores, one per sentence of its input."""
+    from .data import DataError
+
+    by_id = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                by_id[str(record["id"])] = [float(x) for x in record["scores"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: not a scores file of `attnsum score` ({e})") from None
+    out = []
+    for ex in examples:
+        if ex.id not in by_id:
+            raise DataError(f"{path}: no scores for document {ex.id!r}")
+        if len(by_id[ex.id]) != len(ex.sentences):
+            raise DataError(f"{path}: document {ex.id!r} has {len(by_id[ex.id])} scores for "
+                            f"{len(ex.sentences)} sentences (another --max-len?)")
+        out.append(by_id[ex.id])
+    return out
 
 
 def format_table(rows: dict[str, dict[str, Score]]) -> str:

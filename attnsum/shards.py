@@ -1,6 +1,6 @@
 """Preprocessed examples in compact shards, for machines without the tokenizer, `datasets` or a
-network (a lent GPU): `attnsum shard` writes them, and `attnsum train --dataset FOLDER` reads
-them like any dataset.
+network (a lent GPU): `attnsum shard` writes them, and every command's `--dataset FOLDER` reads
+them like any dataset (`examples_of`, the one loader of examples).
 
 A shard folder holds one subfolder per split::
 
@@ -22,13 +22,14 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from .data import DataError
+from .data import DataError, Fields, load_corpus
 from .io import atomic_write_bytes, atomic_write_json
-from .preprocess import Example
+from .preprocess import Example, Prepared, PreprocessConfig, prepare
 
 FORMAT = 1
 META, TOKENS, TEXTS, IDS = "meta.json", "tokens.npz", "texts.jsonl.gz", "ids.txt.gz"
@@ -121,3 +122,14 @@ def read_shard(folder: str | Path, split: str, max_len: int | None = None,
             labels=a["labels"][s0:s1].tolist(), sentences=t["sentences"],
             reference=t["reference"], all_sentences=t["all_sentences"], oracle=t["oracle"]))
     return examples
+
+
+def examples_of(dataset: str, split: str, max_len: int, limit: int | None = None,
+                fields: Fields | None = None, need_texts: bool = False,
+                progress: bool = False) -> Prepared:
+    """The examples of `split` of a dataset (embedded, cnn_dailymail, a local file or folder:
+    preprocessed, cached) or of a shard folder."""
+    if is_shard_folder(dataset):
+        return Prepared(read_shard(dataset, split, max_len, limit, need_texts), Counter())
+    corpus = load_corpus(dataset, split, limit=limit, fields=fields)
+    return prepare(corpus, PreprocessConfig(max_len=max_len), progress=progress)

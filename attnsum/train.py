@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batching import collate, sentence_logits
+from .batching import collate, length_batches, sentence_logits
 from .checkpoints import (
     METRICS_FILE,
     has_trainer_state,
@@ -28,15 +28,17 @@ from .checkpoints import (
     save_trainer_state,
     trim_metrics,
 )
-from .data import DataError, load_corpus
+from .data import DataError
 from .distributed import init_distributed, local_device
 from .evaluate import evaluate_model
 from .losses import distill_loss, sentence_loss
 from .model import SummarizerModel, init_from_layers, model_config
 from .precision import resolve_precision
-from .preprocess import MAX_LEN, Example, PreprocessConfig, prepare
+from .preprocess import MAX_LEN, Example
 from .schedule import OPTIMIZERS, make_schedule
-from .shards import is_shard_folder, read_shard
+from .shards import examples_of
+
+VAL_METRICS = ("rouge", "loss")
 
 
 @dataclass
@@ -72,6 +74,7 @@ class TrainConfig:
     backend: str = "auto"
     precision: str = "auto"  # auto, fp32, bf16, fp16: see precision.py
     time_limit: float | None = None  # minutes: save the resume state and stop after a step
+    val_metric: str = "rouge"  # or "loss" (no texts or rouge-score needed: a bare GPU machine)
     progress: bool = True
 
     def __post_init__(self):
@@ -80,6 +83,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "accum", "val_every", "keep_best", "max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.val_metric not in VAL_METRICS:
+            raise ValueError(f"unknown validation metric {self.val_metric!r}: use rouge or loss")
 
 
 # --------------------------------------------------------------------------- training loop
@@ -102,18 +107,34 @@ def _init_layers(text: str | None) -> list[int] | None:
 
 def load_examples(cfg: TrainConfig, split: str) -> list[Example]:
     limit = cfg.val_limit if split == cfg.val_split and cfg.val_limit is not None else cfg.limit
-    if is_shard_folder(cfg.dataset):
-        examples = read_shard(cfg.dataset, split, cfg.max_len, limit,
-                              need_texts=split == cfg.val_split)
-    else:
-        corpus = load_corpus(cfg.dataset, split, limit=limit)
-        examples = prepare(corpus, PreprocessConfig(max_len=cfg.max_len)).examples
+    need_texts = split == cfg.val_split and cfg.val_metric == "rouge"
+    examples = examples_of(cfg.dataset, split, cfg.max_len, limit, need_texts=need_texts).examples
     if not examples:
         raise DataError(f"{cfg.dataset}/{split}: no usable document")
     if not any(any(e.labels) for e in examples):
         raise DataError(f"{cfg.dataset}/{split}: the oracle selects no sentence in any document "
                         "(references empty or unrelated?)")
     return examples
+
+
+def validate(model, examples: list[Example], cfg: TrainConfig, device) -> dict:
+    """Validation scores; "mean" ranks checkpoints (higher is better): the mean of ROUGE-1, -2
+    and -Lsum, or minus the loss (summed BCE per document) with ``val_metric="loss"``."""
+    if cfg.val_metric == "rouge":
+        scores = evaluate_model(model, examples, device=device, precision=cfg.precision)
+        val = {m: s.mean for m, s in scores.items()}
+        return {**val, "mean": sum(val.values()) / 3}
+    model.eval()
+    autocast = resolve_precision(cfg.precision, device).autocast
+    total = 0.0
+    with torch.no_grad():
+        for _, batch in length_batches(examples, cfg.batch_size):
+            batch = batch.to(device)
+            with autocast():
+                logits = sentence_logits(model, batch).float()
+            total += float(sentence_loss(logits, batch.labels, batch.sentence_mask))
+    loss = total / len(examples)
+    return {"loss": loss, "mean": -loss}
 
 
 def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
@@ -223,9 +244,7 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
                 metrics.flush()
             running = []
         if rank == 0 and (step % cfg.val_every == 0 or step == cfg.steps):
-            scores = evaluate_model(model, val_examples, device=device, precision=cfg.precision)
-            val = {m: s.mean for m, s in scores.items()}
-            val["mean"] = sum(val.values()) / 3
+            val = validate(model, val_examples, cfg, device)
             metrics.write(json.dumps({"step": step, "val": val}) + "\n")
             metrics.flush()
             best = keep_best(out, model, step, val, best, cfg.keep_best, summary)

@@ -9,6 +9,7 @@ from helpers import embedded_examples
 
 from attnsum.cli import main
 from attnsum.data import DataError
+from attnsum.evaluate import read_scores
 from attnsum.shards import read_shard, write_shard
 
 
@@ -55,3 +56,44 @@ def test_bad_shards_are_clear_errors(tmp_path, examples):
     big = replace(examples[0], input_ids=[70000] + examples[0].input_ids[1:])
     with pytest.raises(DataError, match="uint16"):
         write_shard([big], tmp_path / "x", "train", 128)
+
+
+def test_loss_validation_and_scores_scored_elsewhere(tmp_path):
+    """The bare-GPU recipe: train from shards ranked by validation loss, write sentence scores,
+    and select and score them with ROUGE on another machine."""
+    import torch
+
+    from attnsum.batching import collate, sentence_logits
+    from attnsum.checkpoints import best_checkpoint, load_model
+    from attnsum.losses import sentence_loss
+
+    shards, run = tmp_path / "shards", tmp_path / "run"
+    common = ["--limit", "6", "--max-len", "128"]
+    assert main(["shard", "--dataset", "embedded", *common, "--out", str(shards)]) == 0
+    assert main(["train", "--preset", "tiny", "--dataset", str(shards), *common, "--steps", "2",
+                 "--val-every", "2", "--val-metric", "loss", "--out", str(run)]) == 0
+    [val] = [m["val"] for m in map(json.loads, (run / "metrics.jsonl").open()) if "val" in m]
+    model = load_model(best_checkpoint(run)).eval()
+    with torch.no_grad():  # one document at a time: no padding at all
+        losses = [float(sentence_loss(sentence_logits(model, b), b.labels, b.sentence_mask))
+                  for b in (collate([e]) for e in read_shard(shards, "val"))]
+    assert val["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert val["mean"] == -val["loss"]
+
+    scores = tmp_path / "scores.jsonl"
+    assert main(["score", "--checkpoint", str(run), "--dataset", str(shards), *common,
+                 "--out", str(scores)]) == 0
+    assert main(["evaluate", "--system", "", "--split", "val", *common, "--scores", str(scores),
+                 "--checkpoint", str(run), "--out", str(tmp_path / "eval")]) == 0
+    read = lambda name: [json.loads(x) for x in (tmp_path / "eval" / name).open()]  # noqa: E731
+    assert read("scores.predictions.jsonl") == read("model.predictions.jsonl")
+
+    lines = scores.read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    for text, message in [("\n".join(lines[1:]), "no scores for document"),
+                          (lines[0].replace("[", "[0.5, ", 1) + "\n" + "\n".join(lines[1:]),
+                           "scores for"),
+                          ("{not json", "not a scores file")]:
+        bad.write_text(text + "\n")
+        with pytest.raises(DataError, match=message):
+            read_scores(bad, embedded_examples("val", limit=6, max_len=128))
