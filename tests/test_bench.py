@@ -2,6 +2,7 @@
 rows follow the CSV schema, and the plotting step turns them into tables and plots."""
 
 import ast
+import json
 import csv
 import os
 import subprocess
@@ -135,3 +136,26 @@ def test_gpu_image_imports_without_data_and_serving_packages():
                        capture_output=True, text=True, timeout=300,
                        env={**os.environ, "TRITON_INTERPRET": "1"})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+def test_cnndm_gpu_recipe_rehearsal(tmp_path):
+    """bench/cnndm_gpu.sh at tiny scale on CPU: shards and the bf16 encoder prepared, every GPU
+    step (teacher, analysis, five students, validation scores), the pack that comes back, and
+    the selection and ROUGE of the scores here."""
+    env = {**os.environ, "REHEARSE": "1", "SHARDS": str(tmp_path / "shards"),
+           "RUNS": str(tmp_path / "runs")}
+    r = subprocess.run(["bash", "bench/cnndm_gpu.sh", "all"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = ["teacher", "student", "student-paper", "student-suggested", "student-paper-distil",
+            "student-paper-1024"]
+    with tarfile.open(tmp_path / "runs" / "out" / "cnndm-gpu.tar.gz") as tar:
+        names = tar.getnames()
+    assert all(f"./{n}.val.scores.jsonl" in names for n in runs)
+    assert not any(n.endswith(".safetensors") for n in names)
+    for name in runs:
+        scores = json.loads((tmp_path / "runs" / "eval" / name / "scores.scores.json").read_text())
+        assert scores["documents"] == 8 and 0 < scores["rouge1"]["mean"] <= 100
+    meta = json.loads((tmp_path / "shards" / "cnndm-96" / "val" / "meta.json").read_text())
+    assert meta["max_len"] == 96 and meta["texts"]
+    assert (tmp_path / "runs" / "analysis" / "report.html").is_file()
