@@ -2,8 +2,8 @@
 rows follow the CSV schema, and the plotting step turns them into tables and plots."""
 
 import ast
-import json
 import csv
+import json
 import os
 import subprocess
 import sys
