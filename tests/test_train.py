@@ -169,6 +169,28 @@ def test_bad_checkpoints_and_plans(tmp_path, examples):
         train(_cfg(tmp_path, steps=4, plan="none"), examples, examples[:2])
 
 
+def test_hand_edited_plan_files_are_one_line_errors_naming_the_file(tmp_path, capsys):
+    from attnsum.cli import main
+
+    row = [None] * 4
+    cases = {
+        "unknown.json": ([[{"pattern": "diag", "mode": "mask"}] + row[1:], row], 4,
+                         "unknown pattern 'diag'"),
+        "mode.json": ([[{"pattern": "match", "mode": "average"}] + row[1:], row], 4,
+                      "unknown mode 'average'"),
+        "wide.json": ([row + [None], row + [None]], 5, "the plan is for 2 layers x 5 heads"),
+        "shape.json": ([row], 4, "plan is not 2 layers x 4 heads"),
+    }
+    for name, (heads, num_heads, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(json.dumps({"num_layers": 2, "num_heads": num_heads, "heads": heads}))
+        assert main(["train", "--preset", "tiny", "--plan", str(path), "--steps", "1",
+                     "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"plan file {path}" in err and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_collate_layout(examples):
     batch = collate(examples[:3])
     for b, e in enumerate(examples[:3]):
