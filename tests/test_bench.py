@@ -159,3 +159,19 @@ def test_cnndm_gpu_recipe_rehearsal(tmp_path):
     meta = json.loads((tmp_path / "shards" / "cnndm-96" / "val" / "meta.json").read_text())
     assert meta["max_len"] == 96 and meta["texts"]
     assert (tmp_path / "runs" / "analysis" / "report.html").is_file()
+
+
+def test_precision_parity_harness(tmp_path):
+    """bench/precision_parity.py on a tiny checkpoint: fp32 against itself is identical, and
+    int8 (dynamic quantization) comes out close to it."""
+    from attnsum.checkpoints import save_model
+    from attnsum.model import SummarizerModel, model_config
+
+    save_model(SummarizerModel(model_config("tiny", "paper")), tmp_path / "ckpt")
+    out = tmp_path / "parity.json"
+    _run("bench/precision_parity.py", str(tmp_path / "ckpt"), "--limit", "6", "--max-len", "128",
+         "--precisions", "fp32", "fp32", "int8", "--out", str(out))
+    r = json.loads(out.read_text())
+    assert r["documents"] == 6 and r["fp32"]["max_prob_diff"] == 0 and r["fp32"]["same_top3"] == 1
+    assert r["int8"]["max_prob_diff"] < 0.1 and 0 <= r["int8"]["same_top3"] <= 1
+    assert r["int8"]["rouge1"]["low"] <= r["int8"]["rouge1"]["mean"] <= r["int8"]["rouge1"]["high"]
