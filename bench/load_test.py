@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,11 +49,12 @@ def _post(port: int, body: bytes, timeout: float = 60.0) -> tuple[int, float]:
         conn.close()
 
 
-def _wait_healthy(port: int, proc, limit: float = 120.0) -> None:
+def _wait_healthy(port: int, proc, log, limit: float = 120.0) -> None:
     deadline = time.time() + limit
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("the server exited: " + proc.stdout.read().decode()[-2000:])
+            log.seek(0)
+            raise RuntimeError("the server exited: " + log.read().decode()[-2000:])
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/health")
@@ -76,11 +78,14 @@ def _rss_mib(pid: int) -> float:
 def load_test(checkpoint: str, docs: list[str], requests: int, concurrency: int,
               max_seconds: float, soak: bool = False) -> dict:
     port = _free_port()
+    # The server's log goes to a file: a pipe nobody reads fills up (64 KiB of access log lines,
+    # about a thousand requests) and then blocks the server.
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "attnsum.cli", "serve", "--checkpoint",
                              checkpoint, "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_healthy(port, proc)
+        _wait_healthy(port, proc, log)
         bodies = [json.dumps({"text": docs[i % len(docs)]}).encode() for i in range(requests)]
         _post(port, bodies[0])  # warm-up
         rss_before = _rss_mib(proc.pid)
@@ -111,8 +116,13 @@ def load_test(checkpoint: str, docs: list[str], requests: int, concurrency: int,
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
     lat = np.array([t for s, t in results if s == 200]) * 1e3
+    statuses: dict[str, int] = {}
+    for status, _ in results:  # 0: no HTTP answer (connection refused or reset, client timeout)
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
     return {"requests": len(results), "failed": sum(s != 200 for s, _ in results),
+            "statuses": statuses,
             "seconds": wall, "requests_per_s": len(results) / wall,
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
@@ -138,7 +148,7 @@ def main(argv=None) -> int:
         r = load_test(ckpt or name, docs, args.requests, args.concurrency, args.max_seconds,
                       args.soak)
         results[name] = r
-        print(f"{name:>20}: {r['requests']} requests, {r['failed']} failed, "
+        print(f"{name:>20}: {r['requests']} requests, {r['failed']} failed {r['statuses']}, "
               f"{r['requests_per_s']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
               f"server memory {r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} MiB")
     if args.out:
