@@ -212,3 +212,19 @@ def test_dataset_without_labels(tmp_path):
                              "highlights": ["zzz"]}) + "\n")
     with pytest.raises(DataError, match="oracle selects no sentence"):
         load_examples(TrainConfig(dataset=str(p)), "test")
+
+
+def test_a_run_folder_with_a_plain_last_folder_is_converted_on_its_next_save(tmp_path):
+    from attnsum.checkpoints import last_checkpoint, save_trainer_state
+
+    model = SummarizerModel(model_config("tiny"))
+    opt = torch.optim.AdamW(model.parameters())
+    run = tmp_path / "run"
+    save_trainer_state(run, model, opt, 2, {}, [])
+    (run / "last").unlink()  # the layout of earlier versions: a plain last/ folder
+    (run / "last-2").rename(run / "last")
+    assert last_checkpoint(run) == run / "last" and not (run / "last").is_symlink()
+    save_trainer_state(run, model, opt, 4, {}, [])
+    assert (run / "last").is_symlink() and last_checkpoint(run).resolve() == run / "last-4"
+    assert sorted(p.name for p in run.iterdir()) == ["last", "last-4"]
+    assert json.loads((run / "last" / "trainer.json").read_text())["step"] == 4
