@@ -30,7 +30,7 @@ import torch
 if "--quick" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from common import commit, device_name, result_dir, synthetic_batch, write_csv  # noqa: E402
+from common import commit, device_name, model_inputs, result_dir, write_csv  # noqa: E402
 
 from attnsum.attention import HeadPlan, patterned_attention  # noqa: E402
 from attnsum.model import SummarizerModel, model_config  # noqa: E402
@@ -53,22 +53,9 @@ def timed(fn, device, repeats: int = 3) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
-def inputs(B, N, device):
-    ctx = synthetic_batch(B, N, device=device)
-    ids = ctx.token_ids
-    seg = (ctx.sentence_ids % 2).clamp_min(0)
-    am = ctx.valid.long()
-    cls = [(ids[b] == 101).nonzero().flatten() for b in range(B)]
-    S = max(len(c) for c in cls)
-    cls_pos = torch.full((B, S), -1, dtype=torch.long, device=device)
-    for b, c in enumerate(cls):
-        cls_pos[b, :len(c)] = c
-    return ids, seg, am, cls_pos, ctx
-
-
 @torch.no_grad()
 def bench_length(args, N: int, B: int, device, dtype, meta) -> list[dict]:
-    ids, seg, am, cls, ctx = inputs(B, N, device)
+    ids, seg, am, cls, ctx = model_inputs(B, N, device)
     preset = args.student
     models = {
         "teacher": model_config("minilm", max_positions=N),

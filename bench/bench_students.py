@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import commit, device_name, result_dir, synthetic_batch, write_csv  # noqa: E402
+from common import commit, device_name, int8_dynamic, model_inputs, result_dir, write_csv  # noqa: E402
 
 from attnsum.model import SummarizerModel, model_config  # noqa: E402
 from attnsum.precision import resolve_precision  # noqa: E402
@@ -42,16 +42,6 @@ MODELS = {  # name: (preset, plan)
 }
 
 
-def inputs(B: int, N: int, device: str):
-    ctx = synthetic_batch(B, N, device=device)
-    ids = ctx.token_ids
-    cls = [(ids[b] == 101).nonzero().flatten() for b in range(B)]
-    cls_pos = torch.full((B, max(map(len, cls))), -1, dtype=torch.long, device=device)
-    for b, c in enumerate(cls):
-        cls_pos[b, :len(c)] = c
-    return ids, (ctx.sentence_ids % 2).clamp_min(0), ctx.valid.long(), cls_pos, ctx
-
-
 def measure(preset: str, plan: str, N: int, B: int, device: str, precision: str,
             budget_s: float) -> dict:
     """Time one model in this process: per-call seconds until `budget_s` is spent (at least
@@ -61,10 +51,10 @@ def measure(preset: str, plan: str, N: int, B: int, device: str, precision: str,
                             load_pretrained=False).to(device).eval()
     model.drop_synth_projections()
     if precision == "int8":  # dynamic int8 quantization of the Linear layers (CPU), else fp32
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = int8_dynamic(model)
         precision = "fp32"
     prec = resolve_precision(precision, torch.device(device))
-    ids, seg, am, cls, ctx = inputs(B, N, device)
+    ids, seg, am, cls, ctx = model_inputs(B, N, device)
 
     def call():
         with torch.no_grad(), prec.autocast():

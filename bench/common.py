@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts: the checkout on the import path (the scripts run from
-a checkout without installing), synthetic BERTSum-shaped inputs, the device's name and result
-folder, the commit, and the CSV writer."""
+a checkout without installing), synthetic BERTSum-shaped inputs (attention and whole-model),
+int8 dynamic quantization, the device's name and result folder, the commit, and the CSV
+writer."""
 
 from __future__ import annotations
 
@@ -39,6 +40,23 @@ def synthetic_batch(B: int, N: int, seed: int = 0, device="cpu"):
     ctx = PatternContext.from_bertsum(ids, am)
     return PatternContext(ctx.token_ids.to(device), ctx.valid.to(device),
                           ctx.sentence_ids.to(device))
+
+
+def model_inputs(B: int, N: int, device="cpu"):
+    """`SummarizerModel` inputs of a synthetic batch: (input_ids, segment_ids, attention_mask,
+    cls_positions (-1 padded), pattern context)."""
+    ctx = synthetic_batch(B, N, device=device)
+    ids = ctx.token_ids
+    cls = [(ids[b] == 101).nonzero().flatten() for b in range(B)]
+    cls_pos = torch.full((B, max(map(len, cls))), -1, dtype=torch.long, device=device)
+    for b, c in enumerate(cls):
+        cls_pos[b, :len(c)] = c
+    return ids, (ctx.sentence_ids % 2).clamp_min(0), ctx.valid.long(), cls_pos, ctx
+
+
+def int8_dynamic(model):
+    """`model` with its Linear layers dynamically quantized to int8 (CPU), the rest fp32."""
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def device_name(device: str) -> str:

@@ -16,8 +16,7 @@ import json
 import sys
 import time
 
-import torch
-from common import ROOT  # noqa: F401  (the checkout on the import path)
+from common import int8_dynamic
 
 from attnsum.batching import predict_scores
 from attnsum.checkpoints import best_checkpoint, load_model
@@ -27,7 +26,7 @@ from attnsum.shards import examples_of
 
 def scores_in(model, examples, precision: str) -> tuple[list[list[float]], float]:
     if precision == "int8":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = int8_dynamic(model)
         precision = "fp32"
     predict_scores(model, examples[:8], precision=precision)  # warm-up
     t0 = time.perf_counter()
