@@ -40,10 +40,13 @@ class Batch:
         return (self.cls_positions >= 0).float()
 
 
-def collate(examples: Sequence[Example]) -> Batch:
-    """Right-padded tensors and the batch's pattern context (built once, shared by layers)."""
+def collate(examples: Sequence[Example], pad_to: int = 1, max_len: int | None = None) -> Batch:
+    """Right-padded tensors and the batch's pattern context (built once, shared by layers).
+    The length is rounded up to a multiple of `pad_to` (at most `max_len`), so that a service
+    sees a few shapes again and again instead of every length once."""
     B = len(examples)
     N = max(len(e.input_ids) for e in examples)
+    N = max(N, min(-(-N // pad_to) * pad_to, max_len or N))
     S = max(len(e.cls_positions) for e in examples)
     ids = torch.zeros(B, N, dtype=torch.long)
     seg = torch.zeros(B, N, dtype=torch.long)
@@ -61,13 +64,14 @@ def collate(examples: Sequence[Example]) -> Batch:
     return Batch(ids, seg, am, cls, labels, ctx)
 
 
-def length_batches(examples: Sequence[Example], batch_size: int
-                   ) -> Iterator[tuple[list[int], Batch]]:
-    """(indices into `examples`, their batch), shortest documents first, so a batch pads little."""
+def length_batches(examples: Sequence[Example], batch_size: int, pad_to: int = 1,
+                   max_len: int | None = None) -> Iterator[tuple[list[int], Batch]]:
+    """(indices into `examples`, their batch), shortest documents first, so a batch pads little
+    (`pad_to`, `max_len`: `collate`)."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        yield idx, collate([examples[i] for i in idx])
+        yield idx, collate([examples[i] for i in idx], pad_to, max_len)
 
 
 def sentence_logits(model, batch: Batch, **kwargs) -> torch.Tensor:

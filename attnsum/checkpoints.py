@@ -96,6 +96,7 @@ def load_model(path: str | Path, map_location="cpu") -> SummarizerModel:
     if missing or unexpected:
         raise RuntimeError(f"{folder}: weights do not match the config (missing "
                            f"{len(missing)}, unexpected {len(unexpected)} tensors)")
+    model.checkpoint = folder
     return model
 
 

@@ -110,6 +110,7 @@ def cmd_score(args) -> None:
 
     ckpt = best_checkpoint(args.checkpoint)
     model = load_model(ckpt).to(local_device())
+    print(f"checkpoint {ckpt}", file=sys.stderr)
     prepared = _load_examples(args, need_texts=False)
     scores = predict_scores(model, prepared.examples, device=local_device(),
                             precision=args.precision, progress=True)
@@ -148,6 +149,7 @@ def cmd_analyze(args) -> None:
 
     ckpt = best_checkpoint(args.checkpoint)
     model = load_model(ckpt)
+    print(f"checkpoint {ckpt}", file=sys.stderr)
     args.max_len = model.cfg.max_positions if args.max_len is None else args.max_len
     prepared = _load_examples(args)
     result = analyze(model, prepared.examples, args.out, top_heads=args.top_heads,
@@ -254,11 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--teacher", default=None, help="checkpoint to distil sentence scores from")
     p.add_argument("--init-from", dest="init_from", default=None,
-                   help="checkpoint to start from by layer dropping (same width and heads)")
+                   help="checkpoint, or pretrained preset (minilm), to start from by layer "
+                        "dropping (same width and heads)")
     p.add_argument("--init-layers", dest="init_layers", default=None,
                    help="its layers to take, e.g. 1,3,5 (default: evenly spaced, ending at the "
                         "last)")
     p.add_argument("--distill-weight", dest="distill_weight", type=float, default=d.distill_weight)
+    p.add_argument("--freeze-embeddings", dest="freeze_embeddings", action="store_true",
+                   help="keep the word embeddings as initialised (a release then references the "
+                        "pretrained package's instead of storing them)")
     p.add_argument("--backend", default=d.backend, choices=BACKENDS)
     p.add_argument("--out", default=d.out, help="run folder (resumed if it holds a checkpoint)")
     _add_patterns_arg(p)

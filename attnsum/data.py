@@ -22,10 +22,10 @@ import gzip
 import json
 import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 SPLITS = ("train", "validation", "test")
@@ -71,11 +71,18 @@ def normalize_split(split: str) -> str:
 # --------------------------------------------------------------------------- sentence splitting
 
 
-@lru_cache(maxsize=1)
-def _segmenter():
-    import pysbd
+_PER_THREAD = threading.local()
 
-    return pysbd.Segmenter(language="en", clean=False)
+
+def _segmenter():
+    """This thread's pysbd segmenter: one Segmenter keeps per-call state and gives wrong splits
+    when threads share it (the service prepares documents on several threads)."""
+    seg = getattr(_PER_THREAD, "segmenter", None)
+    if seg is None:
+        import pysbd
+
+        seg = _PER_THREAD.segmenter = pysbd.Segmenter(language="en", clean=False)
+    return seg
 
 
 _ATTACHED_PUNCT = re.compile(r"[A-Za-z]{2,}[.?!,]")

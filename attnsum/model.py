@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -201,6 +202,7 @@ class SummarizerModel(nn.Module):
 
         self.cfg = cfg
         self.backend = "auto"  # attention backend (attention/dispatch.py)
+        self.checkpoint: Path | None = None  # the folder it was loaded from (checkpoints.py)
         if cfg.pretrained and load_pretrained:
             from transformers.utils import logging as hf_logging
 

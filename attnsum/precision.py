@@ -5,12 +5,15 @@ Low precision is autocast: weights, optimizer state and checkpoints stay fp32; m
 run in the low dtype, reductions (softmax, LayerNorm, losses) in fp32 as autocast decides.
 ``auto`` picks bf16 on CUDA GPUs that support it and on CPUs with native bf16 matrix units
 (AMX-BF16 or AVX512-BF16), fp32 elsewhere: on a CPU without them bf16 is emulated and many
-times slower than fp32.
+times slower than fp32. The environment variable ATTNSUM_AUTO_PRECISION (fp32 or bf16) sets
+what ``auto`` means on a machine: e.g. the whole test suite in bf16 on a CPU without native bf16
+(slow but correct), or in fp32 on one with it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +23,7 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+AUTO_ENV = "ATTNSUM_AUTO_PRECISION"
 
 
 @lru_cache(maxsize=1)
@@ -70,6 +74,11 @@ def resolve_precision(name: str | None, device: str | torch.device = "cpu") -> P
         raise ValueError("fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
     if name != "auto":
         return Precision(name, dev, "asked for")
+    forced = os.environ.get(AUTO_ENV)
+    if forced:
+        if forced not in ("fp32", "bf16"):
+            raise ValueError(f"{AUTO_ENV}={forced!r}: use fp32 or bf16")
+        return Precision(forced, dev, f"auto: {AUTO_ENV}={forced}")
     if dev == "cuda":
         if torch.cuda.is_bf16_supported():
             return Precision("bf16", dev, "auto: the GPU supports bf16")

@@ -3,14 +3,17 @@
     POST /summarize   {"text": "..."} or {"texts": ["...", ...]}, optional "k" (default 3) and
                       "trigram_blocking" (default true)
                       -> {"summaries": [{"sentences": [...], "indices": [...], "scores": [...]}]}
-    GET  /health      -> {"status": "ok", "preset": ..., "plan": ...}
+    GET  /health      -> {"status": "ok", "checkpoint": ..., "preset": ..., "plan": ..., ...}
 
 Binds 127.0.0.1 by default. Concurrent requests are batched together (up to `max_batch`
 documents, waiting at most `max_wait_ms` for company). Limits, each answered with a JSON error
 and the service staying up: body size (413), documents per request (413), characters per
-document (413), invalid JSON or fields (400), documents that cannot be summarized (422), a
-request that takes longer than `timeout_s` (504). Ctrl-C or SIGTERM shut it down gracefully:
-requests in flight are answered first.
+document (413), invalid JSON or fields (400), documents that cannot be summarized (422), unknown
+paths (404) and methods (405). `timeout_s` bounds a request's whole work (reading, preparing,
+waiting for the model, scoring): past it the answer is 504 and the work not yet done is dropped
+(preparation stops at the next document; a batch leaves out requests that gave up). Documents are
+prepared on `prep_threads` threads, the model runs on one. Ctrl-C or SIGTERM shut it down
+gracefully: requests in flight are answered first.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import json
 import logging
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -37,6 +41,7 @@ class ServeConfig:
     max_batch: int = 32  # documents per model call
     max_wait_ms: float = 10.0
     timeout_s: float = 30.0
+    prep_threads: int = 2  # threads that split and tokenize documents
 
 
 class HTTPError(Exception):
@@ -75,6 +80,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             items = [await self.queue.get()]
+            if items[0][3].done():  # its request gave up (deadline): drop the work
+                continue
             n = len(items[0][0])
             deadline = loop.time() + self.cfg.max_wait_ms / 1000
             while n < self.cfg.max_batch:
@@ -82,12 +89,16 @@ class Batcher:
                     item = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
                 except (asyncio.TimeoutError, ValueError):
                     break
-                items.append(item)
-                n += len(item[0])
+                if not item[3].done():
+                    items.append(item)
+                    n += len(item[0])
             groups: dict = {}
             for it in items:
                 groups.setdefault((it[1], it[2]), []).append(it)
             for (k, tri), group in groups.items():
+                group = [it for it in group if not it[3].done()]  # gave up while batched
+                if not group:
+                    continue
                 docs = [p for it in group for p in it[0]]
                 try:
                     summaries = await loop.run_in_executor(
@@ -140,10 +151,12 @@ def create_app(summarizer: Summarizer, cfg: ServeConfig):
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
     batcher = Batcher(summarizer, cfg)
+    prep_pool = ThreadPoolExecutor(max_workers=cfg.prep_threads, thread_name_prefix="attnsum-prep")
 
     async def read_body(request) -> bytes:
         length = request.headers.get("content-length")
@@ -157,18 +170,22 @@ def create_app(summarizer: Summarizer, cfg: ServeConfig):
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def summarize(request):
+    async def work(request, cancelled: threading.Event):
+        texts, k, tri = _parse(await read_body(request), cfg)
+        loop = asyncio.get_running_loop()
         try:
-            texts, k, tri = _parse(await read_body(request), cfg)
-            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(prep_pool, summarizer.prepare, texts, cancelled)
+        except InputError as e:
+            raise HTTPError(422, str(e)) from None
+        return await batcher.submit(prepared, k, tri)
+
+    async def summarize(request):
+        cancelled = threading.Event()
+        try:
             try:
-                prepared = await loop.run_in_executor(None, summarizer.prepare, texts)
-            except InputError as e:
-                raise HTTPError(422, str(e)) from None
-            try:
-                summaries = await asyncio.wait_for(batcher.submit(prepared, k, tri),
-                                                   cfg.timeout_s)
+                summaries = await asyncio.wait_for(work(request, cancelled), cfg.timeout_s)
             except asyncio.TimeoutError:
+                cancelled.set()  # stops its preparation at the next document
                 raise HTTPError(504, f"the request took longer than {cfg.timeout_s} s") from None
         except HTTPError as e:
             return JSONResponse({"error": e.message}, status_code=e.status)
@@ -179,17 +196,25 @@ def create_app(summarizer: Summarizer, cfg: ServeConfig):
 
     async def health(request):
         mcfg = summarizer.model.cfg
-        return JSONResponse({"status": "ok", "preset": mcfg.preset,
-                             "plan": str(mcfg.head_plan), "device": str(summarizer.device)})
+        return JSONResponse({"status": "ok", "checkpoint": str(summarizer.checkpoint),
+                             "preset": mcfg.preset, "plan": str(mcfg.head_plan),
+                             "device": str(summarizer.device),
+                             "precision": summarizer.precision.name})
+
+    async def http_error(request, exc: HTTPException):  # 404, 405 and the like, as JSON
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
         yield
         await batcher.stop()
+        prep_pool.shutdown(wait=True, cancel_futures=True)
 
     return Starlette(routes=[Route("/summarize", summarize, methods=["POST"]),
-                             Route("/health", health, methods=["GET"])], lifespan=lifespan)
+                             Route("/health", health, methods=["GET"])], lifespan=lifespan,
+                     exception_handlers={HTTPException: http_error})
 
 
 def serve(checkpoint: str, cfg: ServeConfig, device: str | None = None, precision: str = "auto"
@@ -197,7 +222,8 @@ def serve(checkpoint: str, cfg: ServeConfig, device: str | None = None, precisio
     import uvicorn
 
     summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision)
-    print(summarizer.precision.describe(), file=sys.stderr)
+    print(f"checkpoint {summarizer.checkpoint}; {summarizer.precision.describe()}",
+          file=sys.stderr)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the service is reachable beyond this machine", cfg.host)
     uvicorn.run(create_app(summarizer, cfg), host=cfg.host, port=cfg.port, log_level="info",

@@ -181,7 +181,8 @@ def summarize_command(checkpoint: str, inputs: list[str], out_path: str | None, 
         device = str(local_device())
     summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision)
     if rank == 0:
-        print(summarizer.precision.describe(), file=sys.stderr)
+        print(f"checkpoint {summarizer.checkpoint}; {summarizer.precision.describe()}",
+              file=sys.stderr)
     docs = iter_documents(inputs, field, jsonl_stdin)
     if limit is not None:
         docs = itertools.islice(docs, limit)

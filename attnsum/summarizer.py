@@ -16,6 +16,7 @@ larger ``max_len`` to `from_pretrained` up to that count.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,11 @@ class Summary:
 def check_text(text) -> str:
     if not isinstance(text, str):
         raise InputError(f"a document must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate, e.g. "\ud800" from a JSON escape
+        raise InputError(f"the text is not valid Unicode (character {e.start}: "
+                         f"{text[e.start]!r})") from None
     if not text.strip():
         raise InputError("empty document")
     printable = sum(c.isprintable() or c in "\n\t\r" for c in text)
@@ -60,11 +66,24 @@ class Summarizer:
     """A trained extractive summarizer ready for inference on CPU or GPU, in the precision of
     precision.py (``auto``: bf16 autocast where the hardware has it natively)."""
 
+    PAD_TO = 64  # inputs padded to a multiple of this: a service sees a few shapes, not every length
+
     def __init__(self, model: SummarizerModel, device: torch.device, max_len: int,
                  precision: Precision):
         self.model, self.device, self.precision = model.eval(), device, precision
         self.cfg = PreprocessConfig(max_len=max_len)
         self.tokenizer = load_tokenizer()
+        if precision.dtype is not None:
+            # The encoder's Linear weights in the inference precision once, instead of a cast by
+            # autocast on every call (the same rounding; no per-call copies of the weights).
+            for m in model.encoder.modules():
+                if isinstance(m, torch.nn.Linear):
+                    m.to(precision.dtype)
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The checkpoint folder the model was loaded from."""
+        return self.model.checkpoint
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | None = None,
@@ -93,10 +112,14 @@ class Summarizer:
                            self.tokenizer.sep_token_id)
         return ex, sentences, [i for i, _ in kept[:len(ex.spans)]]
 
-    def prepare(self, texts: Sequence[str]) -> list[tuple[Example, list[str], list[int]]]:
-        """Model inputs of `texts`; raises InputError naming the first unusable document."""
+    def prepare(self, texts: Sequence[str], cancelled: threading.Event | None = None
+                ) -> list[tuple[Example, list[str], list[int]]]:
+        """Model inputs of `texts`; raises InputError naming the first unusable document, and
+        TimeoutError between documents once `cancelled` is set (the service's deadline)."""
         prepared = []
         for i, t in enumerate(texts):
+            if cancelled is not None and cancelled.is_set():
+                raise TimeoutError("preparation cancelled")
             try:
                 prepared.append(self._example(t))
             except InputError as e:
@@ -110,7 +133,8 @@ class Summarizer:
         if k < 1:
             raise InputError("k must be at least 1")
         out: list[Summary | None] = [None] * len(prepared)
-        for chunk, batch in length_batches([p[0] for p in prepared], batch_size):
+        for chunk, batch in length_batches([p[0] for p in prepared], batch_size, self.PAD_TO,
+                                           self.cfg.max_len):
             with self.precision.autocast():
                 logits = sentence_logits(self.model, batch.to(self.device))
             probs = torch.sigmoid(logits.float()).cpu()

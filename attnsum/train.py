@@ -32,7 +32,7 @@ from .data import DataError
 from .distributed import init_distributed, local_device
 from .evaluate import evaluate_model
 from .losses import distill_loss, sentence_loss
-from .model import SummarizerModel, init_from_layers, model_config
+from .model import MODEL_PRESETS, SummarizerModel, init_from_layers, model_config
 from .precision import resolve_precision
 from .preprocess import MAX_LEN, Example
 from .schedule import OPTIMIZERS, make_schedule
@@ -68,9 +68,10 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/train"
     teacher: str | None = None  # checkpoint folder of a teacher to distil from
-    init_from: str | None = None  # checkpoint to start from by layer dropping (model.py)
+    init_from: str | None = None  # checkpoint, or pretrained preset, to start from by layer dropping
     init_layers: str | None = None  # its layers to take, "1,3,5" (default: evenly spaced)
     distill_weight: float = 1.0
+    freeze_embeddings: bool = False  # keep the word embeddings as initialised (small releases)
     backend: str = "auto"
     precision: str = "auto"  # auto, fp32, bf16, fp16: see precision.py
     time_limit: float | None = None  # minutes: save the resume state and stop after a step
@@ -103,6 +104,17 @@ def _init_layers(text: str | None) -> list[int] | None:
         return [int(x) for x in text.split(",")]
     except ValueError:
         raise ValueError(f"bad --init-layers {text!r}: use comma-separated layer indices") from None
+
+
+def _init_source(cfg: TrainConfig) -> SummarizerModel:
+    """What `init_from` names: a preset with pretrained weights (e.g. minilm) or a checkpoint."""
+    if cfg.init_from in MODEL_PRESETS:
+        source = model_config(cfg.init_from, classifier=cfg.classifier)
+        if source.pretrained is None:
+            raise ValueError(f"--init-from {cfg.init_from}: that preset has no pretrained weights; "
+                             "name a checkpoint or a pretrained preset")
+        return SummarizerModel(source)
+    return load_model(cfg.init_from)
 
 
 def load_examples(cfg: TrainConfig, split: str) -> list[Example]:
@@ -168,11 +180,19 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
                                         max_positions=max(MAX_LEN, cfg.max_len), **overrides))
         if cfg.init_from:
             layers = _init_layers(cfg.init_layers)
-            summary["init_layers"] = init_from_layers(model, load_model(cfg.init_from), layers)
+            source = _init_source(cfg)
+            summary["init_layers"] = init_from_layers(model, source, layers)
+            if rank == 0:
+                print(f"started from layers {summary['init_layers']} of "
+                      f"{source.checkpoint or cfg.init_from}", file=sys.stderr)
+    if cfg.freeze_embeddings:
+        model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
     model.to(device).set_backend(cfg.backend)
     teacher = None
     if cfg.teacher:
         teacher = load_model(cfg.teacher).to(device).eval()
+        if rank == 0:
+            print(f"teacher {teacher.checkpoint}", file=sys.stderr)
         teacher.set_backend(cfg.backend)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam-noam":

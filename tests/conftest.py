@@ -10,6 +10,12 @@ import pytest  # noqa: E402
 SHARED_CNNDM = Path(__file__).resolve().parents[2] / "shared" / "data" / "cnndm"
 
 
+def pytest_report_header(config):
+    from attnsum.precision import resolve_precision
+
+    return f"attnsum: {resolve_precision('auto', 'cpu').describe()}"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     import random

@@ -159,3 +159,19 @@ def test_shared_cnndm_tokenized(cnndm_dir):
         assert len(d.sentences) > 5
         assert sum(s.endswith((".", "?", "!", "'", '"', ")")) for s in d.sentences) > len(
             d.sentences) // 2
+
+
+def test_splitter_is_right_on_many_threads():
+    """The service splits documents on several threads at once: each thread gets the same
+    sentences as a lone caller (a pysbd Segmenter shared between threads mixed documents up)."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = random.Random(0)
+    words = "the markets in the U.S. rose 3.5 percent as Mr. Smith said on Friday".split()
+    docs = [" ".join(" ".join(rng.choice(words) for _ in range(8)).capitalize()
+                     + f" in story {d}, part {i}." for i in range(5)) for d in range(64)]
+    alone = [split_sentences(d) for d in docs]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(split_sentences, docs * 5))
+    assert together == alone * 5

@@ -15,9 +15,22 @@ from attnsum.precision import resolve_precision
                                          (("avx512_bf16",), "bf16")])
 def test_auto_precision_follows_the_cpu(monkeypatch, flags, want):
     monkeypatch.setattr(precision_mod, "cpu_bf16_flags", lambda: flags)
+    monkeypatch.delenv("ATTNSUM_AUTO_PRECISION", raising=False)  # the suite's forced mode
     p = resolve_precision("auto", "cpu")
     assert p.name == want
     assert (p.dtype is None) == (want == "fp32")
+
+
+@pytest.mark.parametrize("forced", ["fp32", "bf16"])
+def test_auto_precision_can_be_forced(monkeypatch, forced):
+    monkeypatch.setattr(precision_mod, "cpu_bf16_flags", lambda: ("amx_bf16",))
+    monkeypatch.setenv("ATTNSUM_AUTO_PRECISION", forced)
+    p = resolve_precision("auto", "cpu")
+    assert p.name == forced and "ATTNSUM_AUTO_PRECISION" in p.reason
+    assert resolve_precision("fp32", "cpu").name == "fp32"  # an explicit choice still wins
+    monkeypatch.setenv("ATTNSUM_AUTO_PRECISION", "int4")
+    with pytest.raises(ValueError, match="ATTNSUM_AUTO_PRECISION"):
+        resolve_precision("auto", "cpu")
 
 
 def test_precision_errors_and_autocast():

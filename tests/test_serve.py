@@ -1,5 +1,6 @@
 """The Python API, the batch command and the HTTP service (a real server on loopback)."""
 
+import contextlib
 import http.client
 import io
 import json
@@ -72,6 +73,7 @@ def test_api_long_document_is_cut_at_a_sentence_boundary(summarizer):
     ("   \n ", "empty document"),
     ("short words only", "no sentence longer than 5 words"),
     ("\x00\x01\x02\x03 garbage \x04\x05\x06\x07\x08", "does not look like text"),
+    ("A lone surrogate \ud800 sits in this otherwise fine sentence.", "not valid Unicode"),
 ])
 def test_api_bad_documents(summarizer, text, msg):
     with pytest.raises(InputError, match=msg):
@@ -92,15 +94,18 @@ def test_batch_command_files_folder_jsonl_and_text(tmp_path, ckpt, capsys):
     docs.mkdir()
     (docs / "a.txt").write_text(ARTICLE)
     (docs / "b.jsonl").write_text(json.dumps({"id": "x1", "body": ARTICLE}) + "\n"
-                                  + json.dumps({"id": "x2", "body": "too short"}) + "\n")
+                                  + json.dumps({"id": "x2", "body": "too short"}) + "\n"
+                                  + json.dumps({"id": "x3", "body": ARTICLE + " \ud800"}) + "\n")
     out = tmp_path / "out.jsonl"
     assert main(["summarize", "--checkpoint", str(ckpt), str(docs), "--field", "body",
                  "--out", str(out)]) == 0
     recs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in recs] == [str(docs / "a.txt"), "x1", "x2"]
+    assert [r["id"] for r in recs] == [str(docs / "a.txt"), "x1", "x2", "x3"]
     assert len(recs[0]["summary"]) == 3 and recs[0]["summary"] == recs[1]["summary"]
     assert "no sentence longer than 5 words" in recs[2]["error"]
-    assert "1 could not be" in capsys.readouterr().err
+    assert "not valid Unicode" in recs[3]["error"]  # a lone surrogate from a JSON escape
+    err = capsys.readouterr().err
+    assert "2 could not be" in err and f"checkpoint {ckpt};" in err
     assert main(["summarize", "--checkpoint", str(ckpt), str(docs / "a.txt"), "--format", "text",
                  "-k", "2"]) == 0
     assert capsys.readouterr().out.strip().count("\n") == 1  # two sentences, one per line
@@ -132,8 +137,9 @@ def test_batch_bad_input(tmp_path):
 # --------------------------------------------------------------------------- the service
 
 
-@pytest.fixture(scope="module")
-def server(summarizer):
+@contextlib.contextmanager
+def _serving(summarizer, **limits):
+    """A real server (uvicorn, loopback, a free port) in a thread; yields its port."""
     import uvicorn
 
     from attnsum.serve import ServeConfig, create_app
@@ -142,7 +148,7 @@ def server(summarizer):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    cfg = ServeConfig(port=port, max_body=200_000, max_docs=4, max_chars=20_000, max_wait_ms=20)
+    cfg = ServeConfig(port=port, **limits)
     srv = uvicorn.Server(uvicorn.Config(create_app(summarizer, cfg), host="127.0.0.1", port=port,
                                         log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -151,9 +157,18 @@ def server(summarizer):
     while not srv.started:
         assert time.time() < deadline, "server did not start"
         time.sleep(0.05)
-    yield port
-    srv.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(summarizer):
+    with _serving(summarizer, max_body=200_000, max_docs=4, max_chars=20_000,
+                  max_wait_ms=20) as port:
+        yield port
 
 
 def _request(port, method, path, body=None, headers=None):
@@ -166,10 +181,11 @@ def _request(port, method, path, body=None, headers=None):
     return resp.status, payload
 
 
-def test_service_endpoints(server):
+def test_service_endpoints(server, ckpt):
     assert _request(server, "GET", "/health") == (200, _request(server, "GET", "/health")[1])
     status, health = _request(server, "GET", "/health")
     assert status == 200 and health["status"] == "ok" and health["preset"] == "tiny-student"
+    assert health["checkpoint"] == str(ckpt)
     status, body = _request(server, "POST", "/summarize", {"text": ARTICLE, "k": 2})
     assert status == 200 and len(body["summaries"][0]["sentences"]) == 2
     status, body = _request(server, "POST", "/summarize", {"texts": [ARTICLE, ARTICLE]})
@@ -201,11 +217,53 @@ def test_service_batches_concurrent_requests(server):
     ({"texts": [ARTICLE] * 5}, 413, "limit is 4"),
     ({"text": "word " * 5000}, 413, "characters"),
     ({"text": ARTICLE, "k": 0}, 400, '"k"'),
+    # a JSON escape that is no character: a lone surrogate
+    (b'{"text": "The council met on Tuesday \\ud800 to approve the budget."}', 422,
+     "not valid Unicode"),
+    ({"texts": [ARTICLE, "Fine words here \udfff but a broken character inside."]}, 422,
+     "document 1: the text is not valid Unicode"),
 ])
 def test_service_bad_input_then_still_up(server, body, status, msg):
     got, payload = _request(server, "POST", "/summarize", body)
     assert got == status and msg in payload["error"]
     assert _request(server, "POST", "/summarize", {"text": ARTICLE})[0] == 200
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/nowhere", 404),
+                                                  ("POST", "/health", 405),
+                                                  ("GET", "/summarize", 405)])
+def test_service_unknown_paths_and_methods_answer_json(server, method, path, status):
+    got, payload = _request(server, method, path)
+    assert got == status and isinstance(payload["error"], str) and payload["error"]
+
+
+def test_service_deadline_covers_preparation_and_drops_the_work(summarizer, monkeypatch):
+    """Heavy requests in parallel past a short deadline: each answered 504 near the deadline,
+    their remaining documents never prepared and none scored; the service then answers a
+    light request as before."""
+    prepared, scored = [], []
+    example, score = summarizer._example, summarizer.score
+    monkeypatch.setattr(summarizer, "_example", lambda t: prepared.append(1) or example(t))
+    monkeypatch.setattr(summarizer, "score", lambda docs, *a: scored.extend(docs) or score(docs, *a))
+    heavy = " ".join(f"Sentence number {i} of this long report talks about topic {i} here."
+                     for i in range(250))  # about 17,000 characters
+    timeout = 0.3
+    with _serving(summarizer, max_docs=8, max_chars=20_000, max_body=400_000,
+                  timeout_s=timeout) as port:
+        def post(_):
+            t0 = time.perf_counter()
+            status, payload = _request(port, "POST", "/summarize", {"texts": [heavy] * 8})
+            return status, payload, time.perf_counter() - t0
+
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(post, range(6)))
+        assert [s for s, _, _ in results] == [504] * 6
+        assert all("longer than 0.3 s" in p["error"] for _, p, _ in results)
+        assert max(t for _, _, t in results) < timeout + 5  # answered at the deadline
+        time.sleep(1.0)  # let cancelled preparations reach their next document
+        assert len(prepared) < 6 * 8 / 2 and not scored
+        status, body = _request(port, "POST", "/summarize", {"text": ARTICLE})
+        assert status == 200 and len(body["summaries"][0]["sentences"]) == 3
 
 
 def test_service_refuses_a_huge_body_without_reading_it(server):
@@ -253,8 +311,9 @@ def test_summarize_to_a_file_resumes_after_a_kill(ckpt, tmp_path):
 
 
 def test_bounded_soak_of_the_service(ckpt, tmp_path):
-    """bench/load_test.py --soak: 8 clients posting without pause for 20 s against a real server
-    process; no failure, and the server's memory does not keep growing."""
+    """bench/load_test.py --soak --distinct: 8 clients posting distinct documents without pause
+    for 20 s against a real server process; no failure, every summary made of its own
+    document's sentences, and the server's memory does not keep growing."""
     import subprocess
     import sys
     from pathlib import Path
@@ -262,10 +321,12 @@ def test_bounded_soak_of_the_service(ckpt, tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "soak.json"
     done = subprocess.run([sys.executable, "bench/load_test.py", f"student={ckpt}", "--soak",
-                           "--concurrency", "8", "--max-seconds", "20", "--out", str(out)],
+                           "--distinct", "--concurrency", "8", "--max-seconds", "20",
+                           "--out", str(out)],
                           cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     r = json.loads(out.read_text())["student"]
-    assert r["failed"] == 0 and r["requests"] >= 8 and r["p50_ms"] <= r["p99_ms"]
+    assert r["failed"] == 0 and r["wrong"] == 0 and r["requests"] >= 8
+    assert r["p50_ms"] <= r["p99_ms"]
     assert r["requests_per_s"] == pytest.approx(r["requests"] / r["seconds"])
     assert 0 < r["rss_before_mib"] and r["rss_after_mib"] < 1.5 * r["rss_before_mib"]

@@ -83,15 +83,21 @@ def test_resume_continues_with_the_same_state(tmp_path, examples, monkeypatch):
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
 
 
-def test_fused_kernel_and_torch_path_give_the_same_loss_curve(tmp_path, examples):
+@pytest.mark.parametrize("precision, rel", [
+    ("fp32", 1e-4),
+    # bf16 autocast: the kernel under the CPU interpreter computes in fp32 (triton_path.py
+    # upcasts what it is given); room for bf16 rounding of its inputs and outputs.
+    ("bf16", 1e-3),
+])
+def test_fused_kernel_and_torch_path_give_the_same_loss_curve(tmp_path, examples, precision, rel):
     short = [e for e in examples if len(e.input_ids) <= 128][:6]
     runs = {}
     for backend in ("torch", "triton"):
         out = tmp_path / backend
-        train(_cfg(tmp_path, out=str(out), steps=3, batch_size=2, val_every=100, backend=backend),
-              short, short[:1])
+        train(_cfg(tmp_path, out=str(out), steps=3, batch_size=2, val_every=100, backend=backend,
+                   precision=precision), short, short[:1])
         runs[backend] = _losses(out)
-    assert runs["triton"] == pytest.approx(runs["torch"], rel=1e-4)
+    assert runs["triton"] == pytest.approx(runs["torch"], rel=rel)
 
 
 def test_time_limit_stops_after_a_step_and_a_rerun_goes_on(tmp_path, examples):

@@ -86,6 +86,14 @@ def _pow2(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x <= 1, torch.ones_like(x), 2 ** torch.ceil(torch.log2(x.double())).long())
 
 
+def _coarse(n: int) -> int:
+    """n rounded up to a multiple of 2^(floor(log2 n) - 2): at most 25% more, four sizes per
+    octave, so that batches repeat shapes (the CPU's bf16 matmuls keep one compiled kernel per
+    shape: a service that saw every size once would keep growing)."""
+    step = 1 << max(0, n.bit_length() - 3)
+    return -(-n // step) * step
+
+
 def _build_segments(r: Ranges, N: int) -> _Segments:
     B = r.lo.shape[0]
     dev = r.lo.device
@@ -105,6 +113,8 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
     buckets, q_idx, k_idx, dest = [], [], [], []
     for bq, bk in torch.unique(torch.stack([bq_all, bk_all], 1), dim=0).tolist():
         sel = ((bq_all == bq) & (bk_all == bk)).nonzero(as_tuple=True)[0]
+        n_real = len(sel)  # padding segments repeat the first one; their rows are never read back
+        sel = torch.cat([sel, sel[:1].expand(_coarse(n_real) - n_real)])
         S = len(sel)
         tq, tk = torch.arange(bq, device=dev), torch.arange(bk, device=dev)
         qpos = sp[sel, None] + tq  # (S, bq) ordered positions
@@ -115,14 +125,15 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
         allowed = (tk < sk[sel, None])[:, None, :] & ~(
             sex[sel, None, None] & (qpos[:, :, None] == kpos[:, None, :]))
         bias = torch.zeros(S, 1, bq, bk, device=dev).masked_fill(~allowed[:, None], float("-inf"))
-        rows = (tq < n_rows[sel, None]).flatten().nonzero(as_tuple=True)[0]
+        real = torch.arange(S, device=dev)[:, None] < n_real
+        rows = ((tq < n_rows[sel, None]) & real).flatten().nonzero(as_tuple=True)[0]
         buckets.append(_Bucket(bias, rows, bq, bk))
         q_idx.append(q_flat)
         k_idx.append(k_flat)
         dest.append(q_flat[rows])
     full_rows = full_real = full_keys = None
     if r.full is not None and bool(r.full.any()):
-        m = int(r.full.sum(1).max().item())
+        m = min(N, _coarse(int(r.full.sum(1).max().item())))  # rows past the full ones unused
         ordered = torch.argsort((~r.full).int(), dim=1, stable=True)[:, :m]  # full rows first
         full_rows = torch.gather(perm, 1, ordered)
         full_real = torch.gather(r.full, 1, ordered).flatten().nonzero(as_tuple=True)[0]
