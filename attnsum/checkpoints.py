@@ -9,6 +9,10 @@ step). A run folder holds::
     RUN/best-<step>/           the best k checkpoints by validation ROUGE
     RUN/metrics.jsonl          one JSON object per logged step and per validation
 
+A release (`save_release`, ``attnsum release``) is a checkpoint made small for git: weights in
+bf16, and word embeddings left frozen at MiniLM's referenced instead of stored (config.json
+"release": {"word_embeddings": "minilm"}); `load_model` fills them from the MiniLM package.
+
 Nothing is pickled; every file is written atomically (io.py), trainer.json last, so a folder with
 trainer.json is complete. A kill at any moment leaves RUN/last complete: the next resume state is
 written whole into a fresh last-<step>/ before the link moves to it, and folders that the link
@@ -27,6 +31,7 @@ import torch
 
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .model import ModelConfig, SummarizerModel
+from .preprocess import minilm_dir
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 OPTIMIZER_FILE, TRAINER_FILE, METRICS_FILE = "optimizer.safetensors", "trainer.json", "metrics.jsonl"
@@ -92,12 +97,48 @@ def load_model(path: str | Path, map_location="cpu") -> SummarizerModel:
         state = load_file(str(folder / WEIGHTS_FILE), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:
         raise RuntimeError(f"{folder}: cannot read {WEIGHTS_FILE} ({e})") from None
+    release = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")).get("release", {})
+    if release.get("word_embeddings") == "minilm" and WORD_EMBEDDINGS not in state:
+        state[WORD_EMBEDDINGS] = minilm_word_embeddings()
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"{folder}: weights do not match the config (missing "
                            f"{len(missing)}, unexpected {len(unexpected)} tensors)")
     model.checkpoint = folder
     return model
+
+
+WORD_EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"
+
+
+def minilm_word_embeddings() -> torch.Tensor:
+    """MiniLM's word embeddings (30,522 x 384, fp32) from the package that ships it."""
+    from safetensors import safe_open
+
+    with safe_open(str(minilm_dir() / WEIGHTS_FILE), "pt") as f:
+        return f.get_tensor("embeddings.word_embeddings.weight")
+
+
+def save_release(model: SummarizerModel, folder: str | Path, extra: dict) -> int:
+    """Write a release: bf16 weights without the word embeddings when they are MiniLM's exactly
+    (trained with --freeze-embeddings from minilm), and config.json. Returns the weights file's
+    size in bytes."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    release = {"dtype": "bfloat16"}
+    mine, theirs = state[WORD_EMBEDDINGS], minilm_word_embeddings()
+    if mine.shape == theirs.shape and torch.equal(mine, theirs):
+        del state[WORD_EMBEDDINGS]
+        release["word_embeddings"] = "minilm"
+    state = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v).contiguous()
+             for k, v in state.items()}
+    data = save(state)
+    atomic_write_bytes(folder / WEIGHTS_FILE, data)
+    atomic_write_json(folder / CONFIG_FILE, {"attnsum": asdict(model.cfg), **extra,
+                                             "release": release})
+    return len(data)
 
 
 # --------------------------------------------------------------------------- training runs

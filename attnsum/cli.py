@@ -132,6 +132,19 @@ def cmd_shard(args) -> None:
             print(format_skips(prepared.skipped))
 
 
+def cmd_release(args) -> None:
+    from .release import release
+
+    notes = ""
+    if args.notes:
+        try:
+            notes = Path(args.notes).read_text(encoding="utf-8")
+        except OSError as e:
+            raise DataError(f"cannot read notes file {args.notes}: {e.strerror}") from None
+    out, size = release(args.run, args.out, notes)
+    print(f"released {out} ({size / 2**20:.1f} MiB of weights); card: {out}/README.md")
+
+
 def cmd_experiment(args) -> None:
     import time
 
@@ -306,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("summarize", help="summaries of files, folders, stdin or JSON Lines")
-    p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint or run folder (default: the released news model, models/)")
     p.add_argument("inputs", nargs="*", help=".txt, .jsonl(.gz) files or folders; - or none: stdin")
     p.add_argument("--field", default="text", help="text field of JSON Lines input")
     p.add_argument("--jsonl", action="store_true", help="stdin is JSON Lines")
@@ -325,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = ServeConfig()
     p = sub.add_parser("serve", help="HTTP service: POST /summarize, GET /health")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint or run folder (default: the released news model, models/)")
     p.add_argument("--host", default=d.host, help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--max-body", dest="max_body", type=int, default=d.max_body)
@@ -338,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_arg(p)
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("release", help="a run's best checkpoint made small for git, with a card")
+    p.add_argument("run", help="run folder (or checkpoint)")
+    p.add_argument("--out", required=True, help="release folder, e.g. models/NAME")
+    p.add_argument("--notes", default=None, help="Markdown file appended to the card")
+    p.set_defaults(func=cmd_release)
 
     p = sub.add_parser("experiment", help="the paper's comparison table over several seeds")
     p.add_argument("--dataset", default="embedded")

@@ -217,7 +217,7 @@ def create_app(summarizer: Summarizer, cfg: ServeConfig):
                      exception_handlers={HTTPException: http_error})
 
 
-def serve(checkpoint: str, cfg: ServeConfig, device: str | None = None, precision: str = "auto"
+def serve(checkpoint: str | None, cfg: ServeConfig, device: str | None = None, precision: str = "auto"
           ) -> None:
     import uvicorn
 

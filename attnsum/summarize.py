@@ -165,7 +165,7 @@ def resume_point(partial: Path) -> int:
     return data[:whole].count(b"\n")
 
 
-def summarize_command(checkpoint: str, inputs: list[str], out_path: str | None, fmt: str, field: str,
+def summarize_command(checkpoint: str | None, inputs: list[str], out_path: str | None, fmt: str, field: str,
                       jsonl_stdin: bool, k: int, trigram_blocking: bool, chunk: int,
                       device: str | None = None, precision: str = "auto",
                       limit: int | None = None) -> dict:

@@ -1,7 +1,7 @@
 """Python API for extractive summaries from a trained checkpoint.
 
     from attnsum import Summarizer
-    s = Summarizer.from_pretrained("runs/pipeline/student+patterns/best-80")
+    s = Summarizer.from_pretrained()  # the released news model; or a checkpoint folder
     [summary] = s.summarize(["Text of a news article. ..."], k=3)
     summary.sentences, summary.indices, summary.scores
 
@@ -86,11 +86,14 @@ class Summarizer:
         return self.model.checkpoint
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | None = None,
+    def from_pretrained(cls, folder: str | Path | None = None, device: str | None = None,
                         precision: str = "auto", max_len: int | None = None,
                         backend: str = "auto") -> Summarizer:
-        """Load a checkpoint folder (or a run folder: its best checkpoint)."""
-        model = load_model(folder)
+        """Load a checkpoint folder (or a run folder: its best checkpoint); by default the
+        released news model (release.py)."""
+        from .release import default_checkpoint
+
+        model = load_model(default_checkpoint() if folder is None else folder)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         prec = resolve_precision(precision, dev)
         limit = model.cfg.max_positions

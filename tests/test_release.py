@@ -1,0 +1,79 @@
+"""Training from the pretrained MiniLM with frozen word embeddings, releases made small for git
+(bf16, the embeddings referenced), and the released news model used by default."""
+
+import json
+
+import pytest
+import torch
+from helpers import embedded_examples
+from safetensors import safe_open
+
+from attnsum.batching import predict_scores
+from attnsum.checkpoints import WORD_EMBEDDINGS, load_model, minilm_word_embeddings
+from attnsum.cli import main
+from attnsum.model import SummarizerModel, model_config
+from attnsum.release import DEFAULT_MODEL, MODELS_DIR
+from attnsum.summarizer import Summarizer
+from attnsum.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Two steps of a 2-layer student started from MiniLM's layers 2 and 5, embeddings frozen."""
+    out = tmp_path_factory.mktemp("release") / "run"
+    train(TrainConfig(preset="student-mini-2", init_from="minilm", freeze_embeddings=True,
+                      limit=6, max_len=128, steps=2, batch_size=2, val_every=2, lr=1e-3,
+                      precision="fp32", progress=False, out=str(out)))
+    return out
+
+
+def test_init_from_minilm_takes_its_layers_and_keeps_frozen_embeddings(run):
+    student = load_model(run).state_dict()
+    minilm = SummarizerModel(model_config("minilm")).state_dict()
+    assert torch.equal(student[WORD_EMBEDDINGS], minilm_word_embeddings())
+    # the trained layers moved away from MiniLM's layers 2 and 5, the embeddings did not
+    for mine, theirs in ((0, 2), (1, 5)):
+        key = "encoder.encoder.layer.{}.attention.self.query.weight"
+        diff = (student[key.format(mine)] - minilm[key.format(theirs)]).abs().max()
+        assert 0 < diff < 0.05
+    summary = json.loads((run / "last" / "config.json").read_text())
+    assert summary["init_layers"] == [2, 5] and summary["train"]["freeze_embeddings"]
+
+
+def test_release_is_small_and_scores_like_the_run(run, tmp_path):
+    out = tmp_path / "models" / "tiny-news"
+    assert main(["release", str(run), "--out", str(out)]) == 0
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert WORD_EMBEDDINGS not in keys  # referenced from the MiniLM package, not stored
+        assert {f.get_tensor(k).dtype for k in keys if "position" not in k} == {torch.bfloat16}
+    assert json.loads((out / "config.json").read_text())["release"]["word_embeddings"] == "minilm"
+    card = (out / "README.md").read_text()
+    assert "# tiny-news" in card and "| 2 | 4 |" in card and "layers [2, 5]" in card
+    examples = embedded_examples("val", limit=6, max_len=128)
+    a = predict_scores(load_model(run), examples, precision="fp32")
+    b = predict_scores(load_model(out), examples, precision="fp32")
+    diffs = [abs(x - y) for p, q in zip(a, b, strict=True) for x, y in zip(p, q, strict=True)]
+    assert max(diffs) < 0.02  # bf16 weights: 8 bits of mantissa
+
+
+def test_a_missing_default_model_is_one_clear_error(monkeypatch, tmp_path, capsys):
+    import attnsum.release as release
+
+    monkeypatch.setattr(release, "MODELS_DIR", tmp_path)
+    assert main(["summarize", str(tmp_path)]) == 2
+    assert "no --checkpoint given" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (MODELS_DIR / DEFAULT_MODEL / "config.json").is_file(),
+                    reason="the released model is not in this checkout")
+def test_the_released_news_model_summarizes_by_default():
+    text = ("( cnn ) -- the city council approved a new budget for public schools on tuesday "
+            "night . teachers had asked for smaller classes and better equipment for years . "
+            "the mayor said the plan would be paid for by a small rise in property taxes . "
+            "some residents argued that the rise would hurt families with low incomes . "
+            "the budget also includes money for three new libraries across the city .")
+    s = Summarizer.from_pretrained(precision="fp32")
+    assert s.checkpoint == MODELS_DIR / DEFAULT_MODEL
+    [summary] = s.summarize(text)
+    assert len(summary.sentences) == 3 and all(x in text for x in summary.sentences)
