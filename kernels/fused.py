@@ -218,11 +218,28 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _block_sizes(D: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps). Small blocks under the CPU interpreter keep tests quick
-    and give small shapes several blocks."""
-    if _interpreting():
+def _capability(device: torch.device) -> int | None:
+    """The GPU's compute capability as 80, 90, ...; None under the CPU interpreter."""
+    if _interpreting() or device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def launch_config(kernel: str, D: int, cc: int | None) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) of `kernel` ("fwd", "dq" or "dkdv") at head dimension D on
+    compute capability `cc`. Each choice compiles with no register spill, within shared memory
+    and with tensor-core dots for fp16 and bf16 (bench/aot_check.py; its table:
+    bench/results/aot/kernels.csv). dK/dV holds two (BLOCK_N, D) fp32 accumulators and the
+    transposed score tile: on sm_80 64 x 64 needs more than 255 registers, so its key blocks
+    are 32 there. Small blocks under the CPU interpreter keep tests quick and give small shapes
+    several blocks."""
+    if cc is None:
         return 16, 16, 4
+    if kernel == "dkdv":
+        if cc < 90:
+            return (64, 32, 8) if D > 64 else (64, 32, 4)
+        return (64, 32, 4) if D > 64 else (64, 64, 4)
     return (64, 64, 4) if D <= 64 else (64, 32, 4)
 
 
@@ -236,7 +253,7 @@ def _bh(x):  # strides of a (B, H, N, D) tensor whose last dim is contiguous
 
 def _forward(q, k, v, kinds, tabs, tables: RangeTables, scale):
     B, H, N, D = q.shape
-    bm, bn, warps = _block_sizes(D)
+    bm, bn, warps = launch_config("fwd", D, _capability(q.device))
     blk = tables.blocks(bm, bn)
     o = torch.empty(B, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)  # (B, H, N, D)
     lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
@@ -252,7 +269,8 @@ def _forward(q, k, v, kinds, tabs, tables: RangeTables, scale):
 
 def _backward(q, k, v, o, lse, do, kinds, tabs, tables: RangeTables, scale):
     B, H, N, D = q.shape
-    bm, bn, warps = _block_sizes(D)
+    cc = _capability(q.device)
+    bm, bn, warps = launch_config("dq", D, cc)
     blk = tables.blocks(bm, bn)
     do = do if do.stride(-1) == 1 else do.contiguous()
     delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, N)
@@ -265,6 +283,8 @@ def _backward(q, k, v, o, lse, do, kinds, tabs, tables: RangeTables, scale):
         blk.kb_start, blk.kb_end, kinds, tabs, *_bh(q), *_bh(k), *_bh(v), *_bh(do), *_bh(dq),
         *st, blk.kb_start.stride(0), blk.kb_start.stride(1), H, N, scale * LOG2E, scale,
         D=D, BLOCK_M=bm, BLOCK_N=bn, PRECISION=prec, num_warps=warps)
+    bm, bn, warps = launch_config("dkdv", D, cc)
+    blk = tables.blocks(bm, bn)
     _bwd_dkdv_kernel[(triton.cdiv(N, bn), B * H)](
         q, k, v, do, dk, dv, lse, delta, tables.perm, tables.lo, tables.hi, tables.excl,
         blk.qb_index, blk.qb_count, kinds, tabs, *_bh(q), *_bh(k), *_bh(v), *_bh(do), *_bh(dk),
@@ -325,6 +345,9 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kinds: to
         raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.is_cuda or _interpreting()):
         raise ValueError("the fused kernel runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1)")
+    if q.is_cuda and q.dtype == torch.float32:
+        raise ValueError("the fused kernel takes bf16 or fp16 on a GPU (fp32 has no tensor-core "
+                         "path): use --precision bf16 or fp16, or the torch backend for fp32")
     if tables.perm.shape[1:] != (B, N):
         raise ValueError(f"tables are for (B, N) = {tuple(tables.perm.shape[1:])}, input is {(B, N)}")
     if kinds.shape != (H,) or table_of_head.shape != (H,):

@@ -180,3 +180,27 @@ def test_kernels_compile_for_hopper(dtype, D):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("compiled") == 3
+
+
+def test_launch_configs_are_the_ones_checked_ahead_of_time():
+    """bench/results/aot/kernels.csv (bench/aot_check.py) holds, for every kernel, target, dtype
+    and head dimension, the configuration the launcher picks, compiled with no spill, within
+    shared memory and with tensor-core dots: the launcher may not drift from it."""
+    import csv
+    from pathlib import Path
+
+    from attnsum.kernels.fused import launch_config
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "results" / "aot" / "kernels.csv"
+    rows = [r for r in csv.DictReader(path.open()) if r["default"] == "True"]
+    role = {"fwd_kernel": "fwd", "bwd_dq_kernel": "dq", "bwd_dkdv_kernel": "dkdv"}
+    seen = set()
+    for r in rows:
+        cc, D = int(r["target"].removeprefix("sm_")), int(r["D"])
+        assert launch_config(role[r["kernel"]], D, cc) == (
+            int(r["block_m"]), int(r["block_n"]), int(r["num_warps"])), r
+        assert r["compiled"] == "True" and int(r["spill_bytes"]) == 0
+        assert int(r["shared_bytes"]) <= int(r["shared_limit"]) and r["tensor_core"] != "none"
+        seen.add((r["kernel"], cc, r["dtype"], D))
+    assert seen == {(k, cc, dt, D) for k in role for cc in (80, 90) for dt in ("fp16", "bf16")
+                    for D in (16, 32, 64, 128)}

@@ -18,14 +18,15 @@ def patterned_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: fl
                         backend: str = "auto") -> torch.Tensor:
     """One layer's attention under `plan`: (B, H, N, D) -> (B, H, N, D).
 
-    backend: ``auto`` (the fused Triton kernel on CUDA when available, else the PyTorch path),
-    ``triton``, ``torch``, or ``reference`` (dense, materializes (B, H, N, N)).
+    backend: ``auto`` (the fused Triton kernel on CUDA in bf16 or fp16 when available, else the
+    PyTorch path), ``triton``, ``torch``, or ``reference`` (dense, materializes (B, H, N, N)).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if backend == "reference":
         return reference_attention(q, k, v, plan, ctx, scale)[0]
-    if backend == "triton" or (backend == "auto" and q.is_cuda and _triton_ready(plan)):
+    if backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype != torch.float32
+                               and _triton_ready(plan)):
         from .triton_path import fused_layer_attention
 
         return fused_layer_attention(q, k, v, plan, ctx, scale)

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The released news model (models/$NAME) and its dense twin, on CPU, from the shared
+# CNN/DailyMail files: a 3-layer student of MiniLM's width started from the pretrained MiniLM's
+# layers 1, 3, 5 with its word embeddings frozen (so that a release stores none of them),
+# oracle labels, 8 documents a step drawn from the whole training split, peak rate 1e-4,
+# validation ROUGE on the first 500 validation documents every 500 steps; `paper` plan for the
+# release, no plan for the twin, the same budget. Then: the release, the whole validation split
+# (Lead-3, the release and the twin, each twin in bf16 weights as released), and blind-test
+# summaries of all test articles by both.
+#
+# Every step resumes or is skipped when done; training stops itself after TIME_LIMIT minutes
+# (exit 3) and a rerun goes on. The two trainings run side by side, one thread each.
+#   nohup bash bench/cnndm_release.sh > runs/news/log.txt 2>&1 &
+# Environment: DATA (../shared/data/cnndm), BLIND (../shared/data/cnndm-blind/test-articles.jsonl.gz),
+# OUT (runs/news), STEPS (3000), TIME_LIMIT (minutes, none by default), NAME (news-paper3),
+# TWIN (news-dense3), INIT (minilm; a released model to continue from, e.g. models/news-paper3),
+# SEED (0; another seed draws other documents when continuing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data/cnndm}
+BLIND=${BLIND:-../shared/data/cnndm-blind/test-articles.jsonl.gz}
+OUT=${OUT:-runs/news}
+STEPS=${STEPS:-3000}
+NAME=${NAME:-news-paper3}
+TWIN=${TWIN:-news-dense3}
+INIT=${INIT:-minilm}
+SEED=${SEED:-0}
+RESULTS=bench/results/cnndm
+ATTNSUM=${ATTNSUM:-python -m attnsum}
+mkdir -p "$OUT" "$RESULTS"
+
+[ -d shards/cnndm/train ] || $ATTNSUM shard --dataset "$DATA" --splits train,val --max-len 512 \
+  --out shards/cnndm
+
+train() {  # run name, plan
+  local name=$1 plan=$2
+  if [ -f "$OUT/$name/done" ]; then echo "== $name: trained earlier"; return; fi
+  local layers=(--init-layers 1,3,5)
+  [ "$INIT" = minilm ] || layers=()
+  OMP_NUM_THREADS=1 $ATTNSUM train --dataset shards/cnndm --preset student-mini-3 --plan "$plan" \
+    --init-from "$INIT" "${layers[@]}" --freeze-embeddings --lr 1e-4 --batch-size 8 \
+    --max-len 512 --steps "$STEPS" --val-every 500 --val-limit 500 --log-every 50 \
+    --seed "$SEED" ${TIME_LIMIT:+--time-limit "$TIME_LIMIT"} --out "$OUT/$name" \
+    > "$OUT/$name.log" 2>&1 && touch "$OUT/$name/done"
+}
+
+echo "== train $NAME and $TWIN ($(date -u +%H:%M:%S))"
+train "$NAME" paper & a=$!
+train "$TWIN" none & b=$!
+wait $a || true
+wait $b || true
+[ -f "$OUT/$NAME/done" ] && [ -f "$OUT/$TWIN/done" ] || { echo "== training not finished: run again"; exit 3; }
+
+[ -f "models/$NAME/config.json" ] || $ATTNSUM release "$OUT/$NAME" --out "models/$NAME"
+[ -f "$OUT/release/$TWIN/config.json" ] || $ATTNSUM release "$OUT/$TWIN" --out "$OUT/release/$TWIN"
+
+evaluate() {  # name, then evaluate flags
+  local name=$1; shift
+  if [ -f "$OUT/eval/$name/done" ]; then echo "== $name: evaluated earlier"; return; fi
+  echo "== evaluate $name on the whole validation split ($(date -u +%H:%M:%S))"
+  $ATTNSUM evaluate --dataset shards/cnndm --split val --max-len 512 --out "$OUT/eval/$name" "$@"
+  touch "$OUT/eval/$name/done"
+}
+evaluate lead3 --system lead3
+evaluate "$NAME" --system "" --checkpoint "models/$NAME"
+evaluate "$TWIN" --system "" --checkpoint "$OUT/release/$TWIN"
+python bench/cnndm_table.py "$OUT/eval" --first 500 0 > "$RESULTS/$NAME.validation.md"
+
+blind() {  # name, checkpoint
+  local file="$RESULTS/$1.test.jsonl.gz"
+  if [ -f "$file" ]; then echo "== $1: blind test summarized earlier"; return; fi
+  echo "== blind test $1 ($(date -u +%H:%M:%S))"
+  $ATTNSUM summarize --checkpoint "$2" "$BLIND" --field article --out "$OUT/$1.blind.jsonl"
+  python bench/cnndm_blind.py convert "$OUT/$1.blind.jsonl" "$file"
+}
+blind "$NAME" "models/$NAME"
+blind "$TWIN" "$OUT/release/$TWIN"
+echo "== done ($(date -u +%H:%M:%S))"
