@@ -82,7 +82,8 @@ def best_checkpoint(run: str | Path) -> Path:
     last = last_checkpoint(run)
     if last is not None:
         best = json.loads((last / TRAINER_FILE).read_text())["best"]
-        return Path(best[0]["path"]) if best else last
+        # best-<step>/ lives in the run folder: found there wherever the run was made or moved
+        return run / Path(best[0]["path"]).name if best else last
     raise RuntimeError(f"{run}: no checkpoint here (expected {WEIGHTS_FILE} or {LAST}/)")
 
 

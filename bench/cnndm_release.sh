@@ -75,4 +75,19 @@ blind() {  # name, checkpoint
 }
 blind "$NAME" "models/$NAME"
 blind "$TWIN" "$OUT/release/$TWIN"
+
+# The card gains the whole-split validation table and the blind-test files.
+{
+  echo "## Validation (whole split) and blind test"
+  echo
+  echo "ROUGE F1, mean [95% bootstrap interval], beside Lead-3 and the dense twin \\`$TWIN\\` (same"
+  echo "recipe and budget, no plan), scored with the released bf16 weights"
+  echo "(\\`python bench/cnndm_table.py $OUT/eval --first 500 0\\`):"
+  echo
+  cat "$RESULTS/$NAME.validation.md"
+  echo
+  echo "Blind test (all $(zcat "$RESULTS/$NAME.test.jsonl.gz" | wc -l) test articles, scored outside the project):"
+  echo "\\`bench/results/cnndm/$NAME.test.jsonl.gz\\`, the twin's \\`bench/results/cnndm/$TWIN.test.jsonl.gz\\`."
+} > "$OUT/$NAME.notes.md"
+$ATTNSUM release "$OUT/$NAME" --out "models/$NAME" --notes "$OUT/$NAME.notes.md"
 echo "== done ($(date -u +%H:%M:%S))"

@@ -77,3 +77,13 @@ def test_the_released_news_model_summarizes_by_default():
     assert s.checkpoint == MODELS_DIR / DEFAULT_MODEL
     [summary] = s.summarize(text)
     assert len(summary.sentences) == 3 and all(x in text for x in summary.sentences)
+
+
+def test_a_moved_run_folder_is_used_from_another_directory(run, tmp_path, monkeypatch):
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "moved-run"
+    shutil.copytree(run, moved, symlinks=True)
+    monkeypatch.chdir(tmp_path)
+    model = load_model(moved)
+    assert model.checkpoint.parent == moved and model.checkpoint.name.startswith("best-")
