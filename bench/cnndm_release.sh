@@ -78,16 +78,20 @@ blind "$TWIN" "$OUT/release/$TWIN"
 
 # The card gains the whole-split validation table and the blind-test files.
 {
-  echo "## Validation (whole split) and blind test"
-  echo
-  echo "ROUGE F1, mean [95% bootstrap interval], beside Lead-3 and the dense twin \\`$TWIN\\` (same"
-  echo "recipe and budget, no plan), scored with the released bf16 weights"
-  echo "(\\`python bench/cnndm_table.py $OUT/eval --first 500 0\\`):"
-  echo
+  printf '## Data\n\n`shards/cnndm` is `attnsum shard --dataset %s --splits train,val --max-len 512`:\n' "$DATA"
+  printf 'the %s shared CNN/DailyMail training documents (the training shard) and the %s\n' \
+    "$(zcat "$DATA/train.jsonl.gz" | wc -l)" "$(zcat "$DATA/val.jsonl.gz" | wc -l)"
+  printf 'validation documents; every training step draws 8 of all of them at random.\n\n'
+  printf '## Validation (whole split) and blind test\n\n'
+  printf 'ROUGE F1, mean [95%% bootstrap interval], beside Lead-3 and the dense twin `%s` (same\n' "$TWIN"
+  printf 'recipe and budget, no plan), scored with the released bf16 weights in bf16 autocast\n'
+  printf '(`python bench/cnndm_table.py %s/eval --first 500 0`; the first 500 documents are the\n' "$OUT"
+  printf 'ones the checkpoint was selected on):\n\n'
   cat "$RESULTS/$NAME.validation.md"
-  echo
-  echo "Blind test (all $(zcat "$RESULTS/$NAME.test.jsonl.gz" | wc -l) test articles, scored outside the project):"
-  echo "\\`bench/results/cnndm/$NAME.test.jsonl.gz\\`, the twin's \\`bench/results/cnndm/$TWIN.test.jsonl.gz\\`."
+  printf '\nBlind test: all %s test articles, scored outside the project:\n' \
+    "$(zcat "$RESULTS/$NAME.test.jsonl.gz" | wc -l)"
+  printf '`bench/results/cnndm/%s.test.jsonl.gz`, the twin'"'"'s `bench/results/cnndm/%s.test.jsonl.gz`.\n' \
+    "$NAME" "$TWIN"
 } > "$OUT/$NAME.notes.md"
 $ATTNSUM release "$OUT/$NAME" --out "models/$NAME" --notes "$OUT/$NAME.notes.md"
 echo "== done ($(date -u +%H:%M:%S))"
