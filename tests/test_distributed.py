@@ -3,6 +3,7 @@ processes on CPU) against one process, and SIGKILL in the middle of checkpoint, 
 output writes (tests/killpoint.py holds a process there) followed by a rerun that must end
 exactly where an uninterrupted run ends."""
 
+import contextlib
 import json
 import os
 import signal
@@ -44,9 +45,29 @@ def _kill_at(cmd: list[str], marker: Path, timeout: float = 240) -> None:
             raise AssertionError(f"ended before its kill point: {proc.stderr.read()[-3000:]}")
         assert time.time() < end, "the kill point was never reached"
         time.sleep(0.1)
+    # torchrun's workers leave its process group: kill the whole tree, or they hang on forever
+    tree = _descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 def _metrics(run: Path) -> list[dict]:
