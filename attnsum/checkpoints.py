@@ -98,7 +98,7 @@ def load_model(path: str | Path, map_location="cpu") -> SummarizerModel:
         state = load_file(str(folder / WEIGHTS_FILE), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:
         raise RuntimeError(f"{folder}: cannot read {WEIGHTS_FILE} ({e})") from None
-    release = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")).get("release", {})
+    release = read_training_summary(folder).get("release", {})
     if release.get("word_embeddings") == "minilm" and WORD_EMBEDDINGS not in state:
         state[WORD_EMBEDDINGS] = minilm_word_embeddings()
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -25,13 +25,14 @@ def default_checkpoint() -> Path:
     return folder
 
 
-def _commit() -> str:
+def source_commit() -> str:
+    """The checkout's commit (short hash), or "" outside a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=Path(__file__).resolve().parent, timeout=10)
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=Path(__file__).resolve().parent, timeout=10
+                              ).stdout.strip()
     except OSError:
-        return "unknown"
-    return out.stdout.strip() or "unknown"
+        return ""
 
 
 def validation_curve(run: Path) -> list[dict]:
@@ -44,8 +45,8 @@ def validation_curve(run: Path) -> list[dict]:
     return [r for r in rows if "val" in r]
 
 
-def card(name: str, run: Path, ckpt: Path, size: int, notes: str = "") -> str:
-    trained = read_training_summary(ckpt)
+def card(name: str, run: Path, ckpt: Path, trained: dict, size: int, notes: str = "") -> str:
+    """The release's README.md; `trained` is what training recorded with `ckpt`."""
     t = trained.get("train", {})
     batch = t.get("batch_size", 0) * t.get("accum", 1)
     lines = [f"# {name}", "",
@@ -66,7 +67,8 @@ def card(name: str, run: Path, ckpt: Path, size: int, notes: str = "") -> str:
              f"`{run.name}`",
              f"- Schedule: {trained.get('schedule', {}).get('description', '?')}",
              f"- {trained.get('precision', '?')}",
-             f"- Commit at release: {_commit()}; weights file {size / 2**20:.1f} MiB (bf16)", "",
+             f"- Commit at release: {source_commit() or 'unknown'}; weights file "
+             f"{size / 2**20:.1f} MiB (bf16)", "",
              "## Validation curve", "",
              f"ROUGE F1 on the first {t.get('val_limit') or t.get('limit') or 'all'} documents "
              f"of `{t.get('val_split')}`, during training:", "",
@@ -92,5 +94,5 @@ def release(run: str | Path, out: str | Path, notes: str = "") -> tuple[Path, in
     model = load_model(ckpt)
     trained = read_training_summary(ckpt)
     size = save_release(model, out, trained)
-    atomic_write_text(out / "README.md", card(out.name, run, ckpt, size, notes))
+    atomic_write_text(out / "README.md", card(out.name, run, ckpt, trained, size, notes))
     return out, size

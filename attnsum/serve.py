@@ -80,8 +80,6 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             items = [await self.queue.get()]
-            if items[0][3].done():  # its request gave up (deadline): drop the work
-                continue
             n = len(items[0][0])
             deadline = loop.time() + self.cfg.max_wait_ms / 1000
             while n < self.cfg.max_batch:
@@ -89,14 +87,13 @@ class Batcher:
                     item = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
                 except (asyncio.TimeoutError, ValueError):
                     break
-                if not item[3].done():
-                    items.append(item)
-                    n += len(item[0])
+                items.append(item)
+                n += len(item[0])
             groups: dict = {}
             for it in items:
                 groups.setdefault((it[1], it[2]), []).append(it)
             for (k, tri), group in groups.items():
-                group = [it for it in group if not it[3].done()]  # gave up while batched
+                group = [it for it in group if not it[3].done()]  # gave up (deadline): dropped
                 if not group:
                     continue
                 docs = [p for it in group for p in it[0]]

@@ -73,12 +73,6 @@ class Summarizer:
         self.model, self.device, self.precision = model.eval(), device, precision
         self.cfg = PreprocessConfig(max_len=max_len)
         self.tokenizer = load_tokenizer()
-        if precision.dtype is not None:
-            # The encoder's Linear weights in the inference precision once, instead of a cast by
-            # autocast on every call (the same rounding; no per-call copies of the weights).
-            for m in model.encoder.modules():
-                if isinstance(m, torch.nn.Linear):
-                    m.to(precision.dtype)
 
     @property
     def checkpoint(self) -> Path | None:
@@ -101,6 +95,12 @@ class Summarizer:
             raise ValueError(f"max_len {max_len} exceeds the model's {limit} positions")
         model.to(dev).set_backend(backend)
         model.drop_synth_projections()
+        if prec.dtype is not None:
+            # The encoder's Linear weights in the inference precision once, instead of a cast by
+            # autocast on every call (the same rounding; no per-call copies of the weights).
+            for m in model.encoder.modules():
+                if isinstance(m, torch.nn.Linear):
+                    m.to(prec.dtype)
         return cls(model, dev, max_len or min(limit, MAX_LEN), prec)
 
     def _example(self, text: str) -> tuple[Example, list[str], list[int]]:

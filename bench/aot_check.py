@@ -124,14 +124,12 @@ def _resources(cubin: bytes) -> dict:
             "spill_bytes": max(int(stack.group(1)) if stack else 0, int(local.group(1)) if local else 0)}
 
 
-def compile_launch(launch: Launch, cc: int, num_stages: int | None = None) -> dict:
+def compile_launch(launch: Launch, cc: int) -> dict:
     """Compile one recorded launch for sm_`cc` through Triton's own binder and options."""
-    fn = saved_kernel(launch.kernel)
+    fn = getattr(fused, launch.kernel)
     target = GPUTarget("cuda", cc, 32)
     backend = make_backend(target)
-    kwargs = dict(launch.kwargs)
-    if num_stages is not None:
-        kwargs["num_stages"] = num_stages
+    kwargs = launch.kwargs
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization,
@@ -145,10 +143,6 @@ def compile_launch(launch: Launch, cc: int, num_stages: int | None = None) -> di
     row["tensor_core"] = "+".join(kinds) or "none"  # "wgmma+mma": some dots missed wgmma
     row["pipelined"] = bool(re.search(r"cp\.async|cp\.async\.bulk", ptx))
     return row
-
-
-def saved_kernel(name: str):
-    return getattr(fused, name)
 
 
 def config_space(D: int) -> list[tuple[int, int, int]]:
@@ -203,15 +197,8 @@ def _describe(r: dict) -> str:
 def problems(rows: list[dict]) -> list[str]:
     """What fails the check: a default configuration that does not compile, overflows shared
     memory or spills."""
-    bad = []
-    for r in rows:
-        if not r["default"]:
-            continue
-        if not r["compiled"]:
-            bad.append(f"{_describe(r)}")
-        elif r["shared_bytes"] > r["shared_limit"] or r["spill_bytes"] > 0:
-            bad.append(f"{_describe(r)}")
-    return bad
+    return [_describe(r) for r in rows if r["default"] and (
+        not r["compiled"] or r["shared_bytes"] > r["shared_limit"] or r["spill_bytes"] > 0)]
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,6 @@ writer."""
 from __future__ import annotations
 
 import csv
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnsum.attention import PatternContext  # noqa: E402
+from attnsum.release import source_commit as commit  # noqa: E402, F401  (the CSVs' commit column)
 
 VOCAB = 30522  # bert-base-uncased word pieces
 FIRST_WORD = 1000  # ids below are special and unused pieces
@@ -75,14 +75,6 @@ def device_name(device: str) -> str:
 def result_dir(device: str) -> Path:
     """bench/results/<device name with spaces as _>/."""
     return ROOT / "bench" / "results" / device_name(device).replace(" ", "_")
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=5).stdout.strip()
-    except OSError:
-        return ""
 
 
 def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
