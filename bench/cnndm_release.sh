@@ -14,7 +14,8 @@
 # Environment: DATA (../shared/data/cnndm), BLIND (../shared/data/cnndm-blind/test-articles.jsonl.gz),
 # OUT (runs/news), STEPS (3000), TIME_LIMIT (minutes, none by default), NAME (news-paper3),
 # TWIN (news-dense3), INIT (minilm; a released model to continue from, e.g. models/news-paper3),
-# SEED (0; another seed draws other documents when continuing).
+# SEED (0; another seed draws other documents when continuing), CLASSIFIER (linear, or transformer:
+# BERTSum's inter-sentence layers over the sentence vectors).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cnndm}
@@ -25,6 +26,7 @@ NAME=${NAME:-news-paper3}
 TWIN=${TWIN:-news-dense3}
 INIT=${INIT:-minilm}
 SEED=${SEED:-0}
+CLASSIFIER=${CLASSIFIER:-linear}
 RESULTS=bench/results/cnndm
 ATTNSUM=${ATTNSUM:-python -m attnsum}
 mkdir -p "$OUT" "$RESULTS"
@@ -38,7 +40,7 @@ train() {  # run name, plan
   local layers=(--init-layers 1,3,5)
   [ "$INIT" = minilm ] || layers=()
   OMP_NUM_THREADS=1 $ATTNSUM train --dataset shards/cnndm --preset student-mini-3 --plan "$plan" \
-    --init-from "$INIT" "${layers[@]}" --freeze-embeddings --lr 1e-4 --batch-size 8 \
+    --classifier "$CLASSIFIER" --init-from "$INIT" "${layers[@]}" --freeze-embeddings --lr 1e-4 --batch-size 8 \
     --max-len 512 --steps "$STEPS" --val-every 500 --val-limit 500 --log-every 50 \
     --seed "$SEED" ${TIME_LIMIT:+--time-limit "$TIME_LIMIT"} --out "$OUT/$name" \
     > "$OUT/$name.log" 2>&1 && touch "$OUT/$name/done"
