@@ -29,9 +29,11 @@ import torch
 
 from .attention import HeadPlan, PatternContext, get_pattern
 from .attention.hf import self_attention_modules
-from .attention.patterns import dense_mask, pattern_names, user_pattern_names
+from .attention.patterns import dense_mask
+from .attention.registry import pattern_names, user_pattern_names
 from .attention.work import head_work
 from .batching import collate, length_batches, sentence_logits
+from .checkpoints import write_plan_file
 from .io import atomic_write_json, atomic_write_text
 from .losses import sentence_loss
 from .model import SummarizerModel
@@ -162,6 +164,8 @@ def head_profiles(model: SummarizerModel, examples: Sequence[Example],
     j - i = -OFFSETS..OFFSETS; "far" (L, H), the rest; one (L, H) mass per `KEY_SETS` entry; and
     "entropy" (L, H) of the rows, in nats."""
     punct = _punctuation_ids()
+    tokenizer = load_tokenizer()
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     sums: dict[str, torch.Tensor] = {}
     n_rows = 0.0
 
@@ -185,7 +189,8 @@ def head_profiles(model: SummarizerModel, examples: Sequence[Example],
                      "same sentence": (sid[:, :, None] == sid[:, None, :]) & (sid[:, :, None] >= 0)}
         for name, pairs in pair_sets.items():
             add(name, torch.einsum("blhqk,bqk,bq->lh", probs, pairs.float(), valid))
-        key_sets = {"[CLS]": tok == 101, "[SEP]": tok == 102, "punctuation": torch.isin(tok, punct)}
+        key_sets = {"[CLS]": tok == cls_id, "[SEP]": tok == sep_id,
+                    "punctuation": torch.isin(tok, punct)}
         for name, keys in key_sets.items():
             add(name, torch.einsum("blhqk,bk,bq->lh", probs, keys.float(), valid))
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)  # (B, L, H, N)
@@ -213,7 +218,8 @@ def plan_costs(examples: Sequence[Example], lengths: Sequence[int] = COST_LENGTH
     work: dict[str, list[float]] = {"learned" if k is None else "/".join(k): [] for k in kinds}
     for n in lengths:
         row = torch.tensor([(ids * (n // len(ids) + 1))[:n]])
-        ctx = PatternContext.from_bertsum(row, torch.ones_like(row))
+        ctx = PatternContext.from_bertsum(row, torch.ones_like(row),
+                                          cls_id=load_tokenizer().cls_token_id)
         ranged = [k for k in kinds if k is None or get_pattern(k[0]).has_ranges]
         plan = HeadPlan.from_assignments(1, len(ranged), {
             (0, h): k for h, k in enumerate(ranged) if k is not None}).layer(0)
@@ -280,7 +286,7 @@ def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path
               "costs": costs, "preset": model.cfg.preset, "inject": model.cfg.inject,
               "pattern_files": [str(f) for f in pattern_files]}
     atomic_write_json(out / "analysis.json", result)
-    atomic_write_text(out / "plan.json", plan.to_json() + "\n")
+    write_plan_file(plan, out / "plan.json")
     atomic_write_text(out / "importance.csv", "layer,head,taylor,gate\n" + "".join(
         f"{layer},{h},{taylor[layer, h]:.6g},{gate[layer, h]:.6g}\n"
         for layer in range(L) for h in range(H)))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import PatternContext
-from .precision import resolve_precision
+from .precision import Precision
 from .preprocess import Example
 
 
@@ -81,19 +81,18 @@ def sentence_logits(model, batch: Batch, **kwargs) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_scores(model, examples: Sequence[Example], batch_size: int = 8,
-                   device: str | torch.device = "cpu", precision: str | None = None,
-                   progress: bool = False) -> list[list[float]]:
+def predict_scores(model, examples: Sequence[Example], precision: Precision, batch_size: int = 8,
+                   device: str | torch.device = "cpu", progress: bool = False
+                   ) -> list[list[float]]:
     """Sentence probabilities of each example, in input order (a progress bar on request)."""
     from tqdm.auto import tqdm
 
     model.eval()
-    autocast = resolve_precision(precision, device).autocast
     out: list[list[float]] = [[] for _ in examples]
     batches = length_batches(examples, batch_size)
     for idx, batch in tqdm(batches, total=-(-len(examples) // batch_size), desc="score",
                            unit="batch", disable=not progress):
-        with autocast():
+        with precision.autocast():
             logits = sentence_logits(model, batch.to(device))
         probs = torch.sigmoid(logits.float())
         for row, j in enumerate(idx):

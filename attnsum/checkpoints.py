@@ -24,11 +24,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
+from .attention import HeadPlan, PatternError
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .model import ModelConfig, SummarizerModel
 from .preprocess import minilm_dir
@@ -45,13 +46,19 @@ def best_dir(run: Path, step: int) -> Path:
 # --------------------------------------------------------------------------- models
 
 
+def config_record(cfg: ModelConfig) -> dict:
+    """The model config as JSON data (config.json "attnsum"): the plan in `HeadPlan.to_dict`
+    form."""
+    return {**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, "plan": cfg.plan.to_dict()}
+
+
 def save_model(model: SummarizerModel, folder: str | Path, extra: dict | None = None) -> None:
     from safetensors.torch import save
 
     folder = Path(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write_bytes(folder / WEIGHTS_FILE, save(state))
-    atomic_write_json(folder / CONFIG_FILE, {"attnsum": asdict(model.cfg), **(extra or {})})
+    atomic_write_json(folder / CONFIG_FILE, {"attnsum": config_record(model.cfg), **(extra or {})})
 
 
 def read_config(folder: str | Path) -> ModelConfig:
@@ -60,11 +67,34 @@ def read_config(folder: str | Path) -> ModelConfig:
         raise RuntimeError(f"{folder}: not an attnsum checkpoint (no {CONFIG_FILE})")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return ModelConfig(**data["attnsum"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        record = dict(data["attnsum"])
+        if record.get("plan") is not None:  # null: every head learned (older checkpoints)
+            record["plan"] = HeadPlan.from_dict(record["plan"])
+        if "max_len" not in record:  # older checkpoints: the length training recorded
+            record["max_len"] = data.get("train", {}).get("max_len")
+        return ModelConfig(**record)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise RuntimeError(f"{path}: not an attnsum checkpoint config ({e})") from None
     except ValueError as e:  # a plan naming a pattern not registered here, say
         raise RuntimeError(f"checkpoint {folder}: {e}") from None
+
+
+def read_plan_file(path: str | Path) -> HeadPlan:
+    """A plan file (`write_plan_file`, the report's download): `HeadPlan.to_dict` as JSON."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise PatternError(f"cannot read plan file {path}: {e.strerror}") from None
+    try:
+        return HeadPlan.from_dict(json.loads(text))
+    except json.JSONDecodeError as e:
+        raise PatternError(f"plan file {path}: bad JSON ({e})") from None
+    except PatternError as e:
+        raise PatternError(f"plan file {path}: {e}") from None
+
+
+def write_plan_file(plan: HeadPlan, path: str | Path) -> None:
+    atomic_write_text(path, json.dumps(plan.to_dict()) + "\n")
 
 
 def read_training_summary(folder: str | Path) -> dict:
@@ -74,25 +104,33 @@ def read_training_summary(folder: str | Path) -> dict:
     return {k: v for k, v in data.items() if k != "attnsum"}
 
 
-def best_checkpoint(run: str | Path) -> Path:
-    """The best checkpoint of a run folder (or the folder itself if it is a checkpoint)."""
-    run = Path(run)
-    if (run / WEIGHTS_FILE).is_file():
-        return run
-    last = last_checkpoint(run)
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder that `path` names, for every command and the Python API: a weights
+    file (``model.safetensors``), a checkpoint folder, or a run folder (its best checkpoint,
+    else its last). A run folder works wherever it was made or moved to: trainer.json names its
+    checkpoints relative to the run folder."""
+    path = Path(path)
+    if path.name == WEIGHTS_FILE and path.is_file():
+        path = path.parent
+    if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
+        return path
+    last = last_checkpoint(path)
     if last is not None:
         best = json.loads((last / TRAINER_FILE).read_text())["best"]
-        # best-<step>/ lives in the run folder: found there wherever the run was made or moved
-        return run / Path(best[0]["path"]).name if best else last
-    raise RuntimeError(f"{run}: no checkpoint here (expected {WEIGHTS_FILE} or {LAST}/)")
+        # older runs wrote the path as made ("runs/x/best-2"): its last part names the folder
+        return path / Path(best[0]["path"]).name if best else last
+    if not path.exists():
+        raise RuntimeError(f"{path}: no such checkpoint (no file or folder)")
+    raise RuntimeError(f"{path}: not an attnsum checkpoint (expected {CONFIG_FILE} and "
+                       f"{WEIGHTS_FILE}, or a run folder with {LAST}/)")
 
 
 def load_model(path: str | Path, map_location="cpu") -> SummarizerModel:
-    """The model of a checkpoint folder, or of a run folder's best checkpoint."""
+    """The model of a checkpoint (see `resolve_checkpoint`); `model.checkpoint` is its folder."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = best_checkpoint(path) if not (Path(path) / CONFIG_FILE).is_file() else Path(path)
+    folder = resolve_checkpoint(path)
     model = SummarizerModel(read_config(folder), load_pretrained=False)
     try:
         state = load_file(str(folder / WEIGHTS_FILE), device=str(map_location))
@@ -137,7 +175,7 @@ def save_release(model: SummarizerModel, folder: str | Path, extra: dict) -> int
              for k, v in state.items()}
     data = save(state)
     atomic_write_bytes(folder / WEIGHTS_FILE, data)
-    atomic_write_json(folder / CONFIG_FILE, {"attnsum": asdict(model.cfg), **extra,
+    atomic_write_json(folder / CONFIG_FILE, {"attnsum": config_record(model.cfg), **extra,
                                              "release": release})
     return len(data)
 
@@ -248,9 +286,10 @@ def load_trainer_state(run: Path, optimizer) -> tuple[int, list]:
 def keep_best(run: Path, model: SummarizerModel, step: int, val: dict, best: list, k: int,
               summary: dict) -> list:
     """Keep the best `k` checkpoints by validation ROUGE (mean of R-1, R-2, R-Lsum); returns the
-    updated list of {"step", "val", "path"}, best first, for `save_trainer_state`."""
-    entry = {"step": step, "val": val, "path": str(best_dir(run, step))}
+    updated list of {"step", "val", "path"}, best first, for `save_trainer_state`; "path" is the
+    folder's name inside the run folder."""
+    entry = {"step": step, "val": val, "path": best_dir(run, step).name}
     keep = sorted(best + [entry], key=lambda e: -e["val"]["mean"])[:k]
     if entry in keep:
-        save_model(model, entry["path"], {**summary, "step": step, "val": val})
+        save_model(model, run / entry["path"], {**summary, "step": step, "val": val})
     return keep  # the folders dropped go once the trainer state names the new list

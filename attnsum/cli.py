@@ -21,20 +21,30 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary-field", default="highlights", help="field of a local file's summary")
     p.add_argument("--id-field", default="id", help="field of a local file's document id")
     p.add_argument("--limit", type=int, default=None, help="use only the first N documents")
-    p.add_argument("--max-len", type=int, default=MAX_LEN, help="input length in word pieces")
+    _add_max_len_arg(p)
+
+
+def _add_max_len_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-len", dest="max_len", type=int, default=None,
+                   help="input length in word pieces (default: the length the checkpoint was "
+                        f"trained at; {MAX_LEN} without a checkpoint)")
 
 
 def _add_precision_arg(p: argparse.ArgumentParser) -> None:
-    from .precision import PRECISIONS
+    from .precision import DEFAULT_PRECISION, PRECISIONS
 
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
                    help="auto (bf16 where the GPU or CPU has it natively, else fp32), fp32, "
                         "bf16, fp16 (CUDA)")
 
 
-def _load_examples(args, need_texts: bool = True):
+def _load_examples(args, model=None, need_texts: bool = True):
+    """The documents of --dataset/--split at the input length of `model` (its training length
+    unless --max-len says otherwise), or of --max-len (512 by default) without one."""
     from .shards import examples_of
 
+    args.max_len = (model.cfg.input_length(args.max_len) if model is not None
+                    else args.max_len or MAX_LEN)
     prepared = examples_of(args.dataset, args.split, args.max_len, args.limit,
                            Fields(args.article_field, args.summary_field, args.id_field),
                            need_texts=need_texts, progress=True)
@@ -50,7 +60,18 @@ def cmd_evaluate(args) -> None:
     for s in systems:
         if s not in BASELINES:
             raise DataError(f"unknown system {s!r}: use one of {', '.join(BASELINES)}")
-    prepared = _load_examples(args)
+    model = None
+    if args.checkpoint:
+        from .checkpoints import load_model, read_training_summary
+        from .precision import resolve_precision
+
+        model = load_model(args.checkpoint)
+        precision = resolve_precision(args.precision)
+        trained = read_training_summary(model.checkpoint)
+        schedule = trained.get("schedule", {}).get("description", "an unrecorded schedule")
+        print(f"model {model.checkpoint}: trained with {schedule}\n{precision.describe()}",
+              file=sys.stderr)
+    prepared = _load_examples(args, model)
     out = Path(args.out)
     extra = {"dataset": args.dataset, "split": args.split, "max_len": args.max_len,
              "skipped": dict(prepared.skipped)}
@@ -61,21 +82,12 @@ def cmd_evaluate(args) -> None:
         scores = read_scores(args.scores, prepared.examples)
         rows["scores"] = evaluate_scores(prepared.examples, scores, out, "scores", args.k,
                                          not args.no_trigram_blocking, extra)
-    if args.checkpoint:
-        from .checkpoints import best_checkpoint, load_model, read_training_summary
+    if model is not None:
         from .evaluate import evaluate_model
-        from .precision import resolve_precision
 
-        ckpt = best_checkpoint(args.checkpoint)
-        model = load_model(ckpt)
-        trained = read_training_summary(ckpt)
-        schedule = trained.get("schedule", {}).get("description", "an unrecorded schedule")
-        print(f"model {ckpt}: trained with {schedule}", file=sys.stderr)
-        print(resolve_precision(args.precision).describe(), file=sys.stderr)
-        rows["model"] = evaluate_model(model, prepared.examples, out, "model", k=args.k,
+        rows["model"] = evaluate_model(model, prepared.examples, precision, out, "model", k=args.k,
                                        trigram_blocking=not args.no_trigram_blocking,
-                                       extra={**extra, "trained": trained},
-                                       precision=args.precision, progress=True)
+                                       extra={**extra, "trained": trained}, progress=True)
     print(f"{args.dataset}/{args.split}: {len(prepared.examples)} documents "
           "(ROUGE F1, mean [95% bootstrap interval])")
     print(format_table(rows))
@@ -84,7 +96,7 @@ def cmd_evaluate(args) -> None:
     print(f"predictions and scores written to {out}/")
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> int:
     from dataclasses import fields
 
     from .train import TrainConfig, train
@@ -104,16 +116,18 @@ def cmd_train(args) -> None:
 
 def cmd_score(args) -> None:
     from .batching import predict_scores
-    from .checkpoints import best_checkpoint, load_model
+    from .checkpoints import load_model
     from .distributed import local_device
     from .io import atomic_write_text
+    from .precision import resolve_precision
 
-    ckpt = best_checkpoint(args.checkpoint)
-    model = load_model(ckpt).to(local_device())
-    print(f"checkpoint {ckpt}", file=sys.stderr)
-    prepared = _load_examples(args, need_texts=False)
-    scores = predict_scores(model, prepared.examples, device=local_device(),
-                            precision=args.precision, progress=True)
+    model = load_model(args.checkpoint).to(local_device())
+    ckpt = model.checkpoint
+    precision = resolve_precision(args.precision, local_device())
+    print(f"checkpoint {ckpt}; {precision.describe()}", file=sys.stderr)
+    prepared = _load_examples(args, model, need_texts=False)
+    scores = predict_scores(model, prepared.examples, precision, device=local_device(),
+                            progress=True)
     atomic_write_text(args.out, "".join(json.dumps({"id": e.id, "scores": s}) + "\n"
                                         for e, s in zip(prepared.examples, scores, strict=True)))
     print(f"sentence scores of {len(scores)} documents by {ckpt} written to {args.out}")
@@ -158,13 +172,12 @@ def cmd_experiment(args) -> None:
 
 def cmd_analyze(args) -> None:
     from .analysis import analyze
-    from .checkpoints import best_checkpoint, load_model
+    from .checkpoints import load_model
 
-    ckpt = best_checkpoint(args.checkpoint)
-    model = load_model(ckpt)
+    model = load_model(args.checkpoint)
+    ckpt = model.checkpoint
     print(f"checkpoint {ckpt}", file=sys.stderr)
-    args.max_len = model.cfg.max_positions if args.max_len is None else args.max_len
-    prepared = _load_examples(args)
+    prepared = _load_examples(args, model)
     result = analyze(model, prepared.examples, args.out, top_heads=args.top_heads,
                      threshold=args.threshold, title=f"attnsum analysis of {ckpt}",
                      pattern_files=args.patterns)
@@ -179,11 +192,11 @@ def cmd_pipeline(args) -> None:
 
 
 def cmd_summarize(args) -> None:
-    from .summarize import summarize_command
+    from .summarize_files import summarize_command
 
     counts = summarize_command(args.checkpoint, args.inputs, args.out, args.format, args.field,
                                args.jsonl, args.k, not args.no_trigram_blocking, args.chunk,
-                               args.device, args.precision, args.limit)
+                               args.device, args.precision, args.limit, args.max_len)
     print(f"summarized {counts['documents']} documents ({counts['errors']} could not be)",
           file=sys.stderr)
 
@@ -194,7 +207,7 @@ def cmd_serve(args) -> None:
     cfg = ServeConfig(host=args.host, port=args.port, max_body=args.max_body,
                       max_docs=args.max_docs, max_chars=args.max_chars, max_batch=args.max_batch,
                       max_wait_ms=args.max_wait_ms, timeout_s=args.timeout)
-    serve(args.checkpoint, cfg, args.device, args.precision)
+    serve(args.checkpoint, cfg, args.device, args.precision, args.max_len)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="documents per split")
     p.add_argument("--val-limit", dest="val_limit", type=int, default=None,
                    help="validation documents (default: --limit)")
-    p.add_argument("--max-len", dest="max_len", type=int, default=d.max_len)
+    p.add_argument("--max-len", dest="max_len", type=int, default=d.max_len,
+                   help="input length in word pieces")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size)
     p.add_argument("--accum", type=int, default=d.accum, help="gradient accumulation steps")
@@ -264,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what ranks checkpoints: validation ROUGE, or the validation loss (no "
                         "texts or rouge-score needed)")
     p.add_argument("--time-limit", dest="time_limit", type=float, default=None,
-                   help="minutes: after a step past this, save the resume state and stop (a rerun "
-                        "goes on); for machines lent by the call")
+                   help="minutes: after a step past this, save the resume state and stop with exit "
+                        "status 3 (a rerun goes on): for jobs with a time limit")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--teacher", default=None, help="checkpoint to distil sentence scores from")
     p.add_argument("--init-from", dest="init_from", default=None,
@@ -301,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="head importance, pattern scores, plan and HTML report")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
     _add_dataset_args(p)
-    p.set_defaults(split="val", max_len=None)
+    p.set_defaults(split="val")
     p.add_argument("--top-heads", dest="top_heads", type=int, default=4)
     p.add_argument("--threshold", type=float, default=0.5,
                    help="least attention mass on a pattern for a head to take it")
@@ -330,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-trigram-blocking", action="store_true")
     p.add_argument("--chunk", type=int, default=256, help="documents held in memory at once")
     p.add_argument("--limit", type=int, default=None, help="only the first N documents")
+    _add_max_len_arg(p)
     p.add_argument("--device", default=None)
     _add_precision_arg(p)
     _add_patterns_arg(p)
@@ -349,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", dest="max_batch", type=int, default=d.max_batch)
     p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float, default=d.max_wait_ms)
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request")
+    _add_max_len_arg(p)
     p.add_argument("--device", default=None)
     _add_precision_arg(p)
     _add_patterns_arg(p)
@@ -387,28 +403,30 @@ def _load_pattern_files(args) -> None:
                  if slow else ""), file=sys.stderr)
 
 
-def _read_plan_file(args) -> None:
-    """A plan given as a .json file: read and checked against the preset here, so that a
-    mistake names the file."""
-    plan = getattr(args, "plan", None)
-    if plan and plan.endswith(".json"):
-        from .model import model_config
+def _parse_plan(args) -> None:
+    """--plan, text or a .json plan file, parsed here once into a HeadPlan for the preset."""
+    text = getattr(args, "plan", None)
+    if text is None:
+        return
+    from .model import model_config, parse_plan
 
-        try:
-            args.plan = Path(plan).read_text(encoding="utf-8")
-        except OSError as e:
-            raise DataError(f"cannot read plan file {plan}: {e.strerror}") from None
+    if text.endswith(".json"):
+        from .checkpoints import read_plan_file
+
+        args.plan = read_plan_file(text)
         try:
             model_config(args.preset, args.plan, args.inject)
         except ValueError as e:
-            raise DataError(f"plan file {plan}: {e}") from None
+            raise DataError(f"plan file {text}: {e}") from None
+    else:
+        args.plan = parse_plan(text, args.preset, args.inject)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _load_pattern_files(args)
-        _read_plan_file(args)
+        _parse_plan(args)
         return args.func(args) or 0
     except (DataError, ValueError, RuntimeError, OSError) as e:
         print(f"attnsum {args.command}: error: {e}", file=sys.stderr)

@@ -11,11 +11,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .io import atomic_write_json, atomic_write_text
 from .preprocess import Example
+
+if TYPE_CHECKING:
+    from .precision import Precision
 
 METRICS = ("rouge1", "rouge2", "rougeLsum")
 
@@ -123,14 +127,14 @@ def evaluate_system(system: str, examples: Sequence[Example], out_dir: Path | No
                                out_dir, system, extra)
 
 
-def evaluate_model(model, examples: Sequence[Example], out_dir: Path | None = None,
-                   name: str = "model", k: int = 3, trigram_blocking: bool = True, device="cpu",
-                   extra: dict | None = None, precision: str | None = None,
+def evaluate_model(model, examples: Sequence[Example], precision: Precision,
+                   out_dir: Path | None = None, name: str = "model", k: int = 3,
+                   trigram_blocking: bool = True, device="cpu", extra: dict | None = None,
                    progress: bool = False) -> dict[str, Score]:
     """ROUGE of a model's top-k selections (trigram blocking by default)."""
     from .batching import predict_scores
 
-    scores = predict_scores(model, examples, device=device, precision=precision, progress=progress)
+    scores = predict_scores(model, examples, precision, device=device, progress=progress)
     return evaluate_scores(examples, scores, out_dir, name, k, trigram_blocking, extra)
 
 

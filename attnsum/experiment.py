@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoints import best_checkpoint, load_model
+from .checkpoints import load_model, resolve_checkpoint
 from .evaluate import METRICS, evaluate_model, evaluate_system
 from .io import atomic_write_json, atomic_write_text
+from .precision import Precision, resolve_precision
 from .preprocess import MAX_LEN, Example
 from .train import TrainConfig, load_examples, train
 
@@ -76,18 +77,18 @@ def system_config(system: System, s: Settings, seed: int, out: Path, dataset: st
         accum=s.accum, optimizer="adamw" if is_teacher else s.student_optimizer,
         lr=s.teacher_lr if is_teacher else s.student_lr, warmup=s.warmup,
         val_every=s.val_every, seed=seed, out=str(out / system.name / f"seed{seed}"),
-        teacher=str(best_checkpoint(out / "teacher" / f"seed{seed}")) if system.distill else None)
+        teacher=str(resolve_checkpoint(out / "teacher" / f"seed{seed}")) if system.distill else None)
 
 
 def run_system(cfg: TrainConfig, train_ex: list[Example], val_ex: list[Example],
-               test_ex: list[Example]) -> dict[str, float]:
+               test_ex: list[Example], precision: Precision) -> dict[str, float]:
     """Train (or reuse) one run and score its best checkpoint on the test split."""
     done = Path(cfg.out) / "test_scores.json"
     if done.is_file():
         return json.loads(done.read_text())
     train(cfg, train_ex, val_ex)
     model = load_model(cfg.out)
-    scores = {m: s.mean for m, s in evaluate_model(model, test_ex, Path(cfg.out), "test").items()}
+    scores = {m: s.mean for m, s in evaluate_model(model, test_ex, precision, Path(cfg.out), "test").items()}
     atomic_write_json(done, scores)
     return scores
 
@@ -116,13 +117,14 @@ def run_experiment(out: str | Path = "runs/experiment", seeds: int = 3, full: bo
     train_ex = load_examples(base, "train")
     val_ex = load_examples(base, "val")
     test_ex = load_examples(base, "test")
+    precision = resolve_precision(base.precision)
     rows: dict[str, list[dict[str, float]]] = {}
     for baseline in ("lead3", "oracle"):
         rows[baseline] = [{m: v.mean for m, v in evaluate_system(baseline, test_ex).items()}]
     for system in systems:
         for seed in range(seeds):
             cfg = system_config(system, s, seed, out, dataset, limit=limit)
-            rows.setdefault(system.name, []).append(run_system(cfg, train_ex, val_ex, test_ex))
+            rows.setdefault(system.name, []).append(run_system(cfg, train_ex, val_ex, test_ex, precision))
     table = _table(rows)
     settings = {"settings": vars(s), "dataset": dataset, "seeds": seeds, "limit": limit,
                 "test_documents": len(test_ex)}

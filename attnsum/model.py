@@ -25,7 +25,12 @@ from torch import nn
 
 from .attention import HeadPlan, PatternContext, PatternError, PlanInputs, apply_plan, patterned_attention
 from .attention.hf import drop_synth_projections
-from .preprocess import MAX_LEN, minilm_dir
+from .preprocess import MAX_LEN, load_tokenizer, minilm_dir
+
+
+class ConfigError(ValueError):
+    """A model or training setting that cannot work (preset, classifier, injection, layers,
+    input length); mistakes in a head plan are `PatternError`s."""
 
 
 @dataclass
@@ -38,9 +43,14 @@ class ModelConfig:
     heads: int = 4
     ffn: int = 128
     max_positions: int = MAX_LEN
+    # The input length it was trained at, what commands read by default (`input_length`); None:
+    # its positions, at most MAX_LEN.
+    max_len: int | None = None
     dropout: float = 0.1
     classifier: str = "linear"  # or "transformer": BERTSum's 2-layer inter-sentence encoder
-    plan: dict | None = None  # HeadPlan.to_dict() of the encoder heads (inject="heads")
+    # The plan of the encoder heads (inject="heads") or of the side layers (inject="side");
+    # None becomes the plan of every head learned.
+    plan: HeadPlan | None = None
     inject: str = "heads"  # "heads" or "side"
     side_heads: int = 4  # heads of each side layer (inject="side")
     side_head_dim: int = 32
@@ -48,23 +58,35 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.classifier not in ("linear", "transformer"):
-            raise PatternError(f"unknown classifier {self.classifier!r}: use linear or transformer")
+            raise ConfigError(f"unknown classifier {self.classifier!r}: use linear or transformer")
         if self.inject not in ("heads", "side"):
-            raise PatternError(f"unknown injection {self.inject!r}: use heads or side")
-        if self.plan is not None:
-            plan = HeadPlan.from_dict(self.plan)
-            want = ((self.layers, self.heads) if self.inject == "heads"
-                    else (self.layers, self.side_heads))
-            if (plan.num_layers, plan.num_heads) != want:
-                raise PatternError(f"the plan is for {plan.num_layers} layers x {plan.num_heads} "
-                                   f"heads; preset {self.preset!r} ({self.inject}) has "
-                                   f"{want[0]} x {want[1]}")
+            raise ConfigError(f"unknown injection {self.inject!r}: use heads or side")
+        if self.max_len is not None and not 1 <= self.max_len <= self.max_positions:
+            raise ConfigError(f"input length {self.max_len} is outside the model's 1-"
+                              f"{self.max_positions} positions")
+        want = self.plan_shape
+        if self.plan is None:
+            self.plan = HeadPlan.none(*want)
+        elif (self.plan.num_layers, self.plan.num_heads) != want:
+            raise PatternError(f"the plan is for {self.plan.num_layers} layers x "
+                               f"{self.plan.num_heads} heads; preset {self.preset!r} "
+                               f"({self.inject}) has {want[0]} x {want[1]}")
 
     @property
-    def head_plan(self) -> HeadPlan:
-        heads = self.heads if self.inject == "heads" else self.side_heads
-        return (HeadPlan.from_dict(self.plan) if self.plan is not None
-                else HeadPlan.none(self.layers, heads))
+    def plan_shape(self) -> tuple[int, int]:
+        """(layers, heads) that a plan of this model covers."""
+        return self.layers, self.heads if self.inject == "heads" else self.side_heads
+
+    def input_length(self, asked: int | None = None) -> int:
+        """The input length of a command reading documents with this model: `asked`, or the
+        length it was trained at; at most its positions."""
+        default = self.max_len or min(self.max_positions, MAX_LEN)
+        if asked is None:
+            return default
+        if not 1 <= asked <= self.max_positions:
+            raise ConfigError(f"--max-len {asked}: the model takes 1 to {self.max_positions} "
+                              f"word pieces ({default} by default)")
+        return asked
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
@@ -85,21 +107,26 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def model_config(preset: str, plan: str = "none", inject: str = "heads", **overrides) -> ModelConfig:
-    """A preset by name with a head plan in text form (see `HeadPlan.parse`)."""
+def model_config(preset: str, plan: HeadPlan | str | None = None, inject: str = "heads",
+                 **overrides) -> ModelConfig:
+    """A preset by name with a head plan (None: every head learned; text: `parse_plan`)."""
     if preset not in MODEL_PRESETS:
-        raise PatternError(f"unknown preset {preset!r}: use one of {', '.join(MODEL_PRESETS)}")
-    cfg = replace(MODEL_PRESETS[preset], inject=inject, **overrides)
-    heads = cfg.heads if inject == "heads" else cfg.side_heads
-    parsed = HeadPlan.parse(plan, cfg.layers, heads)
-    return replace(cfg, plan=None if parsed.is_learned else parsed.to_dict())
+        raise ConfigError(f"unknown preset {preset!r}: use one of {', '.join(MODEL_PRESETS)}")
+    if isinstance(plan, str):
+        plan = parse_plan(plan, preset, inject)
+    return replace(MODEL_PRESETS[preset], inject=inject, plan=plan, **overrides)
+
+
+def parse_plan(text: str, preset: str, inject: str = "heads") -> HeadPlan:
+    """A plan in text form (`HeadPlan.parse`: a preset name or items) for a preset's heads."""
+    return HeadPlan.parse(text, *model_config(preset, inject=inject).plan_shape)
 
 
 def spread_layers(source_layers: int, layers: int) -> list[int]:
     """`layers` of `source_layers`, evenly spaced and ending at the last one (TinyBERT's uniform
     mapping): 3 of 6 -> 1, 3, 5; 2 of 6 -> 2, 5."""
     if not 1 <= layers <= source_layers:
-        raise PatternError(f"cannot take {layers} layers from a model with {source_layers}")
+        raise ConfigError(f"cannot take {layers} layers from a model with {source_layers}")
     return [(i + 1) * source_layers // layers - 1 for i in range(layers)]
 
 
@@ -139,7 +166,7 @@ class SideSelfOutput(nn.Module):
     def forward(self, hidden_states, input_tensor):
         current = SIDE_CONTEXT.get()
         if current is None:
-            raise PatternError("side layers run inside SummarizerModel.forward only")
+            raise RuntimeError("side layers run inside SummarizerModel.forward only")
         h = self.dropout(self.dense(hidden_states)) + self.side(input_tensor, *current)
         return self.LayerNorm(h + input_tensor)
 
@@ -219,7 +246,7 @@ class SummarizerModel(nn.Module):
             extend_positions(self.encoder, cfg.max_positions)
         else:
             self.encoder = BertModel(_encoder_config(cfg), add_pooling_layer=False)
-        plan = cfg.head_plan
+        plan = cfg.plan
         # the plan of the encoder's own heads: all learned when the patterns sit beside them
         self.encoder_plan = plan if cfg.inject == "heads" else HeadPlan.none(cfg.layers, cfg.heads)
         apply_plan(self.encoder, self.encoder_plan)
@@ -236,7 +263,7 @@ class SummarizerModel(nn.Module):
 
     @property
     def needs_context(self) -> bool:
-        return not self.cfg.head_plan.is_learned
+        return not self.cfg.plan.is_learned
 
     def set_backend(self, backend: str) -> None:
         self.backend = backend
@@ -249,7 +276,8 @@ class SummarizerModel(nn.Module):
     def _encode(self, input_ids, segment_ids, attention_mask, ctx, gates=None,
                 output_attentions=False):
         if ctx is None and self.needs_context:
-            ctx = PatternContext.from_bertsum(input_ids, attention_mask)
+            ctx = PatternContext.from_bertsum(input_ids, attention_mask,
+                                              cls_id=load_tokenizer().cls_token_id)
         inputs = PlanInputs(self.encoder_plan, ctx, self.backend, gates)
         token = SIDE_CONTEXT.set((ctx, self.backend))
         try:
@@ -288,16 +316,16 @@ def init_from_layers(model: SummarizerModel, source: SummarizerModel,
     s_cfg, cfg = source.cfg, model.cfg
     if (s_cfg.hidden, s_cfg.heads, s_cfg.ffn, s_cfg.inject, s_cfg.classifier) != (
             cfg.hidden, cfg.heads, cfg.ffn, cfg.inject, cfg.classifier):
-        raise PatternError(f"cannot start {cfg.preset!r} from {s_cfg.preset!r}: width, heads, "
-                           "feed-forward size, injection and classifier must match")
+        raise ConfigError(f"cannot start {cfg.preset!r} from {s_cfg.preset!r}: width, heads, "
+                          "feed-forward size, injection and classifier must match")
     layers = spread_layers(s_cfg.layers, cfg.layers) if layers is None else list(layers)
     if len(layers) != cfg.layers or not all(0 <= i < s_cfg.layers for i in layers):
-        raise PatternError(f"need {cfg.layers} source layers in 0-{s_cfg.layers - 1}, got {layers}")
+        raise ConfigError(f"need {cfg.layers} source layers in 0-{s_cfg.layers - 1}, got {layers}")
     src, dst = source.encoder, model.encoder
     extend_positions(src, dst.config.max_position_embeddings)
     if src.config.max_position_embeddings != dst.config.max_position_embeddings:
-        raise PatternError(f"the source has {src.config.max_position_embeddings} positions, the "
-                           f"model {dst.config.max_position_embeddings}")
+        raise ConfigError(f"the source has {src.config.max_position_embeddings} positions, the "
+                          f"model {dst.config.max_position_embeddings}")
     dst.embeddings.load_state_dict(src.embeddings.state_dict())
     for mine, theirs in zip(dst.encoder.layer, layers, strict=True):
         mine.load_state_dict(src.encoder.layer[theirs].state_dict())

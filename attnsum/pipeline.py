@@ -22,11 +22,12 @@ import torch
 
 from .attention import HeadPlan
 from .batching import length_batches, sentence_logits
-from .checkpoints import best_checkpoint, load_model
+from .checkpoints import load_model, resolve_checkpoint
 from .evaluate import evaluate_system
 from .experiment import FULL, QUICK, Settings, run_system
 from .io import atomic_write_json, atomic_write_text
 from .model import SummarizerModel
+from .precision import resolve_precision
 from .train import TrainConfig, load_examples
 
 
@@ -74,6 +75,7 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
     base = TrainConfig(dataset=dataset, max_len=s.max_len, limit=limit, seed=seed,
                        val_every=s.val_every, batch_size=s.batch_size, accum=s.accum,
                        warmup=s.warmup)
+    precision = resolve_precision(base.precision)
     data = {}
 
     def examples(split):
@@ -86,8 +88,9 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
 
     def trained(cfg):
         def stage():
-            scores = run_system(cfg, examples("train"), examples("val"), examples("test"))
-            return {"test": scores, "checkpoint": str(best_checkpoint(cfg.out))}
+            scores = run_system(cfg, examples("train"), examples("val"), examples("test"),
+                                precision)
+            return {"test": scores, "checkpoint": str(resolve_checkpoint(cfg.out))}
 
         return stage
 
@@ -106,13 +109,13 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
                 "report": str(out / "analysis" / "report.html")}
 
     analysis = stages.run("analysis", "analyze the teacher, write the report", analyze_teacher)
-    plan_json = json.dumps(analysis["plan"])
+    plan = HeadPlan.from_dict(analysis["plan"])
     runs = {
-        "teacher+patterns": replace(teacher_cfg, plan=plan_json, out=str(out / "teacher+patterns")),
+        "teacher+patterns": replace(teacher_cfg, plan=plan, out=str(out / "teacher+patterns")),
         "student": replace(base, preset=s.student, steps=s.student_steps, optimizer=s.student_optimizer,
                            lr=s.student_lr, out=str(out / "student")),
     }
-    runs["student+patterns"] = replace(runs["student"], plan=plan_json,
+    runs["student+patterns"] = replace(runs["student"], plan=plan,
                                        out=str(out / "student+patterns"))
     titles = {"teacher+patterns": "fine-tune the teacher with the plan on its own heads",
               "student": "train the student from scratch (no patterns)",

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_PRECISION = "auto"  # of every command and of the Python API
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 AUTO_ENV = "ATTNSUM_AUTO_PRECISION"
@@ -63,10 +64,9 @@ class Precision:
         return f"precision {self.name} on {self.device_type} ({self.reason})"
 
 
-def resolve_precision(name: str | None, device: str | torch.device = "cpu") -> Precision:
-    """Resolve a precision setting for a device; raises ValueError for one the device cannot
-    run."""
-    name = name or "auto"
+def resolve_precision(name: str, device: str | torch.device = "cpu") -> Precision:
+    """Resolve a precision setting for a device, once per command (or `Summarizer`): what runs
+    a model takes the `Precision`. Raises ValueError for one the device cannot run."""
     dev = torch.device(device).type
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}: use one of {', '.join(PRECISIONS)}")

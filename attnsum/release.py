@@ -9,7 +9,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from .checkpoints import METRICS_FILE, best_checkpoint, load_model, read_training_summary, save_release
+from .checkpoints import METRICS_FILE, load_model, read_training_summary, resolve_checkpoint, save_release
 from .io import atomic_write_text
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -90,7 +90,7 @@ def card(name: str, run: Path, ckpt: Path, trained: dict, size: int, notes: str 
 def release(run: str | Path, out: str | Path, notes: str = "") -> tuple[Path, int]:
     """Release RUN's best checkpoint into `out`; returns (folder, weights bytes)."""
     run, out = Path(run), Path(out)
-    ckpt = best_checkpoint(run)
+    ckpt = resolve_checkpoint(run)
     model = load_model(ckpt)
     trained = read_training_summary(ckpt)
     size = save_release(model, out, trained)

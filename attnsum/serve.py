@@ -26,6 +26,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .precision import DEFAULT_PRECISION
 from .summarizer import InputError, Summarizer
 
 log = logging.getLogger("attnsum.serve")
@@ -194,7 +195,8 @@ def create_app(summarizer: Summarizer, cfg: ServeConfig):
     async def health(request):
         mcfg = summarizer.model.cfg
         return JSONResponse({"status": "ok", "checkpoint": str(summarizer.checkpoint),
-                             "preset": mcfg.preset, "plan": str(mcfg.head_plan),
+                             "preset": mcfg.preset, "plan": str(mcfg.plan),
+                             "max_len": summarizer.cfg.max_len,
                              "device": str(summarizer.device),
                              "precision": summarizer.precision.name})
 
@@ -214,11 +216,12 @@ def create_app(summarizer: Summarizer, cfg: ServeConfig):
                      exception_handlers={HTTPException: http_error})
 
 
-def serve(checkpoint: str | None, cfg: ServeConfig, device: str | None = None, precision: str = "auto"
-          ) -> None:
+def serve(checkpoint: str | None, cfg: ServeConfig, device: str | None = None,
+          precision: str = DEFAULT_PRECISION, max_len: int | None = None) -> None:
     import uvicorn
 
-    summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision)
+    summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision,
+                                            max_len=max_len)
     print(f"checkpoint {summarizer.checkpoint}; {summarizer.precision.describe()}",
           file=sys.stderr)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):

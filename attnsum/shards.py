@@ -1,5 +1,5 @@
 """Preprocessed examples in compact shards, for machines without the tokenizer, `datasets` or a
-network (a lent GPU): `attnsum shard` writes them, and every command's `--dataset FOLDER` reads
+network (a GPU machine set up bare): `attnsum shard` writes them, and every command's `--dataset FOLDER` reads
 them like any dataset (`examples_of`, the one loader of examples).
 
 A shard folder holds one subfolder per split::

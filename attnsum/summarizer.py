@@ -8,10 +8,9 @@
 Documents are split into sentences (`split_sentences`), filtered as in training (sentences of
 5 words or fewer are not candidates), and scored in batches grouped by length.
 
-Long documents: the input stops at the last whole sentence that fits the model's length
-(``max_len``, by default the checkpoint's position count); later sentences are not candidates.
-A patterned model whose position embeddings were extended can take longer inputs: pass a
-larger ``max_len`` to `from_pretrained` up to that count.
+Long documents: the input stops at the last whole sentence that fits ``max_len`` word pieces
+(by default the length the checkpoint was trained at, `ModelConfig.input_length`); later
+sentences are not candidates. ``max_len`` may go up to the model's position count.
 """
 
 from __future__ import annotations
@@ -28,8 +27,8 @@ from .checkpoints import load_model
 from .data import split_sentences
 from .evaluate import select_top_k
 from .model import SummarizerModel
-from .precision import Precision, resolve_precision
-from .preprocess import MAX_LEN, Example, PreprocessConfig, build_example, filter_sentences, load_tokenizer
+from .precision import DEFAULT_PRECISION, Precision, resolve_precision
+from .preprocess import Example, PreprocessConfig, build_example, filter_sentences, load_tokenizer
 
 
 class InputError(ValueError):
@@ -81,7 +80,7 @@ class Summarizer:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, device: str | None = None,
-                        precision: str = "auto", max_len: int | None = None,
+                        precision: str = DEFAULT_PRECISION, max_len: int | None = None,
                         backend: str = "auto") -> Summarizer:
         """Load a checkpoint folder (or a run folder: its best checkpoint); by default the
         released news model (release.py)."""
@@ -90,9 +89,7 @@ class Summarizer:
         model = load_model(default_checkpoint() if folder is None else folder)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         prec = resolve_precision(precision, dev)
-        limit = model.cfg.max_positions
-        if max_len is not None and max_len > limit:
-            raise ValueError(f"max_len {max_len} exceeds the model's {limit} positions")
+        length = model.cfg.input_length(max_len)
         model.to(dev).set_backend(backend)
         model.drop_synth_projections()
         if prec.dtype is not None:
@@ -101,7 +98,7 @@ class Summarizer:
             for m in model.encoder.modules():
                 if isinstance(m, torch.nn.Linear):
                     m.to(prec.dtype)
-        return cls(model, dev, max_len or min(limit, MAX_LEN), prec)
+        return cls(model, dev, length, prec)
 
     def _example(self, text: str) -> tuple[Example, list[str], list[int]]:
         """The model input of a document, its sentences, and the indices of the candidates."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .attention import HeadPlan
 from .batching import collate, length_batches, sentence_logits
 from .checkpoints import (
     METRICS_FILE,
@@ -32,8 +33,16 @@ from .data import DataError
 from .distributed import init_distributed, local_device
 from .evaluate import evaluate_model
 from .losses import distill_loss, sentence_loss
-from .model import MODEL_PRESETS, SummarizerModel, init_from_layers, model_config
-from .precision import resolve_precision
+from .model import (
+    MODEL_PRESETS,
+    ConfigError,
+    ModelConfig,
+    SummarizerModel,
+    init_from_layers,
+    model_config,
+    parse_plan,
+)
+from .precision import DEFAULT_PRECISION, Precision, resolve_precision
 from .preprocess import MAX_LEN, Example
 from .schedule import OPTIMIZERS, make_schedule
 from .shards import examples_of
@@ -44,7 +53,9 @@ VAL_METRICS = ("rouge", "loss")
 @dataclass
 class TrainConfig:
     preset: str = "tiny"
-    plan: str = "none"
+    # None: every head learned. Text (a preset name or items, `HeadPlan.parse`) is parsed here,
+    # once, for the preset's heads.
+    plan: HeadPlan | str | None = None
     inject: str = "heads"
     classifier: str = "linear"
     dropout: float | None = None  # hidden and attention dropout; None: the preset's
@@ -73,19 +84,32 @@ class TrainConfig:
     distill_weight: float = 1.0
     freeze_embeddings: bool = False  # keep the word embeddings as initialised (small releases)
     backend: str = "auto"
-    precision: str = "auto"  # auto, fp32, bf16, fp16: see precision.py
+    precision: str = DEFAULT_PRECISION  # auto, fp32, bf16, fp16: see precision.py
     time_limit: float | None = None  # minutes: save the resume state and stop after a step
     val_metric: str = "rouge"  # or "loss" (no texts or rouge-score needed: a bare GPU machine)
     progress: bool = True
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
         for name in ("steps", "batch_size", "accum", "val_every", "keep_best", "max_len"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+                raise ConfigError(f"{name} must be at least 1")
         if self.val_metric not in VAL_METRICS:
-            raise ValueError(f"unknown validation metric {self.val_metric!r}: use rouge or loss")
+            raise ConfigError(f"unknown validation metric {self.val_metric!r}: use rouge or loss")
+        if isinstance(self.plan, str):
+            self.plan = parse_plan(self.plan, self.preset, self.inject)
+
+    def model_config(self) -> ModelConfig:
+        """The config of the model this run trains (from scratch or before `init_from`)."""
+        overrides = {} if self.dropout is None else {"dropout": self.dropout}
+        return model_config(self.preset, self.plan, self.inject, classifier=self.classifier,
+                            max_positions=max(MAX_LEN, self.max_len), max_len=self.max_len,
+                            **overrides)
+
+    def record(self) -> dict:
+        """The settings as JSON data for the run's checkpoints (the plan in text form)."""
+        return {**asdict(self), "plan": str(self.plan) if self.plan is not None else "none"}
 
 
 # --------------------------------------------------------------------------- training loop
@@ -103,7 +127,7 @@ def _init_layers(text: str | None) -> list[int] | None:
     try:
         return [int(x) for x in text.split(",")]
     except ValueError:
-        raise ValueError(f"bad --init-layers {text!r}: use comma-separated layer indices") from None
+        raise ConfigError(f"bad --init-layers {text!r}: use comma-separated layer indices") from None
 
 
 def _init_source(cfg: TrainConfig) -> SummarizerModel:
@@ -111,8 +135,8 @@ def _init_source(cfg: TrainConfig) -> SummarizerModel:
     if cfg.init_from in MODEL_PRESETS:
         source = model_config(cfg.init_from, classifier=cfg.classifier)
         if source.pretrained is None:
-            raise ValueError(f"--init-from {cfg.init_from}: that preset has no pretrained weights; "
-                             "name a checkpoint or a pretrained preset")
+            raise ConfigError(f"--init-from {cfg.init_from}: that preset has no pretrained weights; "
+                              "name a checkpoint or a pretrained preset")
         return SummarizerModel(source)
     return load_model(cfg.init_from)
 
@@ -129,20 +153,20 @@ def load_examples(cfg: TrainConfig, split: str) -> list[Example]:
     return examples
 
 
-def validate(model, examples: list[Example], cfg: TrainConfig, device) -> dict:
+def validate(model, examples: list[Example], cfg: TrainConfig, device, precision: Precision
+             ) -> dict:
     """Validation scores; "mean" ranks checkpoints (higher is better): the mean of ROUGE-1, -2
     and -Lsum, or minus the loss (summed BCE per document) with ``val_metric="loss"``."""
     if cfg.val_metric == "rouge":
-        scores = evaluate_model(model, examples, device=device, precision=cfg.precision)
+        scores = evaluate_model(model, examples, precision, device=device)
         val = {m: s.mean for m, s in scores.items()}
         return {**val, "mean": sum(val.values()) / 3}
     model.eval()
-    autocast = resolve_precision(cfg.precision, device).autocast
     total = 0.0
     with torch.no_grad():
         for _, batch in length_batches(examples, cfg.batch_size):
             batch = batch.to(device)
-            with autocast():
+            with precision.autocast():
                 logits = sentence_logits(model, batch).float()
             total += float(sentence_loss(logits, batch.labels, batch.sentence_mask))
     loss = total / len(examples)
@@ -160,7 +184,7 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
                              pretrained=(model_config(cfg.preset).pretrained is not None
                                          or cfg.init_from is not None),
                              allow_short_warmup=cfg.allow_short_warmup)
-    summary = {"train": asdict(cfg), "schedule": schedule.to_dict(),
+    summary = {"train": cfg.record(), "schedule": schedule.to_dict(),
                "precision": precision.describe()}
     _seed_all(cfg.seed)
     train_examples = train_examples if train_examples is not None else load_examples(cfg, cfg.train_split)
@@ -169,15 +193,13 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
     resume = has_trainer_state(out)
     if resume:
         model = load_model(last_checkpoint(out))
-        if (model.cfg.preset, model.cfg.plan, model.cfg.inject) != (
-                cfg.preset, model_config(cfg.preset, cfg.plan, cfg.inject).plan, cfg.inject):
-            raise RuntimeError(f"{out}: the checkpoint is for another preset or plan; use another "
-                               "--out or the same settings")
+        want = cfg.model_config()
+        if (model.cfg.preset, model.cfg.plan, model.cfg.inject) != (want.preset, want.plan,
+                                                                      want.inject):
+            raise ConfigError(f"{out}: the checkpoint is for another preset or plan; use another "
+                              "--out or the same settings")
     else:
-        overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
-        model = SummarizerModel(model_config(cfg.preset, cfg.plan, cfg.inject,
-                                        classifier=cfg.classifier,
-                                        max_positions=max(MAX_LEN, cfg.max_len), **overrides))
+        model = SummarizerModel(cfg.model_config())
         if cfg.init_from:
             layers = _init_layers(cfg.init_layers)
             source = _init_source(cfg)
@@ -264,7 +286,7 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
                 metrics.flush()
             running = []
         if rank == 0 and (step % cfg.val_every == 0 or step == cfg.steps):
-            val = validate(model, val_examples, cfg, device)
+            val = validate(model, val_examples, cfg, device, precision)
             metrics.write(json.dumps({"step": step, "val": val}) + "\n")
             metrics.flush()
             best = keep_best(out, model, step, val, best, cfg.keep_best, summary)
@@ -280,5 +302,6 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
     bar.close()
     if metrics:
         metrics.close()
-    return {"best": best, "out": str(out), "step": step, "schedule": schedule.describe(),
+    return {"best": [{**e, "path": str(out / Path(e["path"]).name)} for e in best],
+            "out": str(out), "step": step, "schedule": schedule.describe(),
             "precision": precision.describe()}

@@ -112,7 +112,7 @@ def flex_provider(plan, ctx, H: int, device):
     """FlexAttention with a per-head mask_mod and score_mod equivalent to the plan."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    from attnsum.attention.patterns import get_pattern
+    from attnsum.attention.registry import get_pattern
 
     B, N = ctx.shape
     kinds = torch.tensor([0 if s is None else (2 if s.mode == "synth" else 1) for s in plan],

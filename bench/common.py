@@ -19,6 +19,9 @@ from attnsum.release import source_commit as commit  # noqa: E402, F401  (the CS
 
 VOCAB = 30522  # bert-base-uncased word pieces
 FIRST_WORD = 1000  # ids below are special and unused pieces
+# bert-base-uncased's [CLS] and [SEP] (attnsum.preprocess.load_tokenizer gives the same; a bare
+# GPU machine may lack the package that ships the tokenizer, so synthetic inputs name them)
+CLS_ID, SEP_ID = 101, 102
 
 
 def synthetic_batch(B: int, N: int, seed: int = 0, device="cpu"):
@@ -33,11 +36,11 @@ def synthetic_batch(B: int, N: int, seed: int = 0, device="cpu"):
         while pos < N:
             n = int(torch.randint(10, 61, (1,), generator=g))
             body = torch.multinomial(probs, n, replacement=True, generator=g) + FIRST_WORD
-            sent = torch.cat([torch.tensor([101]), body, torch.tensor([102])])[: N - pos]
+            sent = torch.cat([torch.tensor([CLS_ID]), body, torch.tensor([SEP_ID])])[: N - pos]
             ids[b, pos:pos + len(sent)] = sent
             pos += len(sent)
     am = torch.ones(B, N, dtype=torch.long)
-    ctx = PatternContext.from_bertsum(ids, am)
+    ctx = PatternContext.from_bertsum(ids, am, cls_id=CLS_ID)
     return PatternContext(ctx.token_ids.to(device), ctx.valid.to(device),
                           ctx.sentence_ids.to(device))
 

@@ -31,7 +31,7 @@ if "--rehearse" in sys.argv:  # the kernels run on CPU through Triton's interpre
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
-from common import ROOT, synthetic_batch  # noqa: E402
+from common import CLS_ID, ROOT, synthetic_batch  # noqa: E402
 
 from attnsum.attention import HeadPlan, PatternContext, reference_attention  # noqa: E402
 from attnsum.attention.triton_path import fused_layer_attention, layer_tables  # noqa: E402
@@ -94,7 +94,7 @@ def _padded(ctx: PatternContext, cut: float = 0.8) -> PatternContext:
     """The batch with its last document cut to `cut` of its length (right padding)."""
     valid = ctx.valid.clone()
     valid[-1, int(ctx.shape[1] * cut):] = False
-    return PatternContext.from_bertsum(ctx.token_ids * valid, valid.long())
+    return PatternContext.from_bertsum(ctx.token_ids * valid, valid.long(), cls_id=CLS_ID)
 
 
 def real_size_checks(out: Path, sizes, dims, dtypes, device: str) -> list[dict]:

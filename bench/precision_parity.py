@@ -19,18 +19,19 @@ import time
 from common import int8_dynamic
 
 from attnsum.batching import predict_scores
-from attnsum.checkpoints import best_checkpoint, load_model
+from attnsum.checkpoints import load_model, resolve_checkpoint
 from attnsum.evaluate import evaluate_scores, select_top_k
+from attnsum.precision import resolve_precision
 from attnsum.shards import examples_of
 
 
-def scores_in(model, examples, precision: str) -> tuple[list[list[float]], float]:
-    if precision == "int8":
+def scores_in(model, examples, name: str) -> tuple[list[list[float]], float]:
+    if name == "int8":
         model = int8_dynamic(model)
-        precision = "fp32"
-    predict_scores(model, examples[:8], precision=precision)  # warm-up
+    precision = resolve_precision("fp32" if name == "int8" else name)
+    predict_scores(model, examples[:8], precision)  # warm-up
     t0 = time.perf_counter()
-    scores = predict_scores(model, examples, precision=precision, progress=True)
+    scores = predict_scores(model, examples, precision, progress=True)
     return scores, time.perf_counter() - t0
 
 
@@ -40,12 +41,14 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="embedded")
     p.add_argument("--split", default="val")
     p.add_argument("--limit", type=int, default=200)
-    p.add_argument("--max-len", type=int, default=512)
+    p.add_argument("--max-len", type=int, default=None,
+                   help="input length (default: the one the checkpoint was trained at)")
     p.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
     p.add_argument("--out", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
-    ckpt = best_checkpoint(args.checkpoint)
-    examples = examples_of(args.dataset, args.split, args.max_len, args.limit).examples
+    ckpt = resolve_checkpoint(args.checkpoint)
+    max_len = load_model(ckpt).cfg.input_length(args.max_len)
+    examples = examples_of(args.dataset, args.split, max_len, args.limit).examples
     results, ref = {}, None
     for precision in args.precisions:
         model = load_model(ckpt).eval()

@@ -17,7 +17,7 @@ from attnsum.attention import reference_attention, torch_attention
 from attnsum.attention.patterns import PatternContext
 from attnsum.attention.plan import HeadPlan
 from attnsum.data import load_corpus
-from attnsum.preprocess import PreprocessConfig, prepare
+from attnsum.preprocess import PreprocessConfig, load_tokenizer, prepare
 
 B, H, D = 4, 12, 64
 
@@ -36,7 +36,7 @@ def real_batch(n: int):
         row = row[:n]
         ids[b, :len(row)] = torch.tensor(row)
     am = (ids != 0).long()
-    return ids, am, PatternContext.from_bertsum(ids, am)
+    return ids, am, PatternContext.from_bertsum(ids, am, cls_id=load_tokenizer().cls_token_id)
 
 
 def eager(q, k, v, valid):

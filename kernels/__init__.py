@@ -2,6 +2,6 @@
 reference they are validated against. This folder is installed as ``attnsum.kernels`` (see
 pyproject.toml); it imports nothing from the rest of attnsum."""
 
-from .reference import attention_ref
+from .reference import dense_masked_attention
 
-__all__ = ["attention_ref"]
+__all__ = ["dense_masked_attention"]

@@ -10,7 +10,7 @@ import math
 import torch
 
 
-def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+def dense_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
                   synthesize: torch.Tensor, scale: float | None = None, upcast: bool = True
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of a layer whose heads are learned, masked or synthesized.

@@ -6,6 +6,8 @@ import torch
 
 from attnsum.attention import PatternContext
 
+CLS_ID = 101  # bert-base-uncased's [CLS] (tests/test_preprocess.py checks the tokenizer's)
+
 MIXED = ("*:0=match/mask; *:1=sent/mask; *:2=next/synth; *:3=prev/synth; *:4=match-self/mask; "
          "*:5=match/synth; *:6=offset:3/mask; *:7=sent/synth")  # head 8 stays learned
 

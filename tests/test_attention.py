@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import MIXED, check_padding_isolation, make_batch
+from helpers import CLS_ID, MIXED, check_padding_isolation, make_batch
 
 from attnsum.attention import (
     PatternContext,
@@ -149,7 +149,7 @@ def test_synthesized_heads_are_accurate_on_values_far_from_zero():
 def test_range_tables_are_checked_where_they_are_built(monkeypatch):
     from attnsum.attention.patterns import Pattern, Ranges
 
-    ctx = PatternContext.from_bertsum(torch.tensor([[101, 5, 6, 102]]), None)
+    ctx = PatternContext.from_bertsum(torch.tensor([[101, 5, 6, 102]]), None, cls_id=CLS_ID)
     nxt = get_pattern("next")
 
     def bad(**change):
@@ -168,7 +168,7 @@ def test_range_tables_are_checked_where_they_are_built(monkeypatch):
     wrong = bad(hi=torch.tensor([[2, 3, 4, 4]], dtype=torch.int32))  # row 0 also allows key 2
     ctx.ranges(wrong)  # the cheap checks pass...
     monkeypatch.setenv("ATTNSUM_DEBUG", "1")
-    fresh = PatternContext.from_bertsum(torch.tensor([[101, 5, 6, 102]]), None)
+    fresh = PatternContext.from_bertsum(torch.tensor([[101, 5, 6, 102]]), None, cls_id=CLS_ID)
     with pytest.raises(PatternError, match="same keys as the pattern"):
         fresh.ranges(wrong)  # ...the full check does not
     with pytest.raises(PatternError, match="permutation"):

@@ -82,13 +82,13 @@ def test_gpu_session_rehearsal(tmp_path):
 ALLOWED_PAIRS_CHECK = """
 import torch
 from bench_attention import allowed_pairs, plan_for
-from common import synthetic_batch
+from common import CLS_ID, synthetic_batch
 from attnsum.attention import PatternContext, layer_allowed
 ctx = synthetic_batch(2, 300)
 assert int(ctx.token_ids.max()) < 30522  # every id inside the vocabulary
 valid = ctx.valid.clone()
 valid[1, 250:] = False  # padding
-padded = PatternContext.from_bertsum(ctx.token_ids * valid, valid.long())
+padded = PatternContext.from_bertsum(ctx.token_ids * valid, valid.long(), cls_id=CLS_ID)
 for name in ("learned", "paper", "half"):
     for c in (ctx, padded):
         plan = plan_for(name, 12)

@@ -3,7 +3,7 @@ TRITON_INTERPRET=1 on CPU (set in conftest.py) or on a GPU when one is present."
 
 import pytest
 import torch
-from helpers import MIXED, check_padding_isolation, make_batch, tiny_bert
+from helpers import CLS_ID, MIXED, check_padding_isolation, make_batch, tiny_bert
 
 from attnsum.attention import patterned_attention, reference_attention
 from attnsum.attention.plan import HeadPlan
@@ -130,7 +130,7 @@ def test_hf_model_runs_its_patterned_heads_through_the_kernel():
     ids[:, [0, 12]] = 101
     am = torch.ones_like(ids)
     am[1, 20:] = 0
-    ctx = PatternContext.from_bertsum(ids, am)
+    ctx = PatternContext.from_bertsum(ids, am, cls_id=CLS_ID)
     outs = {}
     plan = HeadPlan.parse("paper", 2, 4)
     apply_plan(model, plan)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import tiny_bert
+from helpers import CLS_ID, tiny_bert
 from transformers import BertModel
 
 from attnsum.attention import HeadPlan, PatternContext, PatternError, PlanInputs, apply_plan
@@ -39,7 +39,7 @@ def test_patterned_model_returns_attention_maps_that_follow_the_plan():
     ids, am = _batch(2000)
     plan = HeadPlan.parse("*:0=sent/mask; 1:2=next/synth", 2, 4)
     apply_plan(model, plan)
-    inputs = PlanInputs(plan, PatternContext.from_bertsum(ids, am))
+    inputs = PlanInputs(plan, PatternContext.from_bertsum(ids, am, cls_id=CLS_ID))
     ctx = inputs.ctx
     with torch.no_grad():
         fast = model(ids, attention_mask=am, attnsum=inputs).last_hidden_state
@@ -64,7 +64,7 @@ def test_synthesized_heads_need_no_q_and_k(backend):
     # layer 0: two synthesized heads of four; layer 1: all four (one head's rows must stay)
     plan = HeadPlan.parse("0:1,3=next/synth; 0:2=sent/mask; 1:*=prev/synth", 2, 4)
     apply_plan(model, plan)
-    inputs = PlanInputs(plan, PatternContext.from_bertsum(ids, am), backend)
+    inputs = PlanInputs(plan, PatternContext.from_bertsum(ids, am, cls_id=CLS_ID), backend)
     with torch.no_grad():
         want = model(ids, attention_mask=am, attnsum=inputs).last_hidden_state
         q0 = model.encoder.layer[0].attention.self.query.weight.clone()

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CLS_ID
 
 from attnsum.attention.patterns import (
     Pattern,
@@ -12,11 +13,9 @@ from attnsum.attention.patterns import (
     PatternError,
     and_masks,
     dense_mask,
-    get_pattern,
-    load_pattern_file,
     or_masks,
-    register_pattern,
 )
+from attnsum.attention.registry import get_pattern, load_pattern_file, register_pattern
 
 
 def _ctx(tokens, spans, n_valid=None):
@@ -138,7 +137,7 @@ def test_ranges_equal_predicates_on_random_batches(name, n):
 def test_from_bertsum_matches_spans():
     ids = torch.tensor([[101, 5, 6, 102, 101, 7, 102, 0]])
     am = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0]])
-    a = PatternContext.from_bertsum(ids, am)
+    a = PatternContext.from_bertsum(ids, am, cls_id=CLS_ID)
     b = PatternContext.from_spans(ids, am, [[(0, 4), (4, 7)]])
     assert torch.equal(a.sentence_ids, b.sentence_ids)
     assert a.sentence_ids.tolist() == [[0, 0, 0, 0, 1, 1, 1, -1]]

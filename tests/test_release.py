@@ -11,7 +11,8 @@ from safetensors import safe_open
 from attnsum.batching import predict_scores
 from attnsum.checkpoints import WORD_EMBEDDINGS, load_model, minilm_word_embeddings
 from attnsum.cli import main
-from attnsum.model import SummarizerModel, model_config
+from attnsum.model import ConfigError, SummarizerModel, model_config
+from attnsum.precision import resolve_precision
 from attnsum.release import DEFAULT_MODEL, MODELS_DIR
 from attnsum.summarizer import Summarizer
 from attnsum.train import TrainConfig, train
@@ -51,8 +52,8 @@ def test_release_is_small_and_scores_like_the_run(run, tmp_path):
     card = (out / "README.md").read_text()
     assert "# tiny-news" in card and "| 2 | 4 |" in card and "layers [2, 5]" in card
     examples = embedded_examples("val", limit=6, max_len=128)
-    a = predict_scores(load_model(run), examples, precision="fp32")
-    b = predict_scores(load_model(out), examples, precision="fp32")
+    a = predict_scores(load_model(run), examples, resolve_precision("fp32"))
+    b = predict_scores(load_model(out), examples, resolve_precision("fp32"))
     diffs = [abs(x - y) for p, q in zip(a, b, strict=True) for x, y in zip(p, q, strict=True)]
     assert max(diffs) < 0.02  # bf16 weights: 8 bits of mantissa
 
@@ -75,6 +76,7 @@ def test_the_released_news_model_summarizes_by_default():
             "the budget also includes money for three new libraries across the city .")
     s = Summarizer.from_pretrained(precision="fp32")
     assert s.checkpoint == MODELS_DIR / DEFAULT_MODEL
+    assert s.cfg.max_len == 512  # from its training record: the release predates the field
     [summary] = s.summarize(text)
     assert len(summary.sentences) == 3 and all(x in text for x in summary.sentences)
 
@@ -87,3 +89,49 @@ def test_a_moved_run_folder_is_used_from_another_directory(run, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     model = load_model(moved)
     assert model.checkpoint.parent == moved and model.checkpoint.name.startswith("best-")
+    # trainer.json names the best checkpoints inside the run folder, not where it was made
+    best = json.loads((moved / "last" / "trainer.json").read_text())["best"]
+    assert [e["path"] for e in best] == [f"best-{e['step']}" for e in best]
+    assert main(["summarize", "--checkpoint", str(moved.relative_to(tmp_path)), "--format",
+                 "text", str(_article(tmp_path))]) == 0
+
+
+def _article(folder):
+    path = folder / "article.txt"
+    path.write_text("the city council approved a new budget for public schools on tuesday night . "
+                    "teachers had asked for smaller classes and better equipment for years . "
+                    "the mayor said the plan would be paid for by a small rise in taxes .")
+    return path
+
+
+def test_every_command_reads_at_the_length_the_checkpoint_was_trained_at(run, tmp_path, capsys):
+    """The run trained at 128 word pieces (its model has MiniLM's 512 positions): 128 is the
+    default of the API, summarize, serve and evaluate; --max-len goes up to 512 and no further."""
+    assert load_model(run).cfg.max_len == 128
+    assert Summarizer.from_pretrained(run, precision="fp32").cfg.max_len == 128
+    assert Summarizer.from_pretrained(run, precision="fp32", max_len=300).cfg.max_len == 300
+    with pytest.raises(ConfigError, match="takes 1 to 512 word pieces"):
+        Summarizer.from_pretrained(run, precision="fp32", max_len=600)
+    assert main(["evaluate", "--system", "", "--limit", "2", "--split", "val", "--checkpoint",
+                 str(run), "--precision", "fp32", "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "model.scores.json").read_text())["max_len"] == 128
+    article = _article(tmp_path)
+    capsys.readouterr()
+    assert main(["summarize", "--checkpoint", str(run), "--max-len", "9999", str(article)]) == 2
+    err = capsys.readouterr().err
+    assert "error: --max-len 9999: the model takes 1 to 512 word pieces" in err
+    assert "Traceback" not in err
+
+
+def test_a_checkpoint_without_a_recorded_length_takes_its_training_length(run, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(load_model(run).checkpoint, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["attnsum"]["max_len"]  # as written before the field existed
+    (old / "config.json").write_text(json.dumps(config))
+    assert load_model(old).cfg.max_len == 128
+    del config["train"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert load_model(old).cfg.input_length() == 512  # nothing recorded: its positions, at most 512

@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from attnsum.checkpoints import best_checkpoint, read_training_summary
+from attnsum.checkpoints import read_training_summary, resolve_checkpoint
 from attnsum.cli import main
 from attnsum.data import DataError, split_sentences
-from attnsum.summarize import iter_documents, run_summarize
+from attnsum.summarize_files import iter_documents, run_summarize
 from attnsum.summarizer import InputError, Summarizer
 from attnsum.train import TrainConfig, train
 
@@ -38,7 +38,7 @@ def ckpt(tmp_path_factory):
     run = train(TrainConfig(preset="tiny-student", plan="paper", out=str(root / "student"),
                             teacher=str(root / "teacher"), init_from=str(root / "teacher"),
                             **common))
-    folder = best_checkpoint(run["out"])
+    folder = resolve_checkpoint(run["out"])
     trained = read_training_summary(folder)
     assert trained["init_layers"] == [1] and trained["train"]["teacher"] == str(root / "teacher")
     return folder
@@ -81,7 +81,7 @@ def test_api_bad_documents(summarizer, text, msg):
 
 
 def test_api_rejects_a_folder_that_is_not_a_checkpoint(tmp_path):
-    with pytest.raises(RuntimeError, match="no checkpoint here"):
+    with pytest.raises(RuntimeError, match="not an attnsum checkpoint"):
         Summarizer.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text('{"something": "else"}')
     (tmp_path / "model.safetensors").write_bytes(b"not ours")
@@ -286,7 +286,7 @@ def test_service_refuses_a_huge_body_without_reading_it(server):
 def test_summarize_to_a_file_resumes_after_a_kill(ckpt, tmp_path):
     """A killed run leaves only OUT.partial (never a file that looks complete); the rerun keeps
     its whole records, cuts the torn one, and ends with exactly the uninterrupted output."""
-    from attnsum.summarize import summarize_command
+    from attnsum.summarize_files import summarize_command
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"id": f"d{i}", "text": ARTICLE.replace("three", str(i))})

@@ -64,7 +64,7 @@ def test_loss_validation_and_scores_scored_elsewhere(tmp_path):
     import torch
 
     from attnsum.batching import collate, sentence_logits
-    from attnsum.checkpoints import best_checkpoint, load_model
+    from attnsum.checkpoints import load_model, resolve_checkpoint
     from attnsum.losses import sentence_loss
 
     shards, run = tmp_path / "shards", tmp_path / "run"
@@ -75,7 +75,7 @@ def test_loss_validation_and_scores_scored_elsewhere(tmp_path):
                  "--val-every", "2", "--val-metric", "loss", "--precision", "fp32",
                  "--out", str(run)]) == 0
     [val] = [m["val"] for m in map(json.loads, (run / "metrics.jsonl").open()) if "val" in m]
-    model = load_model(best_checkpoint(run)).eval()
+    model = load_model(resolve_checkpoint(run)).eval()
     with torch.no_grad():  # one document at a time: no padding at all
         losses = [float(sentence_loss(sentence_logits(model, b), b.labels, b.sentence_mask))
                   for b in (collate([e]) for e in read_shard(shards, "val"))]

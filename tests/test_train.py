@@ -13,9 +13,12 @@ from attnsum.batching import collate, predict_scores
 from attnsum.checkpoints import load_model, read_config, save_model
 from attnsum.data import Corpus, Document
 from attnsum.losses import distill_loss
-from attnsum.model import SummarizerModel, init_from_layers, model_config, spread_layers
+from attnsum.model import ConfigError, SummarizerModel, init_from_layers, model_config, spread_layers
+from attnsum.precision import resolve_precision
 from attnsum.preprocess import prepare
 from attnsum.train import TrainConfig, train
+
+FP32 = resolve_precision("fp32")
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +47,10 @@ def test_tiny_model_learns(tmp_path, examples):
 
 def test_save_load_gives_identical_scores(tmp_path, examples):
     model = SummarizerModel(model_config("tiny", "paper"))
-    before = predict_scores(model, examples[:5])
+    before = predict_scores(model, examples[:5], FP32)
     save_model(model, tmp_path / "ckpt")
     loaded = load_model(tmp_path / "ckpt")
-    assert predict_scores(loaded, examples[:5]) == before
+    assert predict_scores(loaded, examples[:5], FP32) == before
     assert read_config(tmp_path / "ckpt").plan == model.cfg.plan
 
 
@@ -131,7 +134,8 @@ def test_side_layers_start_identical_to_the_original(examples):
     assert all(".side." in k for k in missing)
     plain.eval()
     side.eval()
-    for a, b in zip(predict_scores(side, examples[:3]), predict_scores(plain, examples[:3]),
+    for a, b in zip(predict_scores(side, examples[:3], FP32),
+                    predict_scores(plain, examples[:3], FP32),
                     strict=True):
         assert a == pytest.approx(b, abs=1e-6)
 
@@ -150,28 +154,33 @@ def test_layer_dropping_copies_the_chosen_teacher_layers():
     assert init_from_layers(student, teacher, [0]) == [0]
     assert torch.equal(student.state_dict()["encoder.encoder.layer.0.output.dense.weight"],
                        t["encoder.encoder.layer.0.output.dense.weight"])
-    with pytest.raises(PatternError, match="need 1 source layers"):
+    with pytest.raises(ConfigError, match="need 1 source layers"):
         init_from_layers(student, teacher, [0, 1])
-    with pytest.raises(PatternError, match="width"):
+    with pytest.raises(ConfigError, match="width"):
         init_from_layers(SummarizerModel(model_config("student-mini-2")), teacher)
 
 
 def test_bad_checkpoints_and_plans(tmp_path, examples):
     with pytest.raises(PatternError, match="head index 7 is out of range"):
         model_config("tiny", "*:7=sent/mask")
-    with pytest.raises(RuntimeError, match="no checkpoint here"):
+    with pytest.raises(RuntimeError, match="not an attnsum checkpoint .expected config.json"):
         load_model(tmp_path)
+    with pytest.raises(RuntimeError, match="no such checkpoint"):
+        load_model(tmp_path / "nowhere")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text("{}")
+    (tmp_path / "bad" / "model.safetensors").write_bytes(b"")
     with pytest.raises(RuntimeError, match="not an attnsum checkpoint config"):
         load_model(tmp_path / "bad")
     model = SummarizerModel(model_config("tiny", "paper"))
     save_model(model, tmp_path / "c")
+    # the weights file names its checkpoint too
+    assert load_model(tmp_path / "c" / "model.safetensors").checkpoint == tmp_path / "c"
     (tmp_path / "c" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(RuntimeError, match="cannot read"):
         load_model(tmp_path / "c")
     train(_cfg(tmp_path, steps=2, val_every=2), examples, examples[:2])
-    with pytest.raises(RuntimeError, match="another preset or plan"):
+    with pytest.raises(ConfigError, match="another preset or plan"):
         train(_cfg(tmp_path, steps=4, plan="none"), examples, examples[:2])
 
 
@@ -234,3 +243,24 @@ def test_a_run_folder_with_a_plain_last_folder_is_converted_on_its_next_save(tmp
     assert (run / "last").is_symlink() and last_checkpoint(run).resolve() == run / "last-4"
     assert sorted(p.name for p in run.iterdir()) == ["last", "last-4"]
     assert json.loads((run / "last" / "trainer.json").read_text())["step"] == 4
+
+
+def test_settings_are_parsed_once_and_carried_typed(tmp_path, examples, monkeypatch):
+    """The plan is parsed where it enters (TrainConfig) and travels as a HeadPlan into the
+    model config; precision is resolved once per run, not again at each validation."""
+    from attnsum.attention import HeadPlan
+
+    calls = []
+    real = attnsum.train.resolve_precision
+    monkeypatch.setattr(attnsum.train, "resolve_precision",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    cfg = _cfg(tmp_path, steps=4, val_every=2, precision="fp32")
+    assert cfg.plan == HeadPlan.parse("paper", 2, 4)
+    train(cfg, examples, examples[:2])
+    assert len(calls) == 1
+    saved = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert saved["train"]["plan"] == "paper"  # the record names it in text form
+    assert read_config(tmp_path / "run" / "last").plan == cfg.plan
+    learned = model_config("tiny")
+    assert learned.plan == HeadPlan.none(2, 4)  # one default for "no patterns"
+    assert model_config("tiny", inject="side").plan == HeadPlan.none(2, learned.side_heads)

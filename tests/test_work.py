@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import CLS_ID
 
 from attnsum.attention import HeadPlan, PatternContext, layer_allowed
 from attnsum.attention.work import flex_tile_fraction, head_work, layer_bound
@@ -10,7 +11,7 @@ from attnsum.attention.work import flex_tile_fraction, head_work, layer_bound
 def _one_sentence(N, B=1):
     ids = torch.randint(1000, 1040, (B, N), generator=torch.Generator().manual_seed(0))
     ids[:, 0] = 101
-    return PatternContext.from_bertsum(ids, torch.ones(B, N, dtype=torch.long))
+    return PatternContext.from_bertsum(ids, torch.ones(B, N, dtype=torch.long), cls_id=CLS_ID)
 
 
 def test_hand_counted_next_token_and_learned_heads():
@@ -34,7 +35,7 @@ def test_cells_and_flex_tiles_equal_the_dense_masks(plan):
     ids[:, ::23] = 101  # sentences
     am = torch.ones(2, 300, dtype=torch.long)
     am[1, 220:] = 0  # padding
-    ctx = PatternContext.from_bertsum(ids * am, am)
+    ctx = PatternContext.from_bertsum(ids * am, am, cls_id=CLS_ID)
     layer = HeadPlan.parse(plan, 1, 4).layer(0)
     dense = layer_allowed(layer, ctx)  # (B, H, N, N)
     for h, w in enumerate(head_work(layer, ctx, flex_block=32)):

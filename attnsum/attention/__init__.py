@@ -11,7 +11,7 @@ text -> sentences (data.py) -> BERTSum inputs ``[CLS] s1 [SEP] [CLS] s2 [SEP] ..
 segments and sentence spans (preprocess.py) -> padded batches and a `PatternContext` built once per
 batch (batching.py) -> the encoder, each layer's heads following the `HeadPlan` (hf.py, this
 package) -> one score per sentence [CLS] (model.py) -> top-k with trigram blocking
-(evaluate.py) -> summaries (summarizer.py, summarize.py, serve.py).
+(evaluate.py) -> summaries (summarizer.py, summarize_files.py, serve.py).
 
 The plan travels in one form: `HeadPlan` (plan.py), parsed from the CLI's text or JSON, stored in
 the checkpoint config, handed with the batch's `PatternContext` to the encoder as one explicit
@@ -38,7 +38,7 @@ Layers of a kernel (kernels/fused.py)
 ``autograd.Function`` that only saves context and calls launchers -> one public function
 (`attnsum.kernels.fused.fused_attention`) whose docstring states every shape -> adapters
 (triton_path.py: plans to tables; hf.py: the Hugging Face attention interface). The dense
-reference (`attnsum.kernels.attention_ref`) has the same contract and checks all of them.
+reference (`attnsum.kernels.dense_masked_attention`) has the same contract and checks all of them.
 
 Tolerance rule (tests and benchmarks)
 -------------------------------------
@@ -47,25 +47,19 @@ PyTorch's own computation of the reference in the same low precision (fp16, bf16
 epsilon; fp32 paths are compared with fixed small tolerances. Backward is always checked, with
 one shared upstream gradient for every path.
 
-Modules: patterns.py (predicates and range tables), plan.py (head plans), reference.py (dense),
+Modules: patterns.py (the batch context, predicates and range tables), builtin_patterns.py (the
+built-in patterns), registry.py (pattern names and user pattern files), plan.py (head plans),
+inputs.py (the checks every path makes of its inputs), reference.py (dense),
 torch_path.py (fast PyTorch), triton_path.py (adapter to the kernel), dispatch.py (the one entry
 point, `patterned_attention`), hf.py (Hugging Face plug-in).
 """
 
 from .dispatch import BACKENDS, patterned_attention
 from .hf import PlanInputs, apply_plan
-from .patterns import (
-    Pattern,
-    PatternContext,
-    PatternError,
-    Ranges,
-    get_pattern,
-    load_pattern_file,
-    pattern_names,
-    register_pattern,
-)
+from .patterns import Pattern, PatternContext, PatternError, Ranges
 from .plan import HeadPlan, HeadSpec, LayerPlan
 from .reference import layer_allowed, reference_attention
+from .registry import get_pattern, load_pattern_file, pattern_names, register_pattern
 from .torch_path import torch_attention
 
 __all__ = ["BACKENDS", "HeadPlan", "HeadSpec", "LayerPlan", "Pattern", "PatternContext",

@@ -3,7 +3,7 @@
     model = BertModel.from_pretrained(path)
     plan = HeadPlan.parse("paper", L, H)
     apply_plan(model, plan)                 # checks the shape, selects attn_implementation "attnsum"
-    ctx = PatternContext.from_bertsum(input_ids, attention_mask)
+    ctx = PatternContext.from_bertsum(input_ids, attention_mask, cls_id=tokenizer.cls_token_id)
     out = model(input_ids, attention_mask=attention_mask, attnsum=PlanInputs(plan, ctx))
 
 The plan and the batch's pattern context travel as one explicit forward argument, `PlanInputs`;
@@ -63,7 +63,7 @@ def attnsum_attention(module, query, key, value, attention_mask, scaling=None, d
     if attnsum is None:
         raise PatternError("a model with the attnsum attention needs its plan: call it with "
                            "attnsum=PlanInputs(plan, PatternContext.from_bertsum(input_ids, "
-                           "attention_mask))")
+                           "attention_mask, cls_id=...))")
     heads = attnsum.plan.layer(module.layer_idx)
     if query.shape[1] != value.shape[1]:  # projections cut by drop_synth_projections
         query, key = (_all_heads(x, heads, value.shape[1]) for x in (query, key))
@@ -71,7 +71,8 @@ def attnsum_attention(module, query, key, value, attention_mask, scaling=None, d
     if ctx is None:
         if any(s is not None for s in heads):
             raise PatternError(f"layer {module.layer_idx} has patterned heads: PlanInputs needs "
-                               "ctx=PatternContext.from_bertsum(input_ids, attention_mask)")
+                               "ctx=PatternContext.from_bertsum(input_ids, attention_mask, "
+                               "cls_id=...)")
         ctx = _padding_context(query, attention_mask)
     if output_attentions:
         out, probs = reference_attention(query, key, value, heads, ctx, scaling)

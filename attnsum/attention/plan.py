@@ -9,16 +9,20 @@ override earlier ones; unnamed heads stay learned. Examples::
     none                                    # every head learned
     *:0=match/mask; 0-2:1=sent/mask; 5:*=offset:2/synth
 
-JSON form (checkpoints): ``{"num_layers": L, "num_heads": H, "heads": [[null | {"pattern": p,
-"mode": m}, ...], ...]}``.
+Data form (`to_dict`; checkpoints.py writes and reads it as JSON, in checkpoints and plan
+files): ``{"num_layers": L, "num_heads": H, "heads": [[null | {"pattern": p, "mode": m}, ...],
+...]}``.
+
+A plan is parsed once where it enters (command line, Python API, plan file) and travels as a
+`HeadPlan`; a layer's slice of it is a `LayerPlan`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from .patterns import MODES, Pattern, PatternError, get_pattern
+from .patterns import MODES, Pattern, PatternError
+from .registry import get_pattern
 
 PLAN_PRESETS = ("none", "paper")
 PAPER_GROUP = (("match", "mask"), ("sent", "mask"), ("next", "synth"), ("prev", "synth"))
@@ -45,7 +49,7 @@ class HeadSpec:
         return f"{self.pattern}/{self.mode}"
 
 
-LayerPlan = tuple  # tuple[HeadSpec | None, ...], one entry per head; None = learned
+LayerPlan = tuple[HeadSpec | None, ...]  # one entry per head of a layer; None: learned
 
 
 def _indices(text: str, n: int, what: str) -> list[int]:
@@ -107,8 +111,6 @@ class HeadPlan:
             assignments = {(layer, h): PAPER_GROUP[h % 4]
                            for layer in range(num_layers) for h in range(num_heads)}
             return cls.from_assignments(num_layers, num_heads, assignments)
-        if text.lstrip().startswith("{"):
-            return cls.from_json(text, num_layers, num_heads)
         assignments = {}
         for item in text.split(";"):
             if not item.strip():
@@ -134,9 +136,6 @@ class HeadPlan:
                 "heads": [[None if s is None else {"pattern": s.pattern, "mode": s.mode}
                            for s in row] for row in self.heads]}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
     @classmethod
     def from_dict(cls, d: dict, num_layers: int | None = None, num_heads: int | None = None) -> HeadPlan:
         try:
@@ -147,20 +146,16 @@ class HeadPlan:
             rows = tuple(tuple(None if s is None else HeadSpec(s["pattern"], s["mode"])
                                for s in row) for row in d["heads"])
         except (KeyError, TypeError, AttributeError):
-            raise PatternError('bad plan JSON: expected {"num_layers": L, "num_heads": H, "heads": '
+            raise PatternError('bad plan: expected {"num_layers": L, "num_heads": H, "heads": '
                                '[[null or {"pattern": P, "mode": M}, ...], ...]}') from None
         return cls(L, H, rows)
 
-    @classmethod
-    def from_json(cls, text: str, num_layers: int | None = None, num_heads: int | None = None) -> HeadPlan:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PatternError(f"bad plan JSON: {e}") from None
-        return cls.from_dict(d, num_layers, num_heads)
-
     def __str__(self) -> str:
-        """The compact text form (one item per distinct head spec and layer set)."""
+        """The text form: a preset's name where the plan is one, else one item per distinct
+        head spec and layer."""
+        for name in PLAN_PRESETS:
+            if self == HeadPlan.parse(name, self.num_layers, self.num_heads):
+                return name
         by_spec: dict[str, dict[int, list[int]]] = {}
         for layer, row in enumerate(self.heads):
             for h, s in enumerate(row):
@@ -170,7 +165,7 @@ class HeadPlan:
         for spec, layers in by_spec.items():
             for layer, heads in layers.items():
                 items.append(f"{layer}:{','.join(map(str, heads))}={spec}")
-        return "; ".join(items) or "none"
+        return "; ".join(items)
 
     # ---- queries
 

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from attnsum.kernels import attention_ref
+from attnsum.kernels import dense_masked_attention
 
+from .inputs import check_inputs, clear_padding
 from .patterns import PatternContext, Ranges
 from .plan import LayerPlan
-from .reference import check_inputs, clear_padding, layer_allowed, synth_flags
+from .reference import layer_allowed, synth_flags
 
 # Inside, tensors are (B, N, h, D): the layout Hugging Face projections produce, so that the
 # per-token gathers below are row gathers of a (B * N, h, D) view.
@@ -238,7 +239,7 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
             o = _learned(qh, kh, vh, ctx.valid, scale)
         elif not spec.pat.has_ranges:
             sub = (spec,) * qh.shape[2]
-            o = attention_ref(qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2),
+            o = dense_masked_attention(qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2),
                               layer_allowed(sub, ctx), synth_flags(sub, q.device),
                               scale)[0].transpose(1, 2)
         elif spec.mode == "synth":

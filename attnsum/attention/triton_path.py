@@ -7,9 +7,10 @@ import torch
 
 from attnsum.kernels.tables import RangeTables
 
-from .patterns import PatternContext, PatternError, get_pattern
+from .inputs import check_inputs, clear_padding
+from .patterns import PatternContext, PatternError
 from .plan import LayerPlan
-from .reference import check_inputs, clear_padding
+from .registry import get_pattern
 
 ALL = "__all__"  # the table of learned heads: every valid key
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from .data import DataError
 from .distributed import init_distributed, local_device
 from .distributed import world as distributed_world
+from .precision import DEFAULT_PRECISION
 from .summarizer import InputError, Summarizer
 
 
@@ -167,8 +168,8 @@ def resume_point(partial: Path) -> int:
 
 def summarize_command(checkpoint: str | None, inputs: list[str], out_path: str | None, fmt: str, field: str,
                       jsonl_stdin: bool, k: int, trigram_blocking: bool, chunk: int,
-                      device: str | None = None, precision: str = "auto",
-                      limit: int | None = None) -> dict:
+                      device: str | None = None, precision: str = DEFAULT_PRECISION,
+                      limit: int | None = None, max_len: int | None = None) -> dict:
     """Summarize `inputs` (the first `limit` documents) to `out_path` or stdout. A file output is
     written to ``OUT.partial`` and renamed when complete; a rerun after a kill resumes JSON Lines
     output after its last whole record (text output starts over). Under torchrun each rank
@@ -179,7 +180,8 @@ def summarize_command(checkpoint: str | None, inputs: list[str], out_path: str |
         raise DataError("under torchrun, write to a file: --out PATH")
     if world > 1 and device is None:
         device = str(local_device())
-    summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision)
+    summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision,
+                                            max_len=max_len)
     if rank == 0:
         print(f"checkpoint {summarizer.checkpoint}; {summarizer.precision.describe()}",
               file=sys.stderr)
