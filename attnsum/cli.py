@@ -1,5 +1,8 @@
-"""Command line: ``attnsum <command> ...``. argparse lives here only; each command calls a typed
-function of the package. A user mistake prints one clear ``error:`` line and exits 2."""
+"""attnsum: extractive summaries with human-guided attention patterns.
+
+The command line, ``attnsum <command> ...``: argparse lives here only; each command calls a typed
+function of the package. A user mistake prints one clear ``error:`` line and exits 2.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,32 @@ import json
 import sys
 from pathlib import Path
 
-from .data import DataError, Fields, format_skips
+from . import __version__
+from .data import DataError, Fields, check_dataset, format_skips
 from .preprocess import MAX_LEN
 
 
-def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, where it has one worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _add_dataset_args(p: argparse.ArgumentParser, split: bool = True) -> None:
     p.add_argument("--dataset", default="embedded",
-                   help="embedded (default, shipped by aclsum), cnn_dailymail, a path to a "
-                        "JSON Lines / Parquet file or folder, or a shard folder (attnsum shard)")
-    p.add_argument("--split", default="test", help="train, val or test (default: test)")
+                   help="embedded (a small news corpus shipped by the aclsum package), "
+                        "cnn_dailymail, a JSON Lines / Parquet file or folder, or a shard folder "
+                        "(attnsum shard)")
+    if split:
+        p.add_argument("--split", default="test", help="train, val or test")
     p.add_argument("--article-field", default="article", help="field of a local file's article")
     p.add_argument("--summary-field", default="highlights", help="field of a local file's summary")
     p.add_argument("--id-field", default="id", help="field of a local file's document id")
@@ -34,8 +54,8 @@ def _add_precision_arg(p: argparse.ArgumentParser) -> None:
     from .precision import DEFAULT_PRECISION, PRECISIONS
 
     p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
-                   help="auto (bf16 where the GPU or CPU has it natively, else fp32), fp32, "
-                        "bf16, fp16 (CUDA)")
+                   help="auto: bf16 where the GPU or CPU has it natively, else fp32; fp16 on "
+                        "CUDA only")
 
 
 def _load_examples(args, model=None, need_texts: bool = True):
@@ -60,6 +80,7 @@ def cmd_evaluate(args) -> None:
     for s in systems:
         if s not in BASELINES:
             raise DataError(f"unknown system {s!r}: use one of {', '.join(BASELINES)}")
+    check_dataset(args.dataset)
     model = None
     if args.checkpoint:
         from .checkpoints import load_model, read_training_summary
@@ -88,7 +109,7 @@ def cmd_evaluate(args) -> None:
         rows["model"] = evaluate_model(model, prepared.examples, precision, out, "model", k=args.k,
                                        trigram_blocking=not args.no_trigram_blocking,
                                        extra={**extra, "trained": trained}, progress=True)
-    print(f"{args.dataset}/{args.split}: {len(prepared.examples)} documents "
+    print(f"{args.dataset}/{args.split}: {_count(len(prepared.examples), 'document')} "
           "(ROUGE F1, mean [95% bootstrap interval])")
     print(format_table(rows))
     if prepared.skipped:
@@ -121,6 +142,7 @@ def cmd_score(args) -> None:
     from .io import atomic_write_text
     from .precision import resolve_precision
 
+    check_dataset(args.dataset)
     model = load_model(args.checkpoint).to(local_device())
     ckpt = model.checkpoint
     precision = resolve_precision(args.precision, local_device())
@@ -130,7 +152,7 @@ def cmd_score(args) -> None:
                             progress=True)
     atomic_write_text(args.out, "".join(json.dumps({"id": e.id, "scores": s}) + "\n"
                                         for e, s in zip(prepared.examples, scores, strict=True)))
-    print(f"sentence scores of {len(scores)} documents by {ckpt} written to {args.out}")
+    print(f"sentence scores of {_count(len(scores), 'document')} by {ckpt} written to {args.out}")
 
 
 def cmd_shard(args) -> None:
@@ -141,7 +163,7 @@ def cmd_shard(args) -> None:
         prepared = _load_examples(args)
         out = write_shard(prepared.examples, args.out, split, args.max_len)
         size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
-        print(f"{split}: {len(prepared.examples)} documents, {size:.1f} MiB in {out}")
+        print(f"{split}: {_count(len(prepared.examples), 'document')}, {size:.1f} MiB in {out}")
         if prepared.skipped:
             print(format_skips(prepared.skipped))
 
@@ -174,6 +196,7 @@ def cmd_analyze(args) -> None:
     from .analysis import analyze
     from .checkpoints import load_model
 
+    check_dataset(args.dataset)
     model = load_model(args.checkpoint)
     ckpt = model.checkpoint
     print(f"checkpoint {ckpt}", file=sys.stderr)
@@ -181,7 +204,8 @@ def cmd_analyze(args) -> None:
     result = analyze(model, prepared.examples, args.out, top_heads=args.top_heads,
                      threshold=args.threshold, title=f"attnsum analysis of {ckpt}",
                      pattern_files=args.patterns)
-    print(f"analyzed {result['documents']} documents; suggested plan: {result['plan_text']}")
+    print(f"analyzed {_count(result['documents'], 'document')}; suggested plan: "
+          f"{result['plan_text']}")
     print(f"report: {args.out}/report.html; plan for `attnsum train --plan`: {args.out}/plan.json")
 
 
@@ -197,8 +221,8 @@ def cmd_summarize(args) -> None:
     counts = summarize_command(args.checkpoint, args.inputs, args.out, args.format, args.field,
                                args.jsonl, args.k, not args.no_trigram_blocking, args.chunk,
                                args.device, args.precision, args.limit, args.max_len)
-    print(f"summarized {counts['documents']} documents ({counts['errors']} could not be)",
-          file=sys.stderr)
+    print(f"summarized {_count(counts['documents'], 'document')} ({counts['errors']} could not "
+          "be)", file=sys.stderr)
 
 
 def cmd_serve(args) -> None:
@@ -211,12 +235,70 @@ def cmd_serve(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnsum", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="attnsum", description=__doc__.splitlines()[0],
+        epilog="Start with `attnsum summarize ARTICLE.txt` (the released news model) or "
+               "`attnsum pipeline` (the whole method on a small embedded corpus); "
+               "`attnsum COMMAND --help` shows a command's options and their defaults.")
+    parser.add_argument("--version", action="version", version=f"attnsum {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("evaluate", help="ROUGE of a baseline system (lead3, oracle)")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=_Help)
+
+    p = command("summarize", "summaries of files, folders, stdin or JSON Lines")
+    p.add_argument("inputs", nargs="*",
+                   help=".txt files (one document each), .jsonl(.gz) files, folders of them; "
+                        "- or nothing: stdin")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint or run folder (default: the released news model in models/)")
+    p.add_argument("--field", default="text", help="the text field of JSON Lines input")
+    p.add_argument("--jsonl", action="store_true", help="stdin is JSON Lines")
+    p.add_argument("--format", default="jsonl", choices=["jsonl", "text"],
+                   help="jsonl: a record per document (summary, indices, scores); text: the "
+                        "summary's sentences, a blank line between documents")
+    p.add_argument("--out", default=None, help="output file (default: stdout)")
+    p.add_argument("-k", type=int, default=3, help="sentences per summary")
+    p.add_argument("--no-trigram-blocking", action="store_true",
+                   help="allow sentences that repeat a trigram of one already chosen")
+    p.add_argument("--chunk", type=int, default=256, help="documents held in memory at once")
+    p.add_argument("--limit", type=int, default=None, help="only the first N documents")
+    _add_max_len_arg(p)
+    _add_device_arg(p)
+    _add_precision_arg(p)
+    _add_patterns_arg(p)
+    p.set_defaults(func=cmd_summarize)
+
+    from .serve import ServeConfig
+
+    d = ServeConfig()
+    p = command("serve", "HTTP service: POST /summarize, GET /health")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint or run folder (default: the released news model in models/)")
+    p.add_argument("--host", default=d.host,
+                   help="bind address; the default answers this machine only")
+    p.add_argument("--port", type=int, default=d.port, help="TCP port")
+    p.add_argument("--max-body", dest="max_body", type=int, default=d.max_body,
+                   help="largest request body in bytes (413 beyond)")
+    p.add_argument("--max-docs", dest="max_docs", type=int, default=d.max_docs,
+                   help="most documents in one request")
+    p.add_argument("--max-chars", dest="max_chars", type=int, default=d.max_chars,
+                   help="longest document in characters")
+    p.add_argument("--max-batch", dest="max_batch", type=int, default=d.max_batch,
+                   help="most documents scored together (requests are batched)")
+    p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float, default=d.max_wait_ms,
+                   help="how long the batcher waits to fill a batch")
+    p.add_argument("--timeout", type=float, default=d.timeout_s,
+                   help="seconds per request, reading to answer (504 beyond)")
+    _add_max_len_arg(p)
+    _add_device_arg(p)
+    _add_precision_arg(p)
+    _add_patterns_arg(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = command("evaluate", "ROUGE of baselines (lead3, oracle), a checkpoint or sentence scores")
     p.add_argument("--system", default="lead3,oracle",
-                   help="lead3, oracle, or a comma-separated list (default: both)")
+                   help="baselines to score: lead3, oracle, a comma-separated list, or '' for none")
     _add_dataset_args(p)
     p.add_argument("--checkpoint", default=None,
                    help="also evaluate a trained model (checkpoint or run folder)")
@@ -227,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-trigram-blocking", action="store_true",
                    help="model selections without trigram blocking")
     _add_precision_arg(p)
-    p.add_argument("--out", default="runs/evaluate", help="output folder")
+    p.add_argument("--out", default="runs/evaluate",
+                   help="folder for per-document predictions and scores")
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -237,29 +320,40 @@ def build_parser() -> argparse.ArgumentParser:
     from .train import TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="train a summarizer (teacher or student)")
-    p.add_argument("--preset", default=d.preset,
-                   choices=list(MODEL_PRESETS))
-    p.add_argument("--plan", default=d.plan,
-                   help="head plan: none, paper, LAYERS:HEADS=PATTERN/MODE;... or a JSON file")
+    p = command("train", "train a summarizer: a teacher, or a student with a head plan")
+    p.add_argument("--preset", default=d.preset, choices=list(MODEL_PRESETS),
+                   help="model shape (attnsum/model.py): minilm and bert-base are pretrained; "
+                        "student-* and tiny start from random weights or --init-from")
+    p.add_argument("--plan", default="none",
+                   help="head plan: none, paper, LAYERS:HEADS=PATTERN/MODE;... or a plan "
+                        "file (.json, from `attnsum analyze` or the report)")
     p.add_argument("--inject", default=d.inject, choices=["heads", "side"],
                    help="patterns on the encoder's own heads, or on side layers (pretrained)")
-    p.add_argument("--classifier", default=d.classifier, choices=["linear", "transformer"])
+    p.add_argument("--classifier", default=d.classifier, choices=["linear", "transformer"],
+                   help="sentence scorer: a linear layer, or BERTSum's 2-layer inter-sentence "
+                        "transformer")
     p.add_argument("--dropout", type=float, default=None, help="dropout (default: the preset's)")
-    p.add_argument("--dataset", default=d.dataset)
-    p.add_argument("--train-split", dest="train_split", default=d.train_split)
-    p.add_argument("--val-split", dest="val_split", default=d.val_split)
-    p.add_argument("--limit", type=int, default=None, help="documents per split")
+    p.add_argument("--dataset", default=d.dataset,
+                   help="embedded, cnn_dailymail, a JSON Lines / Parquet file or folder, or a "
+                        "shard folder (attnsum shard)")
+    p.add_argument("--train-split", dest="train_split", default=d.train_split,
+                   help="the split trained on")
+    p.add_argument("--val-split", dest="val_split", default=d.val_split,
+                   help="the split validated on")
+    p.add_argument("--limit", type=int, default=None,
+                   help="documents per split (default: all)")
     p.add_argument("--val-limit", dest="val_limit", type=int, default=None,
                    help="validation documents (default: --limit)")
     p.add_argument("--max-len", dest="max_len", type=int, default=d.max_len,
                    help="input length in word pieces")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size)
-    p.add_argument("--accum", type=int, default=d.accum, help="gradient accumulation steps")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size,
+                   help="documents per step and process")
+    p.add_argument("--accum", type=int, default=d.accum,
+                   help="gradient accumulation: batches per optimizer step")
     p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS,
-                   help="adamw: linear warmup and decay to zero (default); adam-noam: the "
-                        "paper's Adam + Noam (its exact recipe with --steps 50000)")
+                   help="adamw: linear warmup and decay to zero; adam-noam: the paper's Adam + "
+                        "Noam (its exact recipe with --steps 50000)")
     p.add_argument("--lr", type=float, default=d.lr,
                    help="peak learning rate (default: 5e-5 AdamW on a pretrained encoder, 5e-4 "
                         "AdamW from scratch, 2e-5 Noam)")
@@ -269,8 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-short-warmup", dest="allow_short_warmup", action="store_true",
                    help="let a run end before its warmup does")
     _add_precision_arg(p)
-    p.add_argument("--val-every", dest="val_every", type=int, default=d.val_every)
-    p.add_argument("--keep-best", dest="keep_best", type=int, default=d.keep_best)
+    p.add_argument("--val-every", dest="val_every", type=int, default=d.val_every,
+                   help="steps between validations (each keeps the checkpoint if among the best)")
+    p.add_argument("--keep-best", dest="keep_best", type=int, default=d.keep_best,
+                   help="best checkpoints kept")
     p.add_argument("--log-every", dest="log_every", type=int, default=d.log_every,
                    help="steps between lines of metrics.jsonl")
     p.add_argument("--val-metric", dest="val_metric", default=d.val_metric,
@@ -280,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", dest="time_limit", type=float, default=None,
                    help="minutes: after a step past this, save the resume state and stop with exit "
                         "status 3 (a rerun goes on): for jobs with a time limit")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the documents drawn and of the initial weights")
     p.add_argument("--teacher", default=None, help="checkpoint to distil sentence scores from")
     p.add_argument("--init-from", dest="init_from", default=None,
                    help="checkpoint, or pretrained preset (minilm), to start from by layer "
@@ -288,16 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-layers", dest="init_layers", default=None,
                    help="its layers to take, e.g. 1,3,5 (default: evenly spaced, ending at the "
                         "last)")
-    p.add_argument("--distill-weight", dest="distill_weight", type=float, default=d.distill_weight)
+    p.add_argument("--distill-weight", dest="distill_weight", type=float, default=d.distill_weight,
+                   help="weight of the distillation loss beside the oracle labels' (--teacher)")
     p.add_argument("--freeze-embeddings", dest="freeze_embeddings", action="store_true",
                    help="keep the word embeddings as initialised (a release then references the "
                         "pretrained package's instead of storing them)")
-    p.add_argument("--backend", default=d.backend, choices=BACKENDS)
+    p.add_argument("--backend", default=d.backend, choices=BACKENDS,
+                   help="attention path: auto picks the fused Triton kernel on a GPU, the "
+                        "PyTorch path on CPU")
     p.add_argument("--out", default=d.out, help="run folder (resumed if it holds a checkpoint)")
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("score", help="sentence scores of a split, for `evaluate --scores`")
+    p = command("score", "sentence scores of a split, for `evaluate --scores`")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
     _add_dataset_args(p)
     p.set_defaults(split="val")
@@ -306,84 +406,56 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("shard", help="preprocess splits into compact shards (for a GPU machine)")
-    _add_dataset_args(p)
+    p = command("shard", "preprocess splits into compact shards (for a machine without the "
+                "tokenizer or datasets)")
+    _add_dataset_args(p, split=False)
     p.add_argument("--splits", default="train,val", help="comma-separated splits")
     p.add_argument("--out", required=True, help="shard folder (shards/ is ignored by git)")
     p.set_defaults(func=cmd_shard)
 
-    p = sub.add_parser("analyze", help="head importance, pattern scores, plan and HTML report")
+    p = command("analyze", "head importance, pattern scores, a suggested plan and an HTML report")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
     _add_dataset_args(p)
     p.set_defaults(split="val")
-    p.add_argument("--top-heads", dest="top_heads", type=int, default=4)
+    p.add_argument("--top-heads", dest="top_heads", type=int, default=4,
+                   help="heads per layer the suggested plan may take over")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="least attention mass on a pattern for a head to take it")
-    p.add_argument("--out", default="runs/analysis")
+    p.add_argument("--out", default="runs/analysis",
+                   help="folder for report.html, plan.json and the tables")
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("pipeline", help="the whole method: teacher, analysis, patterned "
-                       "teacher and students, evaluation, timing, summary")
-    p.add_argument("--dataset", default="embedded")
+    p = command("pipeline", "the whole method: teacher, analysis, patterned teacher and "
+                "students, evaluation, timing, summary")
+    p.add_argument("--dataset", default="embedded",
+                   help="embedded, cnn_dailymail, or a JSON Lines / Parquet file or folder")
     p.add_argument("--full", action="store_true", help="full settings (GPU) instead of quick")
-    p.add_argument("--limit", type=int, default=None, help="documents per split")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="documents per split (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every training run")
     p.add_argument("--out", default="runs/pipeline", help="output folder (resumed if present)")
     p.set_defaults(func=cmd_pipeline)
 
-    p = sub.add_parser("summarize", help="summaries of files, folders, stdin or JSON Lines")
-    p.add_argument("--checkpoint", default=None,
-                   help="checkpoint or run folder (default: the released news model, models/)")
-    p.add_argument("inputs", nargs="*", help=".txt, .jsonl(.gz) files or folders; - or none: stdin")
-    p.add_argument("--field", default="text", help="text field of JSON Lines input")
-    p.add_argument("--jsonl", action="store_true", help="stdin is JSON Lines")
-    p.add_argument("--format", default="jsonl", choices=["jsonl", "text"])
-    p.add_argument("--out", default=None, help="output file (default: stdout)")
-    p.add_argument("-k", type=int, default=3)
-    p.add_argument("--no-trigram-blocking", action="store_true")
-    p.add_argument("--chunk", type=int, default=256, help="documents held in memory at once")
-    p.add_argument("--limit", type=int, default=None, help="only the first N documents")
-    _add_max_len_arg(p)
-    p.add_argument("--device", default=None)
-    _add_precision_arg(p)
-    _add_patterns_arg(p)
-    p.set_defaults(func=cmd_summarize)
-
-    from .serve import ServeConfig
-
-    d = ServeConfig()
-    p = sub.add_parser("serve", help="HTTP service: POST /summarize, GET /health")
-    p.add_argument("--checkpoint", default=None,
-                   help="checkpoint or run folder (default: the released news model, models/)")
-    p.add_argument("--host", default=d.host, help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=d.port)
-    p.add_argument("--max-body", dest="max_body", type=int, default=d.max_body)
-    p.add_argument("--max-docs", dest="max_docs", type=int, default=d.max_docs)
-    p.add_argument("--max-chars", dest="max_chars", type=int, default=d.max_chars)
-    p.add_argument("--max-batch", dest="max_batch", type=int, default=d.max_batch)
-    p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float, default=d.max_wait_ms)
-    p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request")
-    _add_max_len_arg(p)
-    p.add_argument("--device", default=None)
-    _add_precision_arg(p)
-    _add_patterns_arg(p)
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("release", help="a run's best checkpoint made small for git, with a card")
+    p = command("release", "a run's best checkpoint made small for git, with a card")
     p.add_argument("run", help="run folder (or checkpoint)")
     p.add_argument("--out", required=True, help="release folder, e.g. models/NAME")
     p.add_argument("--notes", default=None, help="Markdown file appended to the card")
     p.set_defaults(func=cmd_release)
 
-    p = sub.add_parser("experiment", help="the paper's comparison table over several seeds")
-    p.add_argument("--dataset", default="embedded")
-    p.add_argument("--seeds", type=int, default=3)
+    p = command("experiment", "the paper's comparison table over several seeds")
+    p.add_argument("--dataset", default="embedded",
+                   help="embedded, cnn_dailymail, or a JSON Lines / Parquet file or folder")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per system")
     p.add_argument("--full", action="store_true", help="full settings (GPU) instead of quick")
-    p.add_argument("--limit", type=int, default=None, help="documents per split")
-    p.add_argument("--out", default="runs/experiment")
+    p.add_argument("--limit", type=int, default=None, help="documents per split (default: all)")
+    p.add_argument("--out", default="runs/experiment", help="output folder (resumed if present)")
     p.set_defaults(func=cmd_experiment)
     return parser
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda where there is a GPU, else cpu)")
 
 
 def _add_patterns_arg(p: argparse.ArgumentParser) -> None:
@@ -429,8 +501,16 @@ def main(argv: list[str] | None = None) -> int:
         _parse_plan(args)
         return args.func(args) or 0
     except (DataError, ValueError, RuntimeError, OSError) as e:
+        _close_progress_bars()
         print(f"attnsum {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _close_progress_bars() -> None:
+    """End a progress bar left open by the error, so that the error gets a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":

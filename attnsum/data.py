@@ -339,6 +339,17 @@ def _cnndm_documents(split: str) -> Iterator[Document]:
         yield record_to_document(rec, fields, f"cnn_dailymail/{split}[{i}]", i)
 
 
+NAMED_DATASETS = ("embedded", "cnn_dailymail", "cnndm")
+
+
+def check_dataset(dataset: str) -> None:
+    """A DataError unless `dataset` names a dataset or an existing path: checked before a
+    command loads a model."""
+    if dataset not in NAMED_DATASETS and not Path(os.path.expanduser(dataset)).exists():
+        raise DataError(f"unknown dataset {dataset!r}: use embedded, cnn_dailymail, or the path "
+                        "of a JSON Lines/Parquet file or folder, or of a shard folder")
+
+
 def load_corpus(dataset: str, split: str = "test", *, fields: Fields | None = None,
                 limit: int | None = None) -> Corpus:
     """Load `split` of `dataset` (``embedded``, ``cnn_dailymail`` or a local path)."""
@@ -347,9 +358,7 @@ def load_corpus(dataset: str, split: str = "test", *, fields: Fields | None = No
         return _collect(dataset, split, _embedded_documents(split), limit)
     if dataset in ("cnn_dailymail", "cnndm"):
         return _collect("cnn_dailymail", split, _cnndm_documents(split), limit)
+    check_dataset(dataset)
     path = Path(os.path.expanduser(dataset))
-    if not path.exists():
-        raise DataError(f"unknown dataset {dataset!r}: use embedded, cnn_dailymail, or the path "
-                        "of a JSON Lines/Parquet file or folder")
     docs = _local_documents(_split_files(path, split), fields or Fields())
     return _collect(str(path), split, docs, limit)

@@ -27,6 +27,21 @@ from .precision import DEFAULT_PRECISION
 from .summarizer import InputError, Summarizer
 
 
+def input_files(spec: str) -> list[Path]:
+    """The files of one input (a file, or a folder's .txt and .jsonl(.gz) files); a DataError
+    for a missing path or a folder without them."""
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file()
+                       and p.name.endswith((".txt", ".jsonl", ".jsonl.gz")))
+        if not files:
+            raise DataError(f"{path}: folder holds no .txt or .jsonl file")
+        return files
+    if path.is_file():
+        return [path]
+    raise DataError(f"{spec}: no such file or folder")
+
+
 def iter_documents(inputs: list[str], field: str = "text", jsonl_stdin: bool = False,
                    stdin=None) -> Iterator[tuple[str, str]]:
     """(id, text) of every document, lazily."""
@@ -38,17 +53,7 @@ def iter_documents(inputs: list[str], field: str = "text", jsonl_stdin: bool = F
             else:
                 yield "<stdin>", _read_text(stream.read, "<stdin>")
             continue
-        path = Path(spec)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file()
-                           and p.name.endswith((".txt", ".jsonl", ".jsonl.gz")))
-            if not files:
-                raise DataError(f"{path}: folder holds no .txt or .jsonl file")
-        elif path.is_file():
-            files = [path]
-        else:
-            raise DataError(f"{spec}: no such file or folder")
-        for f in files:
+        for f in input_files(spec):
             if f.name.endswith((".jsonl", ".jsonl.gz")):
                 opener = gzip.open if f.name.endswith(".gz") else open
                 with opener(f, "rt", encoding="utf-8") as stream:
@@ -180,6 +185,9 @@ def summarize_command(checkpoint: str | None, inputs: list[str], out_path: str |
         raise DataError("under torchrun, write to a file: --out PATH")
     if world > 1 and device is None:
         device = str(local_device())
+    for spec in inputs:  # a missing input is reported before the model loads
+        if spec != "-":
+            input_files(spec)
     summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision,
                                             max_len=max_len)
     if rank == 0:

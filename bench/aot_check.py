@@ -79,11 +79,11 @@ class _Recorder:
 
 
 def record_launches(dtype: torch.dtype, D: int, cc: int,
-                    config: tuple[int, int, int] | None = None) -> list[Launch]:
+                    config: fused.LaunchConfig | None = None) -> list[Launch]:
     """The three kernel launches of one forward and backward of a `paper`-plan layer (learned
     heads beside matching-token, intra-sentence and +-1 heads), as the launchers make them on a
-    GPU of compute capability `cc`; `config` (BLOCK_M, BLOCK_N, num_warps) replaces the
-    launcher's choice (fused.launch_config) for every kernel."""
+    GPU of compute capability `cc`; `config` replaces the launcher's choice
+    (fused.launch_config) for every kernel."""
     ctx = synthetic_batch(B, N)
     plan = HeadPlan.parse("paper", 1, H).layer(0)
     names, tables = layer_tables(plan, ctx)
@@ -98,7 +98,7 @@ def record_launches(dtype: torch.dtype, D: int, cc: int,
             setattr(fused, name, _Recorder(name, calls))
         fused._capability = lambda device: cc
         if config is not None:
-            fused.launch_config = lambda kernel, d, c: config
+            fused.launch_config = lambda kernel, d, c, dt: config
         scale = D ** -0.5
         o, lse = fused._forward(q, k, v, kinds, tabs, tables, scale)
         fused._backward(q, k, v, o, lse, torch.zeros_like(o), kinds, tabs, tables, scale)
@@ -145,16 +145,11 @@ def compile_launch(launch: Launch, cc: int) -> dict:
     return row
 
 
-def config_space(D: int) -> list[tuple[int, int, int]]:
-    """(BLOCK_M, BLOCK_N, num_warps) candidates for an autotune space."""
-    out = []
-    for bm in (32, 64, 128):
-        for bn in (32, 64, 128):
-            for warps in (4, 8):
-                if D == 128 and bm * bn > 64 * 64:
-                    continue
-                out.append((bm, bn, warps))
-    return out
+def config_space(D: int) -> list[fused.LaunchConfig]:
+    """The autotune space before pruning: block sizes 32 to 128, 4 or 8 warps, 3 stages (tiles
+    over 64 x 64 leave no room at D = 128)."""
+    return [fused.LaunchConfig(bm, bn, warps) for bm in (32, 64, 128) for bn in (32, 64, 128)
+            for warps in (4, 8) if D < 128 or bm * bn <= 64 * 64 or bn == 64]
 
 
 def check(targets: list[int], dtypes: list[str], dims: list[int], space: str) -> list[dict]:
@@ -167,13 +162,15 @@ def check(targets: list[int], dtypes: list[str], dims: list[int], space: str) ->
                     for launch in record_launches(DTYPES[dname], D, cc, config):
                         kw = launch.kwargs
                         name = launch.kernel.strip("_")
-                        used = (kw["BLOCK_M"], kw["BLOCK_N"], kw.get("num_warps", 4))
-                        default = fused.launch_config(KERNEL_ROLE[launch.kernel], D, cc)
+                        used = fused.LaunchConfig(kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"],
+                                                  kw["num_stages"])
+                        default = fused.default_config(KERNEL_ROLE[launch.kernel], D, cc)
                         if config is not None and used == default:
                             continue  # already a row of the default pass
                         row = {"kernel": name, "target": f"sm_{cc}", "dtype": dname, "D": D,
-                               "block_m": used[0], "block_n": used[1], "num_warps": used[2],
-                               "num_stages": kw.get("num_stages", ""), "default": used == default,
+                               "block_m": used.block_m, "block_n": used.block_n,
+                               "num_warps": used.num_warps, "num_stages": used.num_stages,
+                               "default": used == default,
                                "shared_limit": SHARED_LIMIT[cc]}
                         try:
                             row.update(compile_launch(launch, cc), compiled=True, error="")

@@ -15,13 +15,35 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnsum.attention import PatternContext  # noqa: E402
+from attnsum.kernels.fused import LaunchConfig  # noqa: E402
 from attnsum.release import source_commit as commit  # noqa: E402, F401  (the CSVs' commit column)
+
+AOT_TABLE = ROOT / "bench" / "results" / "aot" / "kernels.csv"  # bench/aot_check.py --space all
+KERNEL_ROLES = {"fwd_kernel": "fwd", "bwd_dq_kernel": "dq", "bwd_dkdv_kernel": "dkdv"}
 
 VOCAB = 30522  # bert-base-uncased word pieces
 FIRST_WORD = 1000  # ids below are special and unused pieces
 # bert-base-uncased's [CLS] and [SEP] (attnsum.preprocess.load_tokenizer gives the same; a bare
 # GPU machine may lack the package that ships the tokenizer, so synthetic inputs name them)
 CLS_ID, SEP_ID = 101, 102
+
+
+def pruned_space(arch: str, dtype: str, D: int, table: Path = AOT_TABLE
+                 ) -> dict[str, list[LaunchConfig]]:
+    """The autotune space of each kernel role ("fwd", "dq", "dkdv") on one architecture
+    ("sm_90"), dtype ("bf16") and head dimension: the configurations of the AOT table that
+    compiled with no register spill, within shared memory and with tensor-core dots."""
+    space: dict[str, list[LaunchConfig]] = {role: [] for role in KERNEL_ROLES.values()}
+    with open(table, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            if (r["target"], r["dtype"], int(r["D"])) != (arch, dtype, D):
+                continue
+            if (r["compiled"] == "True" and int(r["spill_bytes"]) == 0
+                    and int(r["shared_bytes"]) <= int(r["shared_limit"])
+                    and r["tensor_core"] != "none"):
+                space[KERNEL_ROLES[r["kernel"]]].append(LaunchConfig(
+                    int(r["block_m"]), int(r["block_n"]), int(r["num_warps"]), int(r["num_stages"])))
+    return space
 
 
 def synthetic_batch(B: int, N: int, seed: int = 0, device="cpu"):

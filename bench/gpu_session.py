@@ -1,14 +1,18 @@
 """The GPU session in one command, rehearsed on CPU so that no device minute is spent on a mistake
 a CPU could have caught.
 
-    python bench/gpu_session.py OUT --part 1      # GPU: environment, kernel tests, real-size checks
+    python bench/gpu_session.py OUT --part 1      # GPU: environment, autotuning, kernel tests,
+                                                  #      real-size checks
     python bench/gpu_session.py OUT --part 2      # GPU: benchmarks, tables, plots
     python bench/gpu_session.py OUT --rehearse    # CPU: every step, small kernels (interpreter)
 
 Each part fits one device call of 9 minutes (every step has its own time limit) and writes its
 results before the next step starts, at most 8 files in all: session.log (everything printed),
-checks.csv, attention.csv, e2e.csv, students.csv, attention.md, e2e.md, plots.tar.gz. It needs only what the
-GPU image has (torch, triton, transformers, numpy, matplotlib, pytest) and runs from a checkout
+tuning.csv and kernel_configs.json (the autotuning), checks.csv, attention.csv, e2e.csv,
+students.csv, plots.tar.gz (the plots and the Markdown tables attention.md and e2e.md, which
+bench/plot.py also remakes from the CSVs). Autotuning comes first: every later step, part 2
+included, launches the kernels with the configurations it chose. It needs only what the GPU
+image has (torch, triton, transformers, numpy, matplotlib, pytest) and runs from a checkout
 without installing. The rehearsal runs the same host-side code at the real sizes (inputs, range
 and block tables at N = 16,384, the work model at 4,096, CSV, tables, plots) and the kernels
 under Triton's interpreter at small sizes.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import platform
 import subprocess
@@ -31,13 +36,18 @@ if "--rehearse" in sys.argv:  # the kernels run on CPU through Triton's interpre
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
-from common import CLS_ID, ROOT, synthetic_batch  # noqa: E402
+from common import CLS_ID, ROOT, pruned_space, synthetic_batch  # noqa: E402
 
 from attnsum.attention import HeadPlan, PatternContext, reference_attention  # noqa: E402
 from attnsum.attention.triton_path import fused_layer_attention, layer_tables  # noqa: E402
 from attnsum.attention.work import head_work, layer_bound  # noqa: E402
+from attnsum.kernels import fused  # noqa: E402
 
 STEP_LIMIT_S = 420  # one step of a part; a part stays under the device's 10 minutes
+TUNE_LIMIT_S = 180  # the autotuning's share of part 1: what it does not reach keeps its default
+TUNED_FILE = "kernel_configs.json"
+TUNING_FIELDS = ["arch", "dtype", "D", "N", "kernel", "block_m", "block_n", "num_warps",
+                 "num_stages", "default", "ms", "chosen", "error"]
 
 
 class Tee(io.TextIOBase):
@@ -88,6 +98,99 @@ def environment() -> None:
             print(f"nvidia-smi unavailable: {e}")
     else:
         print("no GPU: rehearsal on CPU")
+
+
+def _time_ms(fn, reps: int, device: str) -> float:
+    """Mean milliseconds of `fn` over `reps` calls after one warm-up call (which compiles)."""
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps * 1e3
+
+
+def _kernel_work(plan, ctx: PatternContext, D: int, dtype: torch.dtype, device: str) -> dict:
+    """The two timed calls of the autotuning: "fwd" (forward) and "bwd" (forward and backward)
+    of one layer on random q, k, v of (B, 12, N, D)."""
+    B, N = ctx.shape
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v, do = (torch.randn(B, 12, N, D, device=device, generator=g).to(dtype)
+                   for _ in range(4))
+    leaves = [x.requires_grad_(True) for x in (q, k, v)]
+
+    def fwd():
+        with torch.no_grad():
+            return fused_layer_attention(q, k, v, plan, ctx)
+
+    def bwd():
+        return torch.autograd.grad(fused_layer_attention(*leaves, plan, ctx), leaves, do)
+
+    return {"fwd": fwd, "bwd": bwd}
+
+
+def autotune(out: Path, rehearse: bool, device: str) -> None:
+    """Time each kernel's configurations of the AOT-pruned space (bench/common.py
+    `pruned_space`: compiled ahead of time with no spill, within shared memory, on tensor cores)
+    on this GPU, in bf16 at D = 32, 64, 128, N = 4,096, twelve heads of the `paper` plan: the
+    forward kernel by the forward, dQ and dK/dV by forward and backward with the other kernels
+    at their defaults. The fastest go to OUT/kernel_configs.json, which every later step reads
+    through ATTNSUM_KERNEL_CONFIGS (kernels/fused.py `tuned_config`), and every timing to
+    OUT/tuning.csv. The rehearsal tunes two candidates of each from the sm_90 rows, at a small
+    size in fp32 under the interpreter."""
+    step("autotune over the AOT-pruned space")
+    arch = fused.arch_key(fused._capability(torch.device(device)))
+    if rehearse:
+        space_arch, dims, dtype, B, N, reps = "sm_90", (16,), torch.float32, 2, 64, 1
+    else:
+        space_arch, dims, dtype, B, N, reps = arch, (32, 64, 128), torch.bfloat16, 4, 4096, 10
+    dname = fused.DTYPE_NAMES[dtype]
+    plan = HeadPlan.parse("paper", 1, 12).layer(0)
+    ctx = synthetic_batch(B, N, device=device)
+    untuned = fused.launch_config
+    rows, chosen, t0 = [], {}, time.time()
+    try:
+        for D in dims:
+            work = _kernel_work(plan, ctx, D, dtype, device)
+            for role, candidates in pruned_space(space_arch, "bf16", D).items():
+                best = None
+                for cfg in candidates[:2] if rehearse else candidates:
+                    if time.time() - t0 > TUNE_LIMIT_S:
+                        break
+                    fused.launch_config = (lambda kernel, d, c, dt, role=role, cfg=cfg:
+                                           cfg if kernel == role else untuned(kernel, d, c, dt))
+                    row = {"arch": arch, "dtype": dname, "D": D, "N": N, "kernel": role,
+                           **cfg._asdict(), "chosen": False, "error": "",
+                           "default": cfg == fused.default_config(role, D, fused._capability(
+                               torch.device(device)))}
+                    try:
+                        row["ms"] = _time_ms(work["fwd" if role == "fwd" else "bwd"], reps, device)
+                    except Exception as e:  # a launch failure is a finding, not a crash
+                        row["ms"], row["error"] = float("inf"), str(e).splitlines()[0][:200]
+                    rows.append(row)
+                    if row["ms"] < float("inf") and (best is None or row["ms"] < best["ms"]):
+                        best = row
+                if best is not None:
+                    best["chosen"] = True
+                    chosen.setdefault(arch, {}).setdefault(dname, {}).setdefault(str(D), {})[
+                        role] = [best["block_m"], best["block_n"], best["num_warps"],
+                                 best["num_stages"]]
+                    print(f"D={D} {role}: {best['block_m']}x{best['block_n']} "
+                          f"w{best['num_warps']} s{best['num_stages']} {best['ms']:.3f} ms of "
+                          f"{len(candidates)} candidates", flush=True)
+    finally:
+        fused.launch_config = untuned
+    with open(out / "tuning.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=TUNING_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    (out / TUNED_FILE).write_text(json.dumps(chosen) + "\n")
+    os.environ[fused.TUNED_ENV] = str((out / TUNED_FILE).resolve())
+    print(f"{sum(r['chosen'] for r in rows)} configurations chosen from {len(rows)} timed "
+          f"in {time.time() - t0:.0f} s: {out / TUNED_FILE}", flush=True)
 
 
 def _padded(ctx: PatternContext, cut: float = 0.8) -> PatternContext:
@@ -165,6 +268,7 @@ def host_side_at_real_size(device: str) -> None:
 
 def part1(out: Path, rehearse: bool, device: str) -> int:
     environment()
+    autotune(out, rehearse, device)
     step("kernel tests")
     # the rehearsal only collects them: CI runs the same tests under the interpreter anyway
     rc = run([sys.executable, "-m", "pytest", "-q", "-x", "tests/test_fused.py"]
@@ -199,13 +303,14 @@ def part2(out: Path, rehearse: bool) -> int:
                str(out / "students.csv")])
     step("tables and plots")
     rc |= run([sys.executable, "bench/plot.py", str(out)])
-    pngs = sorted(out.glob("*.png"))
+    packed = sorted(out.glob("*.png")) + [out / n for n in ("attention.md", "e2e.md")
+                                          if (out / n).is_file()]
     with tarfile.open(out / "plots.tar.gz", "w:gz") as tar:
-        for p in pngs:
+        for p in packed:
             tar.add(p, arcname=p.name)
-    for p in pngs:
+    for p in packed:
         p.unlink()
-    print(f"{len(pngs)} plots in plots.tar.gz", flush=True)
+    print(f"{len(packed)} plots and tables in plots.tar.gz", flush=True)
     return rc
 
 
@@ -221,6 +326,8 @@ def main(argv=None) -> int:
     device = "cpu" if args.rehearse else "cuda"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / TUNED_FILE).is_file():  # part 2 launches with what part 1 tuned
+        os.environ[fused.TUNED_ENV] = str((out / TUNED_FILE).resolve())
     with open(out / "session.log", "a", encoding="utf-8") as log:
         sys.stdout = Tee(sys.__stdout__, log)
         try:

@@ -22,8 +22,11 @@ Layers: `@triton.jit` kernels -> launchers (`_forward`, `_backward`) -> `_Patter
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -183,18 +186,27 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PERM, LO, HI, EX, QBI, QBC
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     n_qb = tl.load(QBC + t * sc_t + b * sc_b + pid_n)
-    for i in range(0, n_qb):
-        qb = tl.load(QBI + t * si_t + b * si_b + pid_n * si_k + i)
-        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
-        in_m = offs_m < N
-        pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
-        do = _gather(DO + b * sd_b + h * sd_h, pq, sd_n, offs_d, in_m)
-        ok = _allowed(offs_m, offs_n, lo, hi, ex, N) & in_m[:, None]
-        if kind == 1:
+    qbi = QBI + t * si_t + b * si_b + pid_n * si_k
+    do_base = DO + b * sd_b + h * sd_h
+    # One loop per head kind, the branch outside: a branch inside the loop body keeps Triton's
+    # software pipeliner off the loop's loads (bench/aot_check.py, "pipelined").
+    if kind == 1:  # synthesized: dV only, P uniform over each query's range
+        for i in range(0, n_qb):
+            offs_m = tl.load(qbi + i) * BLOCK_M + tl.arange(0, BLOCK_M)
+            in_m = offs_m < N
+            pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
+            do = _gather(do_base, pq, sd_n, offs_d, in_m)
+            ok = _allowed(offs_m, offs_n, lo, hi, ex, N) & in_m[:, None]
             count = tl.maximum(hi - lo - ex.to(tl.int32), 1).to(tl.float32)
             p = tl.where(ok, 1.0 / count[:, None], 0.0)
             dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
-        else:
+    else:
+        for i in range(0, n_qb):
+            offs_m = tl.load(qbi + i) * BLOCK_M + tl.arange(0, BLOCK_M)
+            in_m = offs_m < N
+            pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
+            do = _gather(do_base, pq, sd_n, offs_d, in_m)
+            ok = _allowed(offs_m, offs_n, lo, hi, ex, N) & in_m[:, None]
             q = _gather(Q + b * sq_b + h * sq_h, pq, sq_n, offs_d, in_m)
             lse = tl.load(LSE + pid_bh * N + pq, mask=in_m, other=float("inf"))
             delta = tl.load(DELTA + pid_bh * N + pq, mask=in_m, other=0.0)
@@ -226,21 +238,68 @@ def _capability(device: torch.device) -> int | None:
     return 10 * major + minor
 
 
-def launch_config(kernel: str, D: int, cc: int | None) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps) of `kernel` ("fwd", "dq" or "dkdv") at head dimension D on
-    compute capability `cc`. Each choice compiles with no register spill, within shared memory
-    and with tensor-core dots for fp16 and bf16 (bench/aot_check.py; its table:
-    bench/results/aot/kernels.csv). dK/dV holds two (BLOCK_N, D) fp32 accumulators and the
-    transposed score tile: on sm_80 64 x 64 needs more than 255 registers, so its key blocks
-    are 32 there. Small blocks under the CPU interpreter keep tests quick and give small shapes
-    several blocks."""
+class LaunchConfig(NamedTuple):
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int = 3
+
+
+TUNED_ENV = "ATTNSUM_KERNEL_CONFIGS"  # a JSON file of tuned configs (bench/gpu_session.py)
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def arch_key(cc: int | None) -> str:
+    """The key of a compute capability in tuned-config tables: "sm_90", or "cpu" for the
+    interpreter."""
+    return "cpu" if cc is None else f"sm_{cc}"
+
+
+@functools.lru_cache(maxsize=8)
+def _tuned(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def tuned_config(kernel: str, D: int, cc: int | None, dtype: str) -> LaunchConfig | None:
+    """The configuration the GPU session's autotuning chose (bench/gpu_session.py writes
+    ``kernel_configs.json``: {arch: {dtype: {D: {kernel: [BLOCK_M, BLOCK_N, warps, stages]}}}}),
+    read from the file that ATTNSUM_KERNEL_CONFIGS names; None without one or without an entry."""
+    path = os.environ.get(TUNED_ENV)
+    if not path:
+        return None
+    entry = _tuned(path).get(arch_key(cc), {}).get(dtype, {}).get(str(D), {}).get(kernel)
+    return None if entry is None else LaunchConfig(*entry)
+
+
+def default_config(kernel: str, D: int, cc: int | None) -> LaunchConfig:
+    """The untuned choice for `kernel` ("fwd", "dq" or "dkdv") at head dimension D on compute
+    capability `cc`. Each compiles with no register spill, within shared memory, with
+    tensor-core dots for fp16 and bf16 and a software-pipelined loop (bench/aot_check.py; its
+    table: bench/results/aot/kernels.csv).
+
+    What holds the registers: the fp32 accumulators (forward: O, BLOCK_M x D; dQ: BLOCK_M x D;
+    dK/dV: two of BLOCK_N x D) and the score tile with its probabilities (BLOCK_M x BLOCK_N),
+    spread over 32 x num_warps threads. dK/dV at D > 64 holds 2 x 64 x 128 fp32 accumulators:
+    8 warps there (4 spill on sm_80). On sm_80, 64 x 64 dK/dV blocks pass 255 registers, so its
+    key blocks are 32. On sm_90 a wgmma tile has 64 rows, and dK/dV's transposed products
+    (P^T dO, dS^T Q) have BLOCK_N rows: BLOCK_N = 64 keeps every dot on wgmma. Small blocks
+    under the CPU interpreter keep tests quick and give small shapes several blocks."""
     if cc is None:
-        return 16, 16, 4
+        return LaunchConfig(16, 16, 4)
     if kernel == "dkdv":
         if cc < 90:
-            return (64, 32, 8) if D > 64 else (64, 32, 4)
-        return (64, 32, 4) if D > 64 else (64, 64, 4)
-    return (64, 64, 4) if D <= 64 else (64, 32, 4)
+            return LaunchConfig(64, 32, 8 if D > 64 else 4)
+        return LaunchConfig(64, 64, 8 if D > 64 else 4)
+    return LaunchConfig(64, 64, 4) if D <= 64 else LaunchConfig(64, 32, 4)
+
+
+def launch_config(kernel: str, D: int, cc: int | None, dtype: torch.dtype) -> LaunchConfig:
+    """The tuned configuration where the GPU session chose one (`tuned_config`), else the
+    default (`default_config`)."""
+    return (tuned_config(kernel, D, cc, DTYPE_NAMES[dtype])
+            or default_config(kernel, D, cc))
+
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -253,7 +312,7 @@ def _bh(x):  # strides of a (B, H, N, D) tensor whose last dim is contiguous
 
 def _forward(q, k, v, kinds, tabs, tables: RangeTables, scale):
     B, H, N, D = q.shape
-    bm, bn, warps = launch_config("fwd", D, _capability(q.device))
+    bm, bn, warps, stages = launch_config("fwd", D, _capability(q.device), q.dtype)
     blk = tables.blocks(bm, bn)
     o = torch.empty(B, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)  # (B, H, N, D)
     lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
@@ -263,14 +322,15 @@ def _forward(q, k, v, kinds, tabs, tables: RangeTables, scale):
                       *_bh(q), *_bh(k), *_bh(v), *_bh(o),
                       tables.perm.stride(0), tables.perm.stride(1),
                       blk.kb_start.stride(0), blk.kb_start.stride(1), H, N, scale * LOG2E,
-                      D=D, BLOCK_M=bm, BLOCK_N=bn, PRECISION=_precision(q.dtype), num_warps=warps)
+                      D=D, BLOCK_M=bm, BLOCK_N=bn, PRECISION=_precision(q.dtype), num_warps=warps,
+                      num_stages=stages)
     return o, lse
 
 
 def _backward(q, k, v, o, lse, do, kinds, tabs, tables: RangeTables, scale):
     B, H, N, D = q.shape
     cc = _capability(q.device)
-    bm, bn, warps = launch_config("dq", D, cc)
+    bm, bn, warps, stages = launch_config("dq", D, cc, q.dtype)
     blk = tables.blocks(bm, bn)
     do = do if do.stride(-1) == 1 else do.contiguous()
     delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, N)
@@ -282,15 +342,15 @@ def _backward(q, k, v, o, lse, do, kinds, tabs, tables: RangeTables, scale):
         q, k, v, do, dq, lse, delta, tables.perm, tables.lo, tables.hi, tables.excl,
         blk.kb_start, blk.kb_end, kinds, tabs, *_bh(q), *_bh(k), *_bh(v), *_bh(do), *_bh(dq),
         *st, blk.kb_start.stride(0), blk.kb_start.stride(1), H, N, scale * LOG2E, scale,
-        D=D, BLOCK_M=bm, BLOCK_N=bn, PRECISION=prec, num_warps=warps)
-    bm, bn, warps = launch_config("dkdv", D, cc)
+        D=D, BLOCK_M=bm, BLOCK_N=bn, PRECISION=prec, num_warps=warps, num_stages=stages)
+    bm, bn, warps, stages = launch_config("dkdv", D, cc, q.dtype)
     blk = tables.blocks(bm, bn)
     _bwd_dkdv_kernel[(triton.cdiv(N, bn), B * H)](
         q, k, v, do, dk, dv, lse, delta, tables.perm, tables.lo, tables.hi, tables.excl,
         blk.qb_index, blk.qb_count, kinds, tabs, *_bh(q), *_bh(k), *_bh(v), *_bh(do), *_bh(dk),
         *_bh(dv), *st, blk.qb_count.stride(0), blk.qb_count.stride(1), blk.qb_index.stride(0),
         blk.qb_index.stride(1), blk.qb_index.stride(2), H, N, scale * LOG2E, scale,
-        D=D, BLOCK_M=bm, BLOCK_N=bn, PRECISION=prec, num_warps=warps)
+        D=D, BLOCK_M=bm, BLOCK_N=bn, PRECISION=prec, num_warps=warps, num_stages=stages)
     return dq, dk, dv
 
 

@@ -32,15 +32,25 @@ def _fields(script: str) -> list[str]:
 
 
 def test_gpu_session_rehearsal(tmp_path):
-    """The GPU session's CPU rehearsal: every step of both parts (environment, kernel test
-    collection, host side at N = 16,384, real-size checks at small sizes, both benchmarks in
-    their quick mode, the serving students, tables, plots) with at most 8 result files."""
+    """The GPU session's CPU rehearsal: every step of both parts (environment, autotuning over
+    the AOT-pruned space, kernel test collection, host side at N = 16,384, real-size checks at
+    small sizes under the tuned configurations, both benchmarks in their quick mode, the
+    serving students, tables, plots) with at most 8 result files."""
     FIELDS, E2E_FIELDS = _fields("bench_attention.py"), _fields("bench_e2e.py")
     out = tmp_path / "session"
     r = _run("bench/gpu_session.py", str(out), "--rehearse")
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["attention.csv", "attention.md", "checks.csv", "e2e.csv", "e2e.md",
-                     "plots.tar.gz", "session.log", "students.csv"], files
+    assert files == ["attention.csv", "checks.csv", "e2e.csv", "kernel_configs.json",
+                     "plots.tar.gz", "session.log", "students.csv", "tuning.csv"], files
+    tuning = list(csv.DictReader(open(out / "tuning.csv")))
+    chosen = json.loads((out / "kernel_configs.json").read_text())["cpu"]["fp32"]["16"]
+    for role in ("fwd", "dq", "dkdv"):
+        timed = [t for t in tuning if t["kernel"] == role]
+        assert timed and all(float(t["ms"]) > 0 and not t["error"] for t in timed)
+        [best] = [t for t in timed if t["chosen"] == "True"]
+        assert float(best["ms"]) == min(float(t["ms"]) for t in timed)
+        assert chosen[role] == [int(best[c]) for c in ("block_m", "block_n", "num_warps",
+                                                        "num_stages")]
     log = (out / "session.log").read_text()
     assert "N=16384: tables" in log and "work model N=4096 [paper]" in log
     checks = list(csv.DictReader(open(out / "checks.csv")))
@@ -72,10 +82,10 @@ def test_gpu_session_rehearsal(tmp_path):
         assert rate == pytest.approx(int(row["batch"]) / p50 * 1e3)
         assert float(row["speedup"]) == pytest.approx(rate / teacher)
 
-    assert "| ours | paper | fwd+bwd |" in (out / "attention.md").read_text()
-    assert "student-paper" in (out / "e2e.md").read_text()
     with tarfile.open(out / "plots.tar.gz") as tar:
         assert any(n.startswith("attention_d16_float32_") for n in tar.getnames())
+        assert "| ours | paper | fwd+bwd |" in tar.extractfile("attention.md").read().decode()
+        assert "student-paper" in tar.extractfile("e2e.md").read().decode()
     assert r.returncode == 0
 
 

@@ -184,12 +184,13 @@ def test_kernels_compile_for_hopper(dtype, D):
 
 def test_launch_configs_are_the_ones_checked_ahead_of_time():
     """bench/results/aot/kernels.csv (bench/aot_check.py) holds, for every kernel, target, dtype
-    and head dimension, the configuration the launcher picks, compiled with no spill, within
-    shared memory and with tensor-core dots: the launcher may not drift from it."""
+    and head dimension, the configuration the launcher picks untuned, compiled with no spill,
+    within shared memory, with tensor-core dots (every dot on wgmma on sm_90) and a pipelined
+    loop: the launcher may not drift from it."""
     import csv
     from pathlib import Path
 
-    from attnsum.kernels.fused import launch_config
+    from attnsum.kernels.fused import LaunchConfig, default_config
 
     path = Path(__file__).resolve().parents[1] / "bench" / "results" / "aot" / "kernels.csv"
     rows = [r for r in csv.DictReader(path.open()) if r["default"] == "True"]
@@ -197,10 +198,32 @@ def test_launch_configs_are_the_ones_checked_ahead_of_time():
     seen = set()
     for r in rows:
         cc, D = int(r["target"].removeprefix("sm_")), int(r["D"])
-        assert launch_config(role[r["kernel"]], D, cc) == (
-            int(r["block_m"]), int(r["block_n"]), int(r["num_warps"])), r
+        assert default_config(role[r["kernel"]], D, cc) == LaunchConfig(
+            int(r["block_m"]), int(r["block_n"]), int(r["num_warps"]), int(r["num_stages"])), r
         assert r["compiled"] == "True" and int(r["spill_bytes"]) == 0
-        assert int(r["shared_bytes"]) <= int(r["shared_limit"]) and r["tensor_core"] != "none"
+        assert int(r["shared_bytes"]) <= int(r["shared_limit"]) and r["pipelined"] == "True"
+        assert r["tensor_core"] == ("wgmma" if cc == 90 else "mma"), r
         seen.add((r["kernel"], cc, r["dtype"], D))
     assert seen == {(k, cc, dt, D) for k in role for cc in (80, 90) for dt in ("fp16", "bf16")
                     for D in (16, 32, 64, 128)}
+
+
+def test_tuned_configs_replace_the_defaults_where_given(tmp_path, monkeypatch):
+    """A kernel_configs.json written by the GPU session's autotuning (bench/gpu_session.py)
+    and named by ATTNSUM_KERNEL_CONFIGS overrides the default for its (arch, dtype, D, kernel)
+    only; the kernel still agrees with the reference under it."""
+    import json
+
+    from attnsum.kernels import fused
+
+    path = tmp_path / "kernel_configs.json"
+    path.write_text(json.dumps({"cpu": {"fp32": {"16": {"fwd": [32, 16, 4, 2]}}}}))
+    monkeypatch.setenv(fused.TUNED_ENV, str(path))
+    assert fused.launch_config("fwd", 16, None, torch.float32) == (32, 16, 4, 2)
+    assert fused.launch_config("dq", 16, None, torch.float32) == fused.default_config("dq", 16, None)
+    assert fused.launch_config("fwd", 32, None, torch.float32) == fused.default_config("fwd", 32, None)
+    assert fused.launch_config("fwd", 16, 90, torch.bfloat16) == fused.default_config("fwd", 16, 90)
+    q, k, v, ctx = make_batch(2, 40, D=16)
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    torch.testing.assert_close(fused_layer_attention(q, k, v, plan, ctx),
+                               reference_attention(q, k, v, plan, ctx)[0], atol=1e-5, rtol=1e-4)

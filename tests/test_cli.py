@@ -1,0 +1,65 @@
+"""The command line as a newcomer meets it: help that explains every option and shows its
+default, --version, inputs checked before a model loads, counts in words."""
+
+import argparse
+
+import pytest
+
+from attnsum import __version__
+from attnsum.cli import build_parser, main
+from attnsum.release import DEFAULT_MODEL, MODELS_DIR
+
+
+def _commands(parser):
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"attnsum {__version__}"
+
+
+def test_every_option_is_explained_and_shows_its_default():
+    parser = build_parser()
+    top = parser.format_help()
+    for name, sub in _commands(parser).items():
+        assert name in top
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"attnsum {name} {action.dest}: no help"
+            shown = action.default not in (None, False, [], argparse.SUPPRESS)
+            if shown and action.option_strings:
+                assert "default" in action.help or f"(default: {action.default})" in text, (
+                    name, action.dest)
+    assert "(default: 8000)" in " ".join(_commands(parser)["serve"].format_help().split())
+
+
+def test_shard_has_one_split_option():
+    shard = _commands(build_parser())["shard"].format_help()
+    assert "--splits" in shard and "--split " not in shard
+
+
+def test_inputs_are_checked_before_a_model_loads(tmp_path, capsys):
+    # the checkpoint does not exist either: the input's error comes first
+    assert main(["summarize", "--checkpoint", str(tmp_path / "none"),
+                 str(tmp_path / "missing.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.txt: no such file or folder" in err and "checkpoint" not in err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "none"), "--dataset",
+                 str(tmp_path / "nodata")]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (MODELS_DIR / DEFAULT_MODEL / "config.json").is_file(),
+                    reason="the released model is not in this checkout")
+def test_one_document_is_one_document(tmp_path, capsys):
+    article = tmp_path / "a.txt"
+    article.write_text("The council approved a new budget for public schools on Tuesday night. "
+                       "Teachers had asked for smaller classes and better equipment for years. "
+                       "The mayor said a small rise in property taxes would pay for the plan.")
+    assert main(["summarize", "--precision", "fp32", "--format", "text", str(article)]) == 0
+    assert "summarized 1 document (0 could not be)" in capsys.readouterr().err
