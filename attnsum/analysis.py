@@ -30,7 +30,7 @@ import torch
 from .attention import HeadPlan, PatternContext, get_pattern
 from .attention.hf import self_attention_modules
 from .attention.patterns import dense_mask
-from .attention.registry import pattern_names, user_pattern_names
+from .attention.registry import pattern_names
 from .attention.work import head_work
 from .batching import collate, length_batches, sentence_logits
 from .checkpoints import write_plan_file
@@ -43,6 +43,7 @@ from .report import render_html
 # Matching token is scored on its strict form (a row with no match allows only itself), not on
 # the full-attention fallback, under which every head would score on the no-match rows.
 SCORED_PATTERNS = ("match-self", "sent", "next", "prev", "sent-cls")
+WINDOW = "window:4"  # the window the plan editor offers
 # What a head that follows one of these is given: the paper's pattern and mode. The suggestion
 # keeps to the paper's four; other scores guide a person in the report's plan editor.
 SUGGESTED = {"match-self": ("match", "mask"), "sent": ("sent", "mask"), "next": ("next", "synth"),
@@ -106,8 +107,10 @@ class PatternScores:
 
 
 def scored_patterns() -> tuple[str, ...]:
-    """The built-ins the analysis scores, then every user pattern registered."""
-    return SCORED_PATTERNS + tuple(user_pattern_names())
+    """Every pattern the plan editor offers (plan_costs): the paper's and the sentence's [CLS]
+    first, then the other built-ins (a window among them) and every user pattern."""
+    get_pattern(WINDOW)  # window:K is built on first use
+    return SCORED_PATTERNS + tuple(n for n in pattern_names() if n not in SCORED_PATTERNS)
 
 
 def _attention_batches(model: SummarizerModel, examples: Sequence[Example], batch_size: int):
@@ -199,7 +202,6 @@ def head_profiles(model: SummarizerModel, examples: Sequence[Example],
 
 
 COST_LENGTHS = (512, 4096)
-WINDOW = "window:4"
 
 
 def plan_costs(examples: Sequence[Example], lengths: Sequence[int] = COST_LENGTHS) -> dict:
@@ -252,6 +254,17 @@ def suggest_plan(importance: np.ndarray, scores: PatternScores, threshold: float
     return HeadPlan.from_assignments(L, H, assignments)
 
 
+def _training_settings(model: SummarizerModel) -> dict:
+    """What the report's train command repeats of the analyzed model's own training (empty for
+    a model saved outside training)."""
+    from .checkpoints import read_training_summary
+
+    if model.checkpoint is None:
+        return {}
+    t = read_training_summary(model.checkpoint).get("train", {})
+    return {k: t[k] for k in ("dataset", "steps", "batch_size", "max_len", "lr") if k in t}
+
+
 def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path, top_heads: int = 4,
             samples: int = 2, threshold: float = 0.5, title: str = "",
             pattern_files: Sequence[str] = ()) -> dict:
@@ -284,7 +297,8 @@ def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path
               "chance": ps.chance.tolist(), "plan": plan.to_dict(), "plan_text": str(plan),
               "top_heads": heads, "profiles": {k: v.tolist() for k, v in profiles.items()},
               "costs": costs, "preset": model.cfg.preset, "inject": model.cfg.inject,
-              "pattern_files": [str(f) for f in pattern_files]}
+              "pattern_files": [str(f) for f in pattern_files],
+              "trained": _training_settings(model)}
     atomic_write_json(out / "analysis.json", result)
     write_plan_file(plan, out / "plan.json")
     atomic_write_text(out / "importance.csv", "layer,head,taylor,gate\n" + "".join(

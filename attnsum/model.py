@@ -112,9 +112,10 @@ def model_config(preset: str, plan: HeadPlan | str | None = None, inject: str = 
     """A preset by name with a head plan (None: every head learned; text: `parse_plan`)."""
     if preset not in MODEL_PRESETS:
         raise ConfigError(f"unknown preset {preset!r}: use one of {', '.join(MODEL_PRESETS)}")
+    cfg = replace(MODEL_PRESETS[preset], inject=inject, plan=None, **overrides)
     if isinstance(plan, str):
-        plan = parse_plan(plan, preset, inject)
-    return replace(MODEL_PRESETS[preset], inject=inject, plan=plan, **overrides)
+        plan = HeadPlan.parse(plan, *cfg.plan_shape)
+    return cfg if plan is None else replace(cfg, plan=plan)
 
 
 def parse_plan(text: str, preset: str, inject: str = "heads") -> HeadPlan:

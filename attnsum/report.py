@@ -2,13 +2,16 @@
 grids, the plan editor, head profiles and interactive attention heatmaps; inline CSS and script,
 no network.
 
-The plan editor starts from the suggested plan. Clicking a head of its grid selects it and shows
-its importance and its score on every pattern; the choice list assigns it a pattern and mode, or
-makes it learned. The plan text (HeadPlan's text form), the train command and the predicted cost
-(work fractions of analysis.plan_costs, per layer and for the model) follow every change;
-"download plan.json" saves the plan in the JSON form `attnsum train --plan` reads. Hooks for
-tests: grid cells carry data-layer and data-head, the plan text is #plan-text, the choice list
-#choice, the download button #download-plan, the reset button #reset-plan.
+The plan editor starts from the suggested plan. Clicking a head of its grid (or Enter or Space
+on it; Tab and the arrow keys move between heads) selects it and shows its importance and its
+score on every pattern it offers; the choice list assigns it a pattern and mode, or makes it
+learned. The plan text (HeadPlan's text form), the train command (the analyzed run's dataset,
+steps and length, an output folder named after the plan) and the predicted cost (work fractions
+of analysis.plan_costs, per layer and for the model) follow every change; "download plan.json"
+saves the plan in the form `attnsum train --plan` reads. It reads from 800 px wide up (the grid
+scrolls inside its box). Hooks for tests: grid cells carry data-layer and data-head, the plan
+text is #plan-text, the choice list #choice, the download button #download-plan, the reset
+button #reset-plan, the copy button #copy-command.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ def _grid(values: np.ndarray, fmt: str, cls: str, scale: float | None = None) ->
             f'title="layer {layer}, head {h}: {values[layer, h]:{fmt}}">{values[layer, h]:{fmt}}</td>'
             for h in range(H))
         rows.append(f"<tr><th>L{layer}</th>{cells}</tr>")
-    return f'<table class="grid"><tr><th></th>{head}</tr>{"".join(rows)}</table>'
+    return (f'<div class="scroll"><table class="grid"><tr><th></th>{head}</tr>{"".join(rows)}'
+            '</table></div>')
 
 
 def _json_script(element_id: str, data) -> str:
@@ -44,20 +48,27 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd
 table.grid{border-collapse:collapse;margin:8px 0}
 table.grid td,table.grid th{border:1px solid #ccc;padding:3px 6px;text-align:center;font-size:12px}
 td.imp{background:rgba(200,60,40,var(--a))}td.pat-score{background:rgba(40,90,200,var(--a))}
-#editor td.cell{cursor:pointer;min-width:64px;box-shadow:inset 0 -4px rgba(200,60,40,var(--a))}
-#editor td.cell.pat{background:#dfe9ff}#editor td.cell.learned{color:#999}
-#editor td.cell.sel{outline:3px solid #c33}
-#panel{min-width:280px}#panel table td{padding:1px 8px;font-size:12px}
+.scroll{max-width:100%;overflow-x:auto}
+#editor td.cell{cursor:pointer;min-width:52px;font-size:11px;
+box-shadow:inset 0 -4px rgba(200,60,40,var(--a))}
+#editor td.cell.pat{background:#dfe9ff}#editor td.cell.learned{color:#777}
+#editor td.cell.sel{outline:3px solid #c33}#editor td.cell:focus{outline:3px solid #246}
+#panel{flex:0 0 300px;width:300px}#panel table{width:100%}#panel table td{padding:1px 8px;font-size:12px}
+#plan-cost{table-layout:fixed}#plan-cost td{min-width:56px}
+#copy-status{color:#262;margin-left:8px}
 pre#plan-text{white-space:pre-wrap;background:#f6f6f6;padding:6px}
 input#train-command{width:100%;font-family:monospace}
 table.sort th{cursor:pointer}table.sort td{font-size:12px;padding:1px 6px;text-align:right}
+table.sort th[aria-sort=descending]::after{content:" \\25BC"}
+table.sort th[aria-sort=ascending]::after{content:" \\25B2"}
 .bars{display:inline-flex;align-items:flex-end;height:24px;gap:1px}
 .bars i{display:inline-block;width:5px;background:#357}.bars i.zero{background:#c33}
 .doc{margin:10px 0 24px}.tokens span{padding:1px 2px;margin:1px;display:inline-block;cursor:pointer;
 border-radius:3px}.tokens span.q{outline:2px solid #c33}
 .heads button{margin:2px}.heads button.on{background:#245;color:#fff}
 canvas{border:1px solid #ccc;image-rendering:pixelated;width:320px;height:320px}
-.row{display:flex;gap:24px;align-items:flex-start}.note{color:#666}
+.row{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}.row>div{min-width:0;max-width:100%}
+.note{color:#666}
 """
 
 EDITOR_SCRIPT = """
@@ -70,7 +81,9 @@ const cells = document.querySelectorAll('#editor td.cell');
 const choice = document.getElementById('choice');
 KINDS.forEach(k => { const o = document.createElement('option'); o.value = k; o.textContent = k;
   choice.appendChild(o); });
+const PAPER = ['match/mask', 'sent/mask', 'next/synth', 'prev/synth'];  // plan.py PAPER_GROUP
 function planText(){  // HeadPlan.__str__ (attnsum/attention/plan.py)
+  if (plan.every(r => r.every((s, h) => s === PAPER[h % 4]))) return 'paper';
   const bySpec = new Map();
   plan.forEach((row, l) => row.forEach((s, h) => { if (!s) return;
     if (!bySpec.has(s)) bySpec.set(s, new Map());
@@ -85,11 +98,31 @@ function planJSON(){
     if (!s) return null; const i = s.lastIndexOf('/');
     return {pattern: s.slice(0, i), mode: s.slice(i + 1)}; }))};
 }
+function shortHash(text){  // a name for the run folder of a plan
+  let h = 5381; for (const ch of text) h = ((h * 33) ^ ch.charCodeAt(0)) >>> 0;
+  return h.toString(16).padStart(8, '0').slice(0, 6);
+}
+function trainCommand(text){
+  const t = A.trained, parts = ['attnsum train --preset ' + A.preset];
+  if (A.inject === 'side') parts.push('--inject side');
+  parts.push('--plan plan.json');
+  if (t.dataset) parts.push('--dataset ' + t.dataset);
+  if (t.steps) parts.push('--steps ' + t.steps);
+  if (t.batch_size) parts.push('--batch-size ' + t.batch_size);
+  if (t.max_len) parts.push('--max-len ' + t.max_len);
+  parts.push('--out runs/' + A.preset + '-plan-' + shortHash(text));
+  A.pattern_files.forEach(f => parts.push('--patterns ' + f));
+  return parts.join(' ');
+}
 function render(){
-  cells.forEach(c => { const s = plan[+c.dataset.layer][+c.dataset.head];
+  cells.forEach(c => { const l = +c.dataset.layer, h = +c.dataset.head, s = plan[l][h];
     c.textContent = s || 'learned'; c.classList.toggle('pat', !!s); c.classList.toggle('learned', !s);
-    c.classList.toggle('sel', sel && +c.dataset.layer === sel[0] && +c.dataset.head === sel[1]); });
-  document.getElementById('plan-text').textContent = planText();
+    const on = !!sel && l === sel[0] && h === sel[1];
+    c.classList.toggle('sel', on); c.setAttribute('aria-selected', on ? 'true' : 'false');
+    c.title = 'layer ' + l + ', head ' + h + ': ' + (s || 'learned') + '; importance ' +
+      imp[l][h].toFixed(3) + ' (Enter or click to select)'; });
+  const text = planText();
+  document.getElementById('plan-text').textContent = text;
   const cost = document.getElementById('plan-cost'), n = A.costs.lengths.length;
   const layerWork = plan.map(r => A.costs.lengths.map((_, i) =>
     r.reduce((t, s) => t + A.costs.work[s || 'learned'][i], 0) / H));
@@ -100,14 +133,13 @@ function render(){
   rows += '<tr><th>model</th>' + model.map(x => '<td>' + x.toFixed(3) + '</td>').join('') + '</tr>';
   rows += '<tr><th>bound</th>' + model.map(x => '<td>' + (1 / x).toFixed(2) + 'x</td>').join('') + '</tr>';
   cost.innerHTML = rows;
-  document.getElementById('train-command').value = 'attnsum train --preset ' + A.preset +
-    (A.inject === 'side' ? ' --inject side' : '') + ' --plan plan.json' +
-    (A.pattern_files.length ? ' ' + A.pattern_files.map(f => '--patterns ' + f).join(' ') : '');
+  document.getElementById('train-command').value = trainCommand(text);
   showPanel();
 }
 function showPanel(){
   const p = document.getElementById('panel-body');
-  if (!sel){ p.innerHTML = '<p class="note">click a head of the grid</p>'; choice.disabled = true; return; }
+  if (!sel){ p.innerHTML = '<p class="note">click a head of the grid (or Tab to it, then Enter)</p>';
+    choice.disabled = true; return; }
   const [l, h] = sel; choice.disabled = false; choice.value = plan[l][h] || 'learned';
   let rows = '<tr><th colspan="3">layer ' + l + ', head ' + h + ': importance ' +
     imp[l][h].toFixed(3) + ' (gate ' + A.importance.gate[l][h].toFixed(3) + ')</th></tr>' +
@@ -117,10 +149,29 @@ function showPanel(){
       (s / Math.max(A.chance[i], 1e-9)).toFixed(1) + 'x</td></tr>'; });
   p.innerHTML = '<table>' + rows + '</table>';
 }
-cells.forEach(c => c.addEventListener('click', () => {
-  sel = [+c.dataset.layer, +c.dataset.head]; render(); }));
-choice.addEventListener('change', () => { if (!sel) return;
-  plan[sel[0]][sel[1]] = choice.value === 'learned' ? null : choice.value; render(); });
+function cellAt(l, h){ return document.querySelector('#editor td.cell[data-layer="' + l +
+  '"][data-head="' + h + '"]'); }
+// Keyboard: one head of the grid is in the Tab order (a roving tabindex); the arrow keys move
+// between heads, Enter or Space selects one and moves to the choice list, where the arrow keys
+// assign; Enter or Escape there returns to the head.
+function focusCell(c){ cells.forEach(o => { o.tabIndex = -1; }); c.tabIndex = 0; c.focus(); }
+cells.forEach((c, i) => { c.tabIndex = i === 0 ? 0 : -1; c.setAttribute('role', 'gridcell');
+  c.addEventListener('click', () => { sel = [+c.dataset.layer, +c.dataset.head]; focusCell(c); render(); });
+  c.addEventListener('keydown', e => {
+    const l = +c.dataset.layer, h = +c.dataset.head;
+    const move = {ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1]}[e.key];
+    if (e.key === 'Enter' || e.key === ' '){ e.preventDefault(); sel = [l, h]; render(); choice.focus(); }
+    else if (move){ e.preventDefault();
+      focusCell(cellAt(Math.min(L - 1, Math.max(0, l + move[0])),
+                       Math.min(H - 1, Math.max(0, h + move[1])))); }
+  }); });
+choice.addEventListener('keydown', e => {
+  if ((e.key === 'Enter' || e.key === 'Escape') && sel){
+    e.preventDefault(); focusCell(cellAt(sel[0], sel[1])); } });
+function assignChoice(){ if (!sel) return;
+  plan[sel[0]][sel[1]] = choice.value === 'learned' ? null : choice.value; render(); }
+choice.addEventListener('change', assignChoice);
+choice.addEventListener('input', assignChoice);
 document.getElementById('reset-plan').addEventListener('click', () => {
   plan = suggested.map(r => r.slice()); render(); });
 document.getElementById('download-plan').addEventListener('click', () => {
@@ -128,14 +179,22 @@ document.getElementById('download-plan').addEventListener('click', () => {
   const a = document.createElement('a'); a.href = URL.createObjectURL(blob); a.download = 'plan.json';
   document.body.appendChild(a); a.click(); a.remove(); });
 document.getElementById('copy-command').addEventListener('click', () => {
-  const t = document.getElementById('train-command'); t.select(); document.execCommand('copy'); });
+  const t = document.getElementById('train-command'), status = document.getElementById('copy-status');
+  const done = ok => { status.textContent = ok ? 'copied' : 'select the command and copy it';
+    setTimeout(() => { status.textContent = ''; }, 2000); };
+  t.select();
+  if (navigator.clipboard && window.isSecureContext)
+    navigator.clipboard.writeText(t.value).then(() => done(true), () => done(document.execCommand('copy')));
+  else done(document.execCommand('copy')); });
 render();
 
 // head profiles: a sortable table
 const prof = document.getElementById('profiles-table');
 prof.querySelectorAll('th').forEach((th, col) => th.addEventListener('click', () => {
   const rows = Array.from(prof.querySelectorAll('tr')).slice(1);
-  const desc = th.dataset.desc !== '1'; th.dataset.desc = desc ? '1' : '0';
+  const desc = th.getAttribute('aria-sort') !== 'descending';
+  prof.querySelectorAll('th').forEach(o => o.removeAttribute('aria-sort'));
+  th.setAttribute('aria-sort', desc ? 'descending' : 'ascending');
   rows.sort((a, b) => { const x = +a.cells[col].dataset.v, y = +b.cells[col].dataset.v;
     return desc ? y - x : x - y; });
   rows.forEach(r => prof.appendChild(r)); }));
@@ -185,11 +244,13 @@ def _editor(result: dict) -> str:
             f'<td class="cell" data-layer="{layer}" data-head="{h}" '
             f'style="--a:{imp[layer, h] / top:.3f}"></td>' for h in range(H)) + "</tr>"
         for layer in range(L))
-    return f"""<p class="note">Starts from the suggested plan. Click a head, then choose its pattern
-and mode (or learned); the red bar under each head is its importance. The cost table gives the work
+    return f"""<p class="note">Starts from the suggested plan. Click a head (or Tab to the grid, move
+with the arrow keys, press Enter), then choose its pattern and mode (or learned); the red bar under
+each head is its importance, its tooltip the numbers. The cost table gives the work
 fraction of the plan (tiles the fused kernel visits over a dense layer's, on validation documents
 laid end to end) and the speedup bound over dense attention it implies.</p>
-<div id="editor"><table class="grid"><tr><th></th>{head}</tr>{rows}</table>
+<div id="editor"><div class="scroll"><table class="grid" role="grid"
+aria-label="plan: layers by heads"><tr><th></th>{head}</tr>{rows}</table></div>
 <p><button id="reset-plan">reset to the suggested plan</button>
 <button id="download-plan">download plan.json</button></p>
 <div class="row"><div id="panel"><label>assign the selected head: <select id="choice"></select>
@@ -198,7 +259,8 @@ laid end to end) and the speedup bound over dense attention it implies.</p>
 </div>
 <h3>plan text</h3><pre id="plan-text"></pre>
 <p><label>train with it (after the download): <input id="train-command" readonly></label>
-<button id="copy-command">copy</button></p>"""
+<button id="copy-command">copy</button><span id="copy-status" role="status"
+aria-live="polite"></span></p>"""
 
 
 def _profiles(result: dict) -> str:
@@ -232,7 +294,8 @@ and punctuation, beyond {n_off} positions; the entropy of its rows (nats; low: f
 the histogram of relative offsets j - i (red bar: the token itself). Click a column to sort. A
 head with one tall bar away from zero is a positional head (offset:K); a concentrated mass on a
 key set the built-ins do not name is a candidate for a user pattern (--patterns).</p>
-<table class="sort" id="profiles-table"><tr>{header}</tr>{"".join(body)}</table>"""
+<div class="scroll"><table class="sort" id="profiles-table"><tr>{header}</tr>{"".join(body)}</table>
+</div>"""
 
 
 def render_html(title: str, result: dict, maps: list[dict]) -> str:
@@ -254,7 +317,7 @@ def render_html(title: str, result: dict, maps: list[dict]) -> str:
                     f'sends its attention</p><div class="tokens">{tokens}</div></div></div></div>')
     editor_data = {k: result[k] for k in ("layers", "heads", "importance", "patterns",
                                           "pattern_scores", "chance", "plan", "costs", "preset",
-                                          "inject", "pattern_files")}
+                                          "inject", "pattern_files", "trained")}
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{CSS}</style></head><body>

@@ -1,6 +1,7 @@
 """The report's plan editor in a real browser (Debian's chromium through chromedriver, as
-.ci/run installs them): a person assigns heads, reads the plan text and its cost, downloads
-plan.json and trains with it; user patterns are scored in the report and train."""
+.ci/run installs them): a person assigns heads by mouse and by keyboard, reads the plan text and
+its cost, downloads plan.json and runs the train command the report shows, for two plans in a
+row; the page reads at 800 px; user patterns are scored in the report and train."""
 
 import json
 import shutil
@@ -26,9 +27,11 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     (root / "mine.py").write_text(USER_FILE)
-    torch.manual_seed(0)
-    save_model(SummarizerModel(model_config("tiny", "0:1=sent/mask; 1:3=prev/synth")), root / "ckpt")
-    assert main(["analyze", "--checkpoint", str(root / "ckpt"), "--limit", "4", "--max-len", "96",
+    # a short real run, so that the report's train command repeats its dataset, steps, length
+    assert main(["train", "--preset", "tiny", "--plan", "0:1=sent/mask; 1:3=prev/synth",
+                 "--steps", "2", "--limit", "4", "--max-len", "96", "--val-every", "2",
+                 "--lr", "1e-6", "--precision", "fp32", "--out", str(root / "ckpt")]) == 0
+    assert main(["analyze", "--checkpoint", str(root / "ckpt"), "--limit", "4",
                  "--patterns", str(root / "mine.py"), "--out", str(root / "rep")]) == 0
     return root
 
@@ -59,12 +62,15 @@ def _wait_for(path: Path, seconds: float = 10.0) -> Path:
     raise AssertionError(f"{path} never appeared")
 
 
-def test_plan_editor_assigns_downloads_and_trains(report, browser):
+def test_plan_editor_assigns_downloads_and_trains(report, browser, monkeypatch):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
     analysis = json.loads((report / "rep" / "analysis.json").read_text())
     assert "parity" in analysis["patterns"]  # the user pattern is scored
+    offered = {k.rsplit("/", 1)[0] for k in analysis["costs"]["work"] if k != "learned"}
+    assert offered <= set(analysis["patterns"])  # every pattern the editor offers has a score
     browser.get((report / "rep" / "report.html").as_uri())
     text = lambda: browser.find_element(By.ID, "plan-text").text  # noqa: E731
     suggested = HeadPlan.from_dict(analysis["plan"])
@@ -91,19 +97,83 @@ def test_plan_editor_assigns_downloads_and_trains(report, browser):
         per_head = [work[str(s) if s else "learned"][i] for row in want.heads for s in row]
         assert model_row[1 + i] == f"{np.mean(per_head):.3f}"
     assert work["parity/mask"] == [1.0, 1.0]  # no range form: the dense reference path
-    command = browser.find_element(By.ID, "train-command").get_attribute("value")
-    assert command.startswith("attnsum train --preset tiny --plan plan.json --patterns ")
+    first = _download_and_train(report, browser, want, monkeypatch)
 
-    browser.find_element(By.ID, "download-plan").click()
-    downloaded = _wait_for(report / "dl" / "plan.json")
-    assert read_plan_file(downloaded) == want
-    assert main(["train", "--preset", "tiny", "--plan", str(downloaded), "--patterns",
-                 str(report / "mine.py"), "--steps", "1", "--limit", "4", "--max-len", "96",
-                 "--val-every", "1", "--out", str(report / "run")]) == 0
-    assert read_config(report / "run" / "last").plan == want
+    # by keyboard: Tab reaches a head, arrows move, Enter selects, arrows in the list assign
+    cell = browser.find_element(By.CSS_SELECTOR, 'td[data-layer="0"][data-head="0"]')
+    cell.click()  # the head takes the focus
+    browser.switch_to.active_element.send_keys(Keys.ARROW_DOWN, Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
+    focused = browser.switch_to.active_element
+    assert (focused.get_attribute("data-layer"), focused.get_attribute("data-head")) == ("1", "2")
+    assert "importance" in focused.get_attribute("title")
+    focused.send_keys(Keys.ENTER)
+    assert browser.switch_to.active_element.get_attribute("id") == "choice"
+    options = [o.get_attribute("value") for o in
+               browser.find_elements(By.CSS_SELECTOR, "#choice option")]
+    target = options.index("sent/mask")
+    current = options.index(Select(browser.find_element(By.ID, "choice"))
+                            .first_selected_option.get_attribute("value"))
+    key = Keys.ARROW_DOWN if target > current else Keys.ARROW_UP
+    browser.switch_to.active_element.send_keys(*[key] * abs(target - current))
+    browser.switch_to.active_element.send_keys(Keys.ENTER)  # back to the head
+    assert browser.switch_to.active_element.get_attribute("data-head") == "2"
+    again = HeadPlan.from_assignments(2, 4, {**kept, **edits, (1, 2): ("sent", "mask")})
+    assert text() == str(again)
+    second = _download_and_train(report, browser, again, monkeypatch)
+    assert first != second  # each plan trains into a folder of its own
 
     browser.find_element(By.ID, "reset-plan").click()
     assert text() == str(suggested)
+
+
+def _download_and_train(report, browser, want, monkeypatch) -> Path:
+    """Download plan.json and run the train command the report shows, as shown (plus --limit
+    and --val-every to keep it short), from the download folder; returns its run folder."""
+    import shlex
+
+    from selenium.webdriver.common.by import By
+
+    target = report / "dl" / "plan.json"
+    target.unlink(missing_ok=True)
+    browser.find_element(By.ID, "download-plan").click()
+    assert read_plan_file(_wait_for(target)) == want
+    command = browser.find_element(By.ID, "train-command").get_attribute("value")
+    args = shlex.split(command)
+    assert args[:2] == ["attnsum", "train"] and "--out" in args
+    assert args[args.index("--steps") + 1] == "2" and args[args.index("--max-len") + 1] == "96"
+    monkeypatch.chdir(report / "dl")
+    assert main([*args[1:], "--limit", "4", "--val-every", "2", "--precision", "fp32"]) == 0
+    run = report / "dl" / args[args.index("--out") + 1]
+    assert read_config(run / "last").plan == want
+    browser.find_element(By.ID, "copy-command").click()
+    assert browser.find_element(By.ID, "copy-status").text != ""  # the copy says what happened
+    return run
+
+
+def test_the_editor_reads_at_800_px(tmp_path, browser):
+    """Sixteen heads a layer: at 800 px the page does not scroll sideways, the grid scrolls
+    inside its box, and the cost table stays in place when the side panel fills."""
+    from selenium.webdriver.common.by import By
+
+    torch.manual_seed(0)
+    save_model(SummarizerModel(model_config("tiny", "*:0=sent/mask", heads=16)), tmp_path / "c")
+    assert main(["analyze", "--checkpoint", str(tmp_path / "c"), "--limit", "2", "--max-len",
+                 "64", "--out", str(tmp_path / "rep")]) == 0
+    browser.set_window_size(800, 1000)
+    try:
+        browser.get((tmp_path / "rep" / "report.html").as_uri())
+        width = browser.execute_script("return document.documentElement.clientWidth")
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= width
+        box = browser.find_element(By.CSS_SELECTOR, "#editor .scroll")
+        assert box.rect["x"] + box.rect["width"] <= width
+        cost = browser.find_element(By.ID, "plan-cost")
+        before = cost.rect
+        browser.find_element(By.CSS_SELECTOR, 'td[data-layer="1"][data-head="15"]').click()
+        assert "layer 1, head 15" in browser.find_element(By.ID, "panel-body").text
+        assert cost.rect == before
+        assert browser.get_log("browser") == []
+    finally:
+        browser.set_window_size(1300, 1600)
 
 
 def test_profiles_table_sorts(report, browser):
@@ -117,6 +187,12 @@ def test_profiles_table_sorts(report, browser):
     rows = table.find_elements(By.TAG_NAME, "tr")[1:]
     values = [float(r.find_elements(By.TAG_NAME, "td")[col].get_attribute("data-v")) for r in rows]
     assert len(values) == 8 and values == sorted(values, reverse=True)
+    th = lambda: table.find_elements(By.TAG_NAME, "th")[col]  # noqa: E731
+    assert th().get_attribute("aria-sort") == "descending"
+    th().click()
+    assert th().get_attribute("aria-sort") == "ascending"
+    assert sum(t.get_attribute("aria-sort") is not None
+               for t in table.find_elements(By.TAG_NAME, "th")) == 1
     analysis = json.loads((report / "rep" / "analysis.json").read_text())
     assert max(values) == pytest.approx(np.max(analysis["profiles"]["entropy"]), rel=1e-5)
 
@@ -130,15 +206,15 @@ def test_a_checkpoint_with_user_patterns_needs_its_file(report, capsys):
     assert main(["analyze", "--checkpoint", str(run), "--patterns", str(report / "mine.py"),
                  "--out", str(report / "rep2"), *args]) == 0
     assert json.loads((report / "rep2" / "analysis.json").read_text())["pattern_scores"]
-    from attnsum.attention import patterns
+    from attnsum.attention import registry
 
-    saved = dict(patterns._REGISTRY)
+    saved = dict(registry._REGISTRY)
     try:  # a fresh process: the user patterns are not registered
         for name in ("second", "parity"):
-            del patterns._REGISTRY[name]
+            del registry._REGISTRY[name]
         capsys.readouterr()
         assert main(["analyze", "--checkpoint", str(run), "--out", str(report / "rep3"), *args]) == 2
         err = capsys.readouterr().err
         assert "unknown pattern 'second'" in err and "--patterns" in err and str(run) in err
     finally:
-        patterns._REGISTRY.update(saved)
+        registry._REGISTRY.update(saved)

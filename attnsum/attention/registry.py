@@ -67,10 +67,6 @@ def pattern_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def user_pattern_names() -> list[str]:
-    return sorted(n for n in _REGISTRY if n not in _BUILTIN and n.split(":", 1)[0] not in _FAMILIES)
-
-
 def load_pattern_file(path) -> list[str]:
     """Run a Python file that registers patterns (`register_pattern`); returns their names.
     User code runs only when a command is given ``--patterns FILE.py``. Every failure is one
