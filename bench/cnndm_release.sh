@@ -66,7 +66,8 @@ evaluate() {  # name, then evaluate flags
 evaluate lead3 --system lead3
 evaluate "$NAME" --system "" --checkpoint "models/$NAME"
 evaluate "$TWIN" --system "" --checkpoint "$OUT/release/$TWIN"
-python bench/cnndm_table.py "$OUT/eval" --first 500 0 > "$RESULTS/$NAME.validation.md"
+python bench/cnndm_table.py "$OUT/eval" --first 500 0 --pairs "$NAME:lead3" "$NAME:$TWIN" \
+  "$TWIN:lead3" > "$RESULTS/$NAME.validation.md"
 
 blind() {  # name, checkpoint
   local file="$RESULTS/$1.test.jsonl.gz"
@@ -87,8 +88,8 @@ blind "$TWIN" "$OUT/release/$TWIN"
   printf '## Validation (whole split) and blind test\n\n'
   printf 'ROUGE F1, mean [95%% bootstrap interval], beside Lead-3 and the dense twin `%s` (same\n' "$TWIN"
   printf 'recipe and budget, no plan), scored with the released bf16 weights in bf16 autocast\n'
-  printf '(`python bench/cnndm_table.py %s/eval --first 500 0`; the first 500 documents are the\n' "$OUT"
-  printf 'ones the checkpoint was selected on):\n\n'
+  printf '(`python bench/cnndm_table.py %s/eval --first 500 0 --pairs ...`; the first 500 documents are\n' "$OUT"
+  printf 'the ones the checkpoint was selected on):\n\n'
   cat "$RESULTS/$NAME.validation.md"
   printf '\nBlind test: all %s test articles, scored outside the project:\n' \
     "$(zcat "$RESULTS/$NAME.test.jsonl.gz" | wc -l)"

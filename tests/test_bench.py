@@ -185,3 +185,30 @@ def test_precision_parity_harness(tmp_path):
     assert r["documents"] == 6 and r["fp32"]["max_prob_diff"] == 0 and r["fp32"]["same_top3"] == 1
     assert r["int8"]["max_prob_diff"] < 0.1 and 0 <= r["int8"]["same_top3"] <= 1
     assert r["int8"]["rouge1"]["low"] <= r["int8"]["rouge1"]["mean"] <= r["int8"]["rouge1"]["high"]
+
+
+def test_validation_table_pairs_systems_on_the_same_documents(tmp_path):
+    """bench/cnndm_table.py: systems from two evaluation folders, each system's mean, and the
+    paired difference A - B equal to the mean of the per-document differences."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    scores = {"lead3": rng.uniform(20, 50, (40, 3)), "m": rng.uniform(20, 50, (40, 3))}
+    for folder, run, system in (("a", "lead3", "lead3"), ("b", "m", "model")):
+        (tmp_path / folder / run).mkdir(parents=True)
+        rows = [{"id": f"d{i}", "rouge1": r[0], "rouge2": r[1], "rougeLsum": r[2]}
+                for i, r in enumerate(scores[run])]
+        (tmp_path / folder / run / f"{system}.predictions.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows))
+    r = _run("bench/cnndm_table.py", str(tmp_path / "a"), str(tmp_path / "b"), "--first", "0",
+             "--pairs", "m:lead3")
+    diff = (scores["m"] - scores["lead3"]).mean(0)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("| m - lead3 |"))
+    assert [float(c.split()[0]) for c in line.split("|")[2:5]] == pytest.approx(diff, abs=0.006)
+    assert f"| m | {scores['m'][:, 0].mean():.2f}" in r.stdout
+    (tmp_path / "b" / "m" / "model.predictions.jsonl").write_text("".join(
+        json.dumps({"id": f"x{i}", "rouge1": 1, "rouge2": 1, "rougeLsum": 1}) + "\n"
+        for i in range(40)))
+    r = subprocess.run([sys.executable, "bench/cnndm_table.py", str(tmp_path / "a"),
+                        str(tmp_path / "b")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "not those of the other systems" in r.stderr
