@@ -77,6 +77,20 @@ def _load_rows(PERM, LO, HI, EX, tb, offs, N):
 
 
 @triton.jit
+def _query_block(qb_ptr, PERM, LO, HI, EX, tb, do_base, sd_n, offs_d, offs_n, N,
+                 BLOCK_M: tl.constexpr):
+    """The query block a dK/dV program visits next (its index at `qb_ptr`): which rows exist,
+    their positions and ranges, their dO rows, and which of them may attend the program's
+    keys."""
+    offs_m = tl.load(qb_ptr) * BLOCK_M + tl.arange(0, BLOCK_M)
+    in_m = offs_m < N
+    pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
+    do = _gather(do_base, pq, sd_n, offs_d, in_m)
+    ok = _allowed(offs_m, offs_n, lo, hi, ex, N) & in_m[:, None]
+    return in_m, pq, lo, hi, ex, do, ok
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, PERM, LO, HI, EX, KBS, KBE, KIND, TAB,
                 sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_n,
                 st_t, st_b, sb_t, sb_b, H, N, scale_log2,
@@ -192,21 +206,15 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PERM, LO, HI, EX, QBI, QBC
     # software pipeliner off the loop's loads (bench/aot_check.py, "pipelined").
     if kind == 1:  # synthesized: dV only, P uniform over each query's range
         for i in range(0, n_qb):
-            offs_m = tl.load(qbi + i) * BLOCK_M + tl.arange(0, BLOCK_M)
-            in_m = offs_m < N
-            pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
-            do = _gather(do_base, pq, sd_n, offs_d, in_m)
-            ok = _allowed(offs_m, offs_n, lo, hi, ex, N) & in_m[:, None]
+            in_m, pq, lo, hi, ex, do, ok = _query_block(qbi + i, PERM, LO, HI, EX, tb, do_base,
+                                                        sd_n, offs_d, offs_n, N, BLOCK_M)
             count = tl.maximum(hi - lo - ex.to(tl.int32), 1).to(tl.float32)
             p = tl.where(ok, 1.0 / count[:, None], 0.0)
             dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
     else:
         for i in range(0, n_qb):
-            offs_m = tl.load(qbi + i) * BLOCK_M + tl.arange(0, BLOCK_M)
-            in_m = offs_m < N
-            pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
-            do = _gather(do_base, pq, sd_n, offs_d, in_m)
-            ok = _allowed(offs_m, offs_n, lo, hi, ex, N) & in_m[:, None]
+            in_m, pq, lo, hi, ex, do, ok = _query_block(qbi + i, PERM, LO, HI, EX, tb, do_base,
+                                                        sd_n, offs_d, offs_n, N, BLOCK_M)
             q = _gather(Q + b * sq_b + h * sq_h, pq, sq_n, offs_d, in_m)
             lse = tl.load(LSE + pid_bh * N + pq, mask=in_m, other=float("inf"))
             delta = tl.load(DELTA + pid_bh * N + pq, mask=in_m, other=0.0)
