@@ -234,7 +234,9 @@ def cmd_serve(args) -> None:
     serve(args.checkpoint, cfg, args.device, args.precision, args.max_len)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, the options of that command alone (the others are listed, with
+    none of their options): `attnsum --help` and most commands' help then import no model code."""
     parser = argparse.ArgumentParser(
         prog="attnsum", description=__doc__.splitlines()[0],
         epilog="Start with `attnsum summarize ARTICLE.txt` (the released news model) or "
@@ -243,10 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"attnsum {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=text, description=text, formatter_class=_Help)
+    for name, (text, options) in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text, formatter_class=_Help)
+        if only is None or only == name:
+            options(p)
+    return parser
 
-    p = command("summarize", "summaries of files, folders, stdin or JSON Lines")
+
+def _summarize_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*",
                    help=".txt files (one document each), .jsonl(.gz) files, folders of them; "
                         "- or nothing: stdin")
@@ -269,10 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_summarize)
 
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
     from .serve import ServeConfig
 
     d = ServeConfig()
-    p = command("serve", "HTTP service: POST /summarize, GET /health")
+
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint or run folder (default: the released news model in models/)")
     p.add_argument("--host", default=d.host,
@@ -296,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_serve)
 
-    p = command("evaluate", "ROUGE of baselines (lead3, oracle), a checkpoint or sentence scores")
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default="lead3,oracle",
                    help="baselines to score: lead3, oracle, a comma-separated list, or '' for none")
     _add_dataset_args(p)
@@ -314,13 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _train_options(p: argparse.ArgumentParser) -> None:
     from .attention import BACKENDS
     from .model import MODEL_PRESETS
     from .schedule import OPTIMIZERS
     from .train import TrainConfig
 
     d = TrainConfig()
-    p = command("train", "train a summarizer: a teacher, or a student with a head plan")
+
     p.add_argument("--preset", default=d.preset, choices=list(MODEL_PRESETS),
                    help="model shape (attnsum/model.py): minilm and bert-base are pretrained; "
                         "student-* and tiny start from random weights or --init-from")
@@ -397,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_train)
 
-    p = command("score", "sentence scores of a split, for `evaluate --scores`")
+
+def _score_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
     _add_dataset_args(p)
     p.set_defaults(split="val")
@@ -406,14 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_score)
 
-    p = command("shard", "preprocess splits into compact shards (for a machine without the "
-                "tokenizer or datasets)")
+
+def _shard_options(p: argparse.ArgumentParser) -> None:
     _add_dataset_args(p, split=False)
     p.add_argument("--splits", default="train,val", help="comma-separated splits")
     p.add_argument("--out", required=True, help="shard folder (shards/ is ignored by git)")
     p.set_defaults(func=cmd_shard)
 
-    p = command("analyze", "head importance, pattern scores, a suggested plan and an HTML report")
+
+def _analyze_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
     _add_dataset_args(p)
     p.set_defaults(split="val")
@@ -426,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_analyze)
 
-    p = command("pipeline", "the whole method: teacher, analysis, patterned teacher and "
-                "students, evaluation, timing, summary")
+
+def _pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="embedded",
                    help="embedded, cnn_dailymail, or a JSON Lines / Parquet file or folder")
     p.add_argument("--full", action="store_true", help="full settings (GPU) instead of quick")
@@ -436,13 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/pipeline", help="output folder (resumed if present)")
     p.set_defaults(func=cmd_pipeline)
 
-    p = command("release", "a run's best checkpoint made small for git, with a card")
+
+def _release_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (or checkpoint)")
     p.add_argument("--out", required=True, help="release folder, e.g. models/NAME")
     p.add_argument("--notes", default=None, help="Markdown file appended to the card")
     p.set_defaults(func=cmd_release)
 
-    p = command("experiment", "the paper's comparison table over several seeds")
+
+def _experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="embedded",
                    help="embedded, cnn_dailymail, or a JSON Lines / Parquet file or folder")
     p.add_argument("--seeds", type=int, default=3, help="seeds per system")
@@ -450,7 +465,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="documents per split (default: all)")
     p.add_argument("--out", default="runs/experiment", help="output folder (resumed if present)")
     p.set_defaults(func=cmd_experiment)
-    return parser
+
+
+COMMANDS = {  # name: (one line of help, its options)
+    "summarize": ("summaries of files, folders, stdin or JSON Lines", _summarize_options),
+    "serve": ("HTTP service: POST /summarize, GET /health", _serve_options),
+    "evaluate": ("ROUGE of baselines (lead3, oracle), a checkpoint or sentence scores",
+                 _evaluate_options),
+    "train": ("train a summarizer: a teacher, or a student with a head plan", _train_options),
+    "score": ("sentence scores of a split, for `evaluate --scores`", _score_options),
+    "shard": ("preprocess splits into compact shards (for a machine without the tokenizer or "
+              "datasets)", _shard_options),
+    "analyze": ("head importance, pattern scores, a suggested plan and an HTML report",
+                _analyze_options),
+    "pipeline": ("the whole method: teacher, analysis, patterned teacher and students, "
+                 "evaluation, timing, summary", _pipeline_options),
+    "release": ("a run's best checkpoint made small for git, with a card", _release_options),
+    "experiment": ("the paper's comparison table over several seeds", _experiment_options),
+}
 
 
 def _add_device_arg(p: argparse.ArgumentParser) -> None:
@@ -495,7 +527,9 @@ def _parse_plan(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
     try:
         _load_pattern_files(args)
         _parse_plan(args)

@@ -17,12 +17,13 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a precision is resolved: the CLI's help needs none
+    import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_PRECISION = "auto"  # of every command and of the Python API
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 AUTO_ENV = "ATTNSUM_AUTO_PRECISION"
 
@@ -52,10 +53,14 @@ class Precision:
     @property
     def dtype(self) -> torch.dtype | None:
         """The autocast dtype, None for fp32."""
-        return _DTYPES[self.name]
+        import torch
+
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
 
     def autocast(self):
         """The context that runs a forward (and its loss) in this precision."""
+        import torch
+
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
@@ -67,6 +72,8 @@ class Precision:
 def resolve_precision(name: str, device: str | torch.device = "cpu") -> Precision:
     """Resolve a precision setting for a device, once per command (or `Summarizer`): what runs
     a model takes the `Precision`. Raises ValueError for one the device cannot run."""
+    import torch
+
     dev = torch.device(device).type
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}: use one of {', '.join(PRECISIONS)}")

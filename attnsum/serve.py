@@ -25,9 +25,12 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .precision import DEFAULT_PRECISION
-from .summarizer import InputError, Summarizer
+
+if TYPE_CHECKING:  # the model code loads with the service, not with `attnsum serve --help`
+    from .summarizer import Summarizer
 
 log = logging.getLogger("attnsum.serve")
 
@@ -153,6 +156,8 @@ def create_app(summarizer: Summarizer, cfg: ServeConfig):
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    from .summarizer import InputError
+
     batcher = Batcher(summarizer, cfg)
     prep_pool = ThreadPoolExecutor(max_workers=cfg.prep_threads, thread_name_prefix="attnsum-prep")
 
@@ -219,6 +224,8 @@ def create_app(summarizer: Summarizer, cfg: ServeConfig):
 def serve(checkpoint: str | None, cfg: ServeConfig, device: str | None = None,
           precision: str = DEFAULT_PRECISION, max_len: int | None = None) -> None:
     import uvicorn
+
+    from .summarizer import Summarizer
 
     summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision,
                                             max_len=max_len)

@@ -63,3 +63,18 @@ def test_one_document_is_one_document(tmp_path, capsys):
                        "The mayor said a small rise in property taxes would pay for the plan.")
     assert main(["summarize", "--precision", "fp32", "--format", "text", str(article)]) == 0
     assert "summarized 1 document (0 could not be)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["summarize"], ["serve"], ["evaluate"], ["analyze"]])
+def test_help_imports_no_model_code(command):
+    """`attnsum --help` and the help of the commands a newcomer meets first load neither torch
+    nor the models (a second of start-up saved; train's help still does)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom attnsum.cli import main\ntry:\n    main(sys.argv[1:] + ['--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "usage: attnsum" in r.stdout and r.stdout.strip().endswith("False")
