@@ -184,14 +184,15 @@ def test_user_pattern_without_ranges_and_combinators():
     assert m == [[0, 0, 0], [1, 0, 0], [1, 1, 0]]
 
 
-def _readme_pattern_file() -> str:
-    """The user pattern file of README.md (section "User patterns"), so the example is tested."""
-    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+def _documented_pattern_file() -> str:
+    """The user pattern file of docs/commands.md (section "User patterns"), so the example is
+    tested."""
+    text = (Path(__file__).parents[1] / "docs" / "commands.md").read_text(encoding="utf-8")
     start = text.index("```python\n# mine.py")
     return text[start + len("```python\n"):text.index("```", start + 3)]
 
 
-USER_FILE = _readme_pattern_file()
+USER_FILE = _documented_pattern_file()
 
 
 def test_pattern_files_register_patterns_and_fail_clearly(tmp_path):
