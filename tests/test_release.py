@@ -62,7 +62,7 @@ def test_a_missing_default_model_is_one_clear_error(monkeypatch, tmp_path, capsy
     import attnsum.release as release
 
     monkeypatch.setattr(release, "MODELS_DIR", tmp_path)
-    assert main(["summarize", str(tmp_path)]) == 2
+    assert main(["summarize", str(_article(tmp_path))]) == 2
     assert "no --checkpoint given" in capsys.readouterr().err
 
 
