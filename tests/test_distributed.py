@@ -146,8 +146,15 @@ def test_two_processes_summarize_like_one(runs, documents, tmp_path):
     one = _run([sys.executable, "-m", "attnsum", *args, "--out", str(tmp_path / "one.jsonl")])
     two = _run([*TORCHRUN, "-m", "attnsum", *args, "--chunk", "2", "--out",
                 str(tmp_path / "two.jsonl")])
-    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
-    assert len((tmp_path / "one.jsonl").read_text().splitlines()) == 7
+    # the same documents, in order, with the same summaries; the scores agree to float noise (the
+    # ranks batch other documents together, and CPU fp32 matmuls round by shape)
+    one_rows, two_rows = ([json.loads(line) for line in (tmp_path / f).read_text().splitlines()]
+                          for f in ("one.jsonl", "two.jsonl"))
+    assert len(one_rows) == 7
+    assert [{k: r[k] for k in r if k != "scores"} for r in two_rows] == [
+        {k: r[k] for k in r if k != "scores"} for r in one_rows]
+    for a, b in zip(two_rows, one_rows, strict=True):
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-5)
     assert "summarized 7 documents" in one.stderr and "summarized 7 documents" in two.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "two.jsonl"]
 
