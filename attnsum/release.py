@@ -13,7 +13,7 @@ from .checkpoints import METRICS_FILE, load_model, read_training_summary, resolv
 from .io import atomic_write_text
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-DEFAULT_MODEL = "news-paper3"  # the released CNN/DailyMail summarizer (models/news-paper3/README.md)
+DEFAULT_MODEL = "news-paper3-tx"  # the released CNN/DailyMail summarizer (models/news-paper3-tx/README.md)
 
 
 def default_checkpoint() -> Path:

@@ -7,7 +7,8 @@ batch 1 (latency p50 and p95) and at batch 32 (throughput), and peak memory, per
 
 Models (random weights: speed does not depend on them), each as `Summarizer` serves it
 (synthesized heads' q and k rows cut, attnsum/attention/hf.py): the teacher (`minilm`, 6
-layers), `student-mini-3` dense and with the `paper` plan, `student-mini-2` with the `paper`
+layers), `student-mini-3` dense, with the `paper` plan, and with the plan and BERTSum's
+inter-sentence transformer as its sentence classifier (`-tx`), `student-mini-2` with the `paper`
 plan. Every (model, length, batch) runs in a process of its own, so its peak memory is its own:
 on CPU the process's peak resident set (ru_maxrss, the Python and torch runtime included), on
 CUDA `max_memory_allocated`. Inputs: synthetic BERTSum documents of exactly N word pieces.
@@ -34,21 +35,22 @@ from attnsum.precision import resolve_precision  # noqa: E402
 
 FIELDS = ["model", "plan", "N", "batch", "precision", "p50_ms", "p95_ms", "docs_per_s", "speedup",
           "peak_mib", "device", "torch", "commit"]
-MODELS = {  # name: (preset, plan)
-    "teacher": ("minilm", "none"),
-    "student3-dense": ("student-mini-3", "none"),
-    "student3-paper": ("student-mini-3", "paper"),
-    "student2-paper": ("student-mini-2", "paper"),
+MODELS = {  # name: (preset, plan, sentence classifier)
+    "teacher": ("minilm", "none", "linear"),
+    "student3-dense": ("student-mini-3", "none", "linear"),
+    "student3-paper": ("student-mini-3", "paper", "linear"),
+    "student3-paper-tx": ("student-mini-3", "paper", "transformer"),
+    "student2-paper": ("student-mini-2", "paper", "linear"),
 }
 
 
-def measure(preset: str, plan: str, N: int, B: int, device: str, precision: str,
+def measure(preset: str, plan: str, classifier: str, N: int, B: int, device: str, precision: str,
             budget_s: float) -> dict:
     """Time one model in this process: per-call seconds until `budget_s` is spent (at least
     3 calls and at most 50, after one warm-up call)."""
     torch.manual_seed(0)
-    model = SummarizerModel(model_config(preset, plan, max_positions=max(512, N)),
-                            load_pretrained=False).to(device).eval()
+    model = SummarizerModel(model_config(preset, plan, classifier=classifier,
+                                         max_positions=max(512, N)), load_pretrained=False).to(device).eval()
     model.drop_synth_projections()
     if precision == "int8":  # dynamic int8 quantization of the Linear layers (CPU), else fp32
         model = int8_dynamic(model)
@@ -80,8 +82,7 @@ def measure(preset: str, plan: str, N: int, B: int, device: str, precision: str,
 
 def run_isolated(name: str, N: int, B: int, args) -> dict:
     """`measure` in a fresh process (its own peak memory, nothing left over from the others)."""
-    preset, plan = MODELS[name]
-    cmd = [sys.executable, __file__, "--one", json.dumps([preset, plan, N, B]), "--device",
+    cmd = [sys.executable, __file__, "--one", json.dumps([*MODELS[name], N, B]), "--device",
            args.device, "--precision", args.precision, "--budget", str(args.budget)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -104,8 +105,9 @@ def main(argv=None) -> int:
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, JSON out
     args = p.parse_args(argv)
     if args.one:
-        preset, plan, N, B = json.loads(args.one)
-        print(json.dumps(measure(preset, plan, N, B, args.device, args.precision, args.budget)))
+        preset, plan, classifier, N, B = json.loads(args.one)
+        print(json.dumps(measure(preset, plan, classifier, N, B, args.device, args.precision,
+                                 args.budget)))
         return 0
     if args.quick:
         args.device, args.precision, args.n, args.batch, args.budget = "cpu", "fp32", [64], [2], 0.1

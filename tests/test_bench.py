@@ -74,7 +74,7 @@ def test_gpu_session_rehearsal(tmp_path):
     students = list(csv.DictReader(open(out / "students.csv")))
     assert list(students[0]) == _fields("bench_students.py")
     assert [r["model"] for r in students] == ["teacher", "student3-dense", "student3-paper",
-                                              "student2-paper"]
+                                              "student3-paper-tx", "student2-paper"]
     teacher = float(students[0]["docs_per_s"])
     for row in students:
         rate, p50 = float(row["docs_per_s"]), float(row["p50_ms"])
