@@ -32,7 +32,7 @@ def _count(n: int, noun: str) -> str:
 
 def _add_dataset_args(p: argparse.ArgumentParser, split: bool = True) -> None:
     p.add_argument("--dataset", default="embedded",
-                   help="embedded (a small news corpus shipped by the aclsum package), "
+                   help="embedded (250 ACL papers with summaries, shipped by the aclsum package), "
                         "cnn_dailymail, a JSON Lines / Parquet file or folder, or a shard folder "
                         "(attnsum shard)")
     if split:

@@ -142,7 +142,8 @@ def autotune(out: Path, rehearse: bool, device: str) -> None:
     OUT/tuning.csv. The rehearsal tunes two candidates of each from the sm_90 rows, at a small
     size in fp32 under the interpreter."""
     step("autotune over the AOT-pruned space")
-    arch = fused.arch_key(fused._capability(torch.device(device)))
+    cc = fused._capability(torch.device(device))
+    arch = fused.arch_key(cc)
     if rehearse:
         space_arch, dims, dtype, B, N, reps = "sm_90", (16,), torch.float32, 2, 64, 1
     else:
@@ -164,8 +165,7 @@ def autotune(out: Path, rehearse: bool, device: str) -> None:
                                            cfg if kernel == role else untuned(kernel, d, c, dt))
                     row = {"arch": arch, "dtype": dname, "D": D, "N": N, "kernel": role,
                            **cfg._asdict(), "chosen": False, "error": "",
-                           "default": cfg == fused.default_config(role, D, fused._capability(
-                               torch.device(device)))}
+                           "default": cfg == fused.default_config(role, D, cc)}
                     try:
                         row["ms"] = _time_ms(work["fwd" if role == "fwd" else "bwd"], reps, device)
                     except Exception as e:  # a launch failure is a finding, not a crash

@@ -77,20 +77,23 @@ def generate_intra_sentence() -> Pattern:
         return intra_sentence
 
     def ranges(ctx: PatternContext) -> Ranges:
-        sid = ctx.sentence_ids
-        # Number the runs of equal sentence ids; a run is a sentence (or a stretch outside
-        # sentences, which gets an empty range below). Runs are ordered, so searchsorted finds
-        # each run's [start, end).
-        change = torch.ones_like(sid, dtype=torch.long)
-        change[:, 1:] = (sid[:, 1:] != sid[:, :-1]).long()
-        run = torch.cumsum(change, dim=1)
+        run = _sentence_runs(ctx)
         lo = torch.searchsorted(run, run, side="left")
         hi = torch.searchsorted(run, run, side="right")
-        inside = (sid >= 0) & ctx.valid
+        inside = (ctx.sentence_ids >= 0) & ctx.valid
         return Ranges(None, torch.where(inside, lo, 0).int(), torch.where(inside, hi, 0).int(),
                       torch.zeros_like(inside))
 
     return Pattern("sent", predicate, ranges, description="intra-sentence")
+
+
+def _sentence_runs(ctx: PatternContext) -> torch.Tensor:
+    """(B, N) number of each token's run of equal sentence ids: a run is a sentence (or a
+    stretch outside sentences). Runs are ordered, so searchsorted finds each run's [start, end)."""
+    sid = ctx.sentence_ids
+    change = torch.ones_like(sid, dtype=torch.long)
+    change[:, 1:] = (sid[:, 1:] != sid[:, :-1]).long()
+    return torch.cumsum(change, dim=1)
 
 
 # ---- positional offset
@@ -163,11 +166,8 @@ def generate_window(k: int) -> Pattern:
 
 def _sentence_starts(ctx: PatternContext) -> tuple[torch.Tensor, torch.Tensor]:
     """(first position of each token's sentence run, inside a sentence): (B, N) long, bool."""
-    sid = ctx.sentence_ids
-    change = torch.ones_like(sid, dtype=torch.long)
-    change[:, 1:] = (sid[:, 1:] != sid[:, :-1]).long()
-    run = torch.cumsum(change, dim=1)
-    return torch.searchsorted(run, run, side="left"), (sid >= 0) & ctx.valid
+    run = _sentence_runs(ctx)
+    return torch.searchsorted(run, run, side="left"), (ctx.sentence_ids >= 0) & ctx.valid
 
 
 def generate_sentence_cls() -> Pattern:
