@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -212,7 +214,7 @@ def cmd_analyze(args) -> None:
 def cmd_pipeline(args) -> None:
     from .pipeline import run_pipeline
 
-    print(run_pipeline(args.out, args.dataset, args.full, args.limit, args.seed))
+    print(run_pipeline(args.out, args.dataset, args.full, args.limit, args.seed, steps=args.steps))
 
 
 def cmd_summarize(args) -> None:
@@ -445,6 +447,8 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
                    help="embedded, cnn_dailymail, or a JSON Lines / Parquet file or folder")
     p.add_argument("--full", action="store_true", help="full settings (GPU) instead of quick")
     p.add_argument("--limit", type=int, default=None, help="documents per split (default: all)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps of every model (default: 80 quick, the paper's with --full)")
     p.add_argument("--seed", type=int, default=0, help="seed of every training run")
     p.add_argument("--out", default="runs/pipeline", help="output folder (resumed if present)")
     p.set_defaults(func=cmd_pipeline)
@@ -526,8 +530,15 @@ def _parse_plan(args) -> None:
         args.plan = parse_plan(text, args.preset, args.inject)
 
 
+# Options appended to every command line read from the shell (docs/commands.md, "Environment
+# variables"), as PYTEST_ADDOPTS does for pytest; tests/test_docs.py runs the documented commands
+# with small settings this way.
+ADDOPTS_ENV = "ATTNSUM_ADDOPTS"
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:
+        argv = sys.argv[1:] + shlex.split(os.environ.get(ADDOPTS_ENV, ""))
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
     try:

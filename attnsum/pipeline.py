@@ -66,11 +66,17 @@ def time_inference(model: SummarizerModel, examples, batch_size: int = 8) -> dic
 
 
 def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", full: bool = False,
-                 limit: int | None = None, seed: int = 0, settings: Settings | None = None) -> str:
-    """Run (or resume) the pipeline; returns the summary's Markdown."""
+                 limit: int | None = None, seed: int = 0, settings: Settings | None = None,
+                 steps: int | None = None) -> str:
+    """Run (or resume) the pipeline; returns the summary's Markdown. `steps` replaces the
+    settings' training steps of every model (teacher and students alike)."""
     out = Path(out)
     # The student has the teacher's 6 x 12 heads, so the plan found on the teacher fits it.
     s = settings or replace(FULL if full else QUICK, student="student-6x12" if full else "student-mini")
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"--steps {steps}: at least 1")
+        s = replace(s, teacher_steps=steps, student_steps=steps, val_every=min(s.val_every, steps))
     stages = Stages(out, 8)
     base = TrainConfig(dataset=dataset, max_len=s.max_len, limit=limit, seed=seed,
                        val_every=s.val_every, batch_size=s.batch_size, accum=s.accum,

@@ -78,3 +78,20 @@ def test_help_imports_no_model_code(command):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "usage: attnsum" in r.stdout and r.stdout.strip().endswith("False")
+
+
+def test_addopts_reach_the_shell_command_line_only(tmp_path, monkeypatch, capsys):
+    """ATTNSUM_ADDOPTS is appended to what the shell gives (docs/commands.md, "Environment
+    variables"); a call with its own argument list (the Python API of the CLI) ignores it."""
+    import os
+    import subprocess
+    import sys
+
+    missing = str(tmp_path / "missing.txt")
+    r = subprocess.run([sys.executable, "-m", "attnsum", "summarize", missing], text=True,
+                       capture_output=True, timeout=120,
+                       env={**os.environ, "ATTNSUM_ADDOPTS": "--format pdf"})
+    assert r.returncode == 2 and "--format: invalid choice: 'pdf'" in r.stderr, r.stderr
+    monkeypatch.setenv("ATTNSUM_ADDOPTS", "--format pdf")
+    assert main(["summarize", missing]) == 2
+    assert "no such file" in capsys.readouterr().err
