@@ -2,7 +2,7 @@
 # The released news model (models/$NAME) and its dense twin, on CPU, from the shared
 # CNN/DailyMail files: a 3-layer student of MiniLM's width started from the pretrained MiniLM's
 # layers 1, 3, 5 with its word embeddings frozen (so that a release stores none of them),
-# oracle labels, 8 documents a step drawn from the whole training split, peak rate 1e-4,
+# oracle labels, 8 documents a step drawn from the whole training split, peak rate LR (1e-4),
 # validation ROUGE on the first 500 validation documents every 500 steps; `paper` plan for the
 # release, no plan for the twin, the same budget. Then: the release, the whole validation split
 # (Lead-3, the release and the twin, each twin in bf16 weights as released), and blind-test
@@ -15,7 +15,8 @@
 # OUT (runs/news), STEPS (3000), TIME_LIMIT (minutes, none by default), NAME (news-paper3),
 # TWIN (news-dense3), INIT (minilm; a released model to continue from, e.g. models/news-paper3),
 # SEED (0; another seed draws other documents when continuing), CLASSIFIER (linear, or transformer:
-# BERTSum's inter-sentence layers over the sentence vectors).
+# BERTSum's inter-sentence layers over the sentence vectors), LR (peak rate, 1e-4; 2e-4 measured
+# better for the patterned student: bench/results/cnndm/levers.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cnndm}
@@ -27,6 +28,7 @@ TWIN=${TWIN:-news-dense3}
 INIT=${INIT:-minilm}
 SEED=${SEED:-0}
 CLASSIFIER=${CLASSIFIER:-linear}
+LR=${LR:-1e-4}
 RESULTS=bench/results/cnndm
 ATTNSUM=${ATTNSUM:-python -m attnsum}
 mkdir -p "$OUT" "$RESULTS"
@@ -40,7 +42,7 @@ train() {  # run name, plan
   local layers=(--init-layers 1,3,5)
   [ "$INIT" = minilm ] || layers=()
   OMP_NUM_THREADS=1 $ATTNSUM train --dataset shards/cnndm --preset student-mini-3 --plan "$plan" \
-    --classifier "$CLASSIFIER" --init-from "$INIT" "${layers[@]}" --freeze-embeddings --lr 1e-4 --batch-size 8 \
+    --classifier "$CLASSIFIER" --init-from "$INIT" "${layers[@]}" --freeze-embeddings --lr "$LR" --batch-size 8 \
     --max-len 512 --steps "$STEPS" --val-every 500 --val-limit 500 --log-every 50 \
     --seed "$SEED" ${TIME_LIMIT:+--time-limit "$TIME_LIMIT"} --out "$OUT/$name" \
     > "$OUT/$name.log" 2>&1 && touch "$OUT/$name/done"

@@ -1,6 +1,8 @@
 """Helpers shared by the tests (pytest puts this folder on the import path): random attention
-batches with every awkward case, the mixed plan, a tiny random BERT, embedded examples, and the
-check that NaN and Inf in padding rows stay there."""
+batches with every awkward case, the mixed plan, a tiny random BERT, embedded examples, the
+check that NaN and Inf in padding rows stay there, and a free loopback port."""
+
+import socket
 
 import torch
 
@@ -71,3 +73,10 @@ def check_padding_isolation(fn, q, k, v, ctx):
     for name, g in zip("qkv", grads, strict=True):
         assert torch.isfinite(g).all(), f"d{name}"
         assert (g.masked_select(~ctx.valid[:, None, :, None].expand_as(g)) == 0).all(), f"d{name}"
+
+
+def free_port() -> int:
+    """A loopback port free now (for a server the test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

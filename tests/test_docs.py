@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -89,15 +89,9 @@ def _subcommand(words: list[str]) -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(words: list[str], work: Path) -> None:
     """Start the server, POST the article as the README's comment says, stop it."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(words, cwd=work, env=_env(ATTNSUM_ADDOPTS=f"--port {port}"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -117,11 +111,8 @@ def _serve(words: list[str], work: Path) -> None:
             [summary] = json.loads(reply.read())["summaries"]
         assert len(summary["sentences"]) == 3 and all(s in ARTICLE for s in summary["sentences"])
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        proc.kill()
+        proc.wait()
 
 
 def _shell(line: list[str], work: Path) -> None:

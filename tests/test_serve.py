@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from helpers import free_port
 
 from attnsum.checkpoints import read_training_summary, resolve_checkpoint
 from attnsum.cli import main
@@ -144,10 +145,7 @@ def _serving(summarizer, **limits):
 
     from attnsum.serve import ServeConfig, create_app
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     cfg = ServeConfig(port=port, **limits)
     srv = uvicorn.Server(uvicorn.Config(create_app(summarizer, cfg), host="127.0.0.1", port=port,
                                         log_level="warning"))
