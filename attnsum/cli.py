@@ -214,7 +214,8 @@ def cmd_analyze(args) -> None:
 def cmd_pipeline(args) -> None:
     from .pipeline import run_pipeline
 
-    print(run_pipeline(args.out, args.dataset, args.full, args.limit, args.seed, steps=args.steps))
+    print(run_pipeline(args.out, args.dataset, args.full, args.limit, args.seed, steps=args.steps,
+                       max_len=args.max_len))
 
 
 def cmd_summarize(args) -> None:
@@ -449,6 +450,8 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="documents per split (default: all)")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps of every model (default: 80 quick, the paper's with --full)")
+    p.add_argument("--max-len", dest="max_len", type=int, default=None,
+                   help="input length in word pieces (default: 256 quick, 512 with --full)")
     p.add_argument("--seed", type=int, default=0, help="seed of every training run")
     p.add_argument("--out", default="runs/pipeline", help="output folder (resumed if present)")
     p.set_defaults(func=cmd_pipeline)

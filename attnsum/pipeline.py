@@ -28,6 +28,7 @@ from .experiment import FULL, QUICK, Settings, run_system
 from .io import atomic_write_json, atomic_write_text
 from .model import SummarizerModel
 from .precision import resolve_precision
+from .preprocess import MAX_LEN
 from .train import TrainConfig, load_examples
 
 
@@ -67,9 +68,10 @@ def time_inference(model: SummarizerModel, examples, batch_size: int = 8) -> dic
 
 def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", full: bool = False,
                  limit: int | None = None, seed: int = 0, settings: Settings | None = None,
-                 steps: int | None = None) -> str:
+                 steps: int | None = None, max_len: int | None = None) -> str:
     """Run (or resume) the pipeline; returns the summary's Markdown. `steps` replaces the
-    settings' training steps of every model (teacher and students alike)."""
+    settings' training steps of every model (teacher and students alike), `max_len` their input
+    length."""
     out = Path(out)
     # The student has the teacher's 6 x 12 heads, so the plan found on the teacher fits it.
     s = settings or replace(FULL if full else QUICK, student="student-6x12" if full else "student-mini")
@@ -77,6 +79,10 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
         if steps < 1:
             raise ValueError(f"--steps {steps}: at least 1")
         s = replace(s, teacher_steps=steps, student_steps=steps, val_every=min(s.val_every, steps))
+    if max_len is not None:
+        if not 1 <= max_len <= MAX_LEN:
+            raise ValueError(f"--max-len {max_len}: 1 to {MAX_LEN} word pieces")
+        s = replace(s, max_len=max_len)
     stages = Stages(out, 8)
     base = TrainConfig(dataset=dataset, max_len=s.max_len, limit=limit, seed=seed,
                        val_every=s.val_every, batch_size=s.batch_size, accum=s.accum,

@@ -32,7 +32,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"(?:<!-- docs-test: skip: (?P<skip>.+?) -->\n)?```(?P<lang>bash|python)\n"
                    r"(?P<body>.*?)```", re.S)
 # What the commands' defaults would make long: steps, documents, lengths (ATTNSUM_ADDOPTS).
-SMALL = {"pipeline": "--limit 4 --steps 2",
+SMALL = {"pipeline": "--limit 4 --steps 2 --max-len 64",
          "train": "--limit 4 --steps 2 --max-len 64 --batch-size 2 --val-limit 4"}
 ARTICLE = ("The city council approved a new budget for the schools on Tuesday night after a long "
            "debate.\nTeachers had asked for smaller classes and newer books for several years.\n"
