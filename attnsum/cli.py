@@ -122,7 +122,8 @@ def cmd_evaluate(args) -> None:
 def cmd_train(args) -> int:
     from dataclasses import fields
 
-    from .train import TrainConfig, train
+    from .settings import TrainConfig
+    from .train import train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                          if hasattr(args, f.name)})
@@ -328,14 +329,12 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    from .attention import BACKENDS
-    from .model import MODEL_PRESETS
     from .schedule import OPTIMIZERS
-    from .train import TrainConfig
+    from .settings import BACKENDS, PRESET_SHAPES, TrainConfig
 
     d = TrainConfig()
 
-    p.add_argument("--preset", default=d.preset, choices=list(MODEL_PRESETS),
+    p.add_argument("--preset", default=d.preset, choices=list(PRESET_SHAPES),
                    help="model shape (attnsum/model.py): minilm and bert-base are pretrained; "
                         "student-* and tiny start from random weights or --init-from")
     p.add_argument("--plan", default="none",

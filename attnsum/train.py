@@ -11,13 +11,11 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .attention import HeadPlan
 from .batching import collate, length_batches, sentence_logits
 from .checkpoints import (
     METRICS_FILE,
@@ -33,84 +31,12 @@ from .data import DataError
 from .distributed import init_distributed, local_device
 from .evaluate import evaluate_model
 from .losses import distill_loss, sentence_loss
-from .model import (
-    MODEL_PRESETS,
-    ConfigError,
-    ModelConfig,
-    SummarizerModel,
-    init_from_layers,
-    model_config,
-    parse_plan,
-)
-from .precision import DEFAULT_PRECISION, Precision, resolve_precision
-from .preprocess import MAX_LEN, Example
-from .schedule import OPTIMIZERS, make_schedule
+from .model import MODEL_PRESETS, SummarizerModel, init_from_layers, model_config
+from .precision import Precision, resolve_precision
+from .preprocess import Example
+from .schedule import make_schedule
+from .settings import ConfigError, TrainConfig
 from .shards import examples_of
-
-VAL_METRICS = ("rouge", "loss")
-
-
-@dataclass
-class TrainConfig:
-    preset: str = "tiny"
-    # None: every head learned. Text (a preset name or items, `HeadPlan.parse`) is parsed here,
-    # once, for the preset's heads.
-    plan: HeadPlan | str | None = None
-    inject: str = "heads"
-    classifier: str = "linear"
-    dropout: float | None = None  # hidden and attention dropout; None: the preset's
-    dataset: str = "embedded"
-    train_split: str = "train"
-    val_split: str = "val"
-    limit: int | None = None  # documents per split (None: all)
-    val_limit: int | None = None  # validation documents, if not `limit`
-    max_len: int = MAX_LEN
-    steps: int = 1000
-    batch_size: int = 4
-    accum: int = 1
-    optimizer: str = "adamw"  # or "adam-noam"; see schedule.py
-    lr: float | None = None  # peak rate; None: schedule.default_peak_lr
-    warmup: float | None = None  # steps (>= 1) or fraction of the run (< 1); None: by optimizer
-    allow_short_warmup: bool = False  # let a run end inside its warmup
-    weight_decay: float = 0.01
-    val_every: int = 100
-    keep_best: int = 3
-    log_every: int = 10
-    seed: int = 0
-    out: str = "runs/train"
-    teacher: str | None = None  # checkpoint folder of a teacher to distil from
-    init_from: str | None = None  # checkpoint, or pretrained preset, to start from by layer dropping
-    init_layers: str | None = None  # its layers to take, "1,3,5" (default: evenly spaced)
-    distill_weight: float = 1.0
-    freeze_embeddings: bool = False  # keep the word embeddings as initialised (small releases)
-    backend: str = "auto"
-    precision: str = DEFAULT_PRECISION  # auto, fp32, bf16, fp16: see precision.py
-    time_limit: float | None = None  # minutes: save the resume state and stop after a step
-    val_metric: str = "rouge"  # or "loss" (no texts or rouge-score needed: a bare GPU machine)
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
-        for name in ("steps", "batch_size", "accum", "val_every", "keep_best", "max_len"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1")
-        if self.val_metric not in VAL_METRICS:
-            raise ConfigError(f"unknown validation metric {self.val_metric!r}: use rouge or loss")
-        if isinstance(self.plan, str):
-            self.plan = parse_plan(self.plan, self.preset, self.inject)
-
-    def model_config(self) -> ModelConfig:
-        """The config of the model this run trains (from scratch or before `init_from`)."""
-        overrides = {} if self.dropout is None else {"dropout": self.dropout}
-        return model_config(self.preset, self.plan, self.inject, classifier=self.classifier,
-                            max_positions=max(MAX_LEN, self.max_len), max_len=self.max_len,
-                            **overrides)
-
-    def record(self) -> dict:
-        """The settings as JSON data for the run's checkpoints (the plan in text form)."""
-        return {**asdict(self), "plan": str(self.plan) if self.plan is not None else "none"}
-
 
 # --------------------------------------------------------------------------- training loop
 

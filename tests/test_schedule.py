@@ -6,7 +6,8 @@ import pytest
 from helpers import embedded_examples
 
 from attnsum.schedule import ScheduleError, make_schedule
-from attnsum.train import TrainConfig, train
+from attnsum.settings import TrainConfig
+from attnsum.train import train
 
 
 @pytest.mark.parametrize("steps", [10, 250, 5000, 50000])

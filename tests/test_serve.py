@@ -15,9 +15,10 @@ from helpers import free_port
 from attnsum.checkpoints import read_training_summary, resolve_checkpoint
 from attnsum.cli import main
 from attnsum.data import DataError, split_sentences
+from attnsum.settings import TrainConfig
 from attnsum.summarize_files import iter_documents, run_summarize
 from attnsum.summarizer import InputError, Summarizer
-from attnsum.train import TrainConfig, train
+from attnsum.train import train
 
 ARTICLE = (
     "The city council approved a new budget for public schools on Tuesday night. "

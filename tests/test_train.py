@@ -13,10 +13,11 @@ from attnsum.batching import collate, predict_scores
 from attnsum.checkpoints import load_model, read_config, save_model
 from attnsum.data import Corpus, Document
 from attnsum.losses import distill_loss
-from attnsum.model import ConfigError, SummarizerModel, init_from_layers, model_config, spread_layers
+from attnsum.model import SummarizerModel, init_from_layers, model_config, spread_layers
 from attnsum.precision import resolve_precision
 from attnsum.preprocess import prepare
-from attnsum.train import TrainConfig, train
+from attnsum.settings import ConfigError, TrainConfig
+from attnsum.train import train
 
 FP32 = resolve_precision("fp32")
 
