@@ -13,7 +13,7 @@ from .checkpoints import METRICS_FILE, load_model, read_training_summary, resolv
 from .io import atomic_write_text
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-DEFAULT_MODEL = "news-paper3-tx"  # the released CNN/DailyMail summarizer (models/news-paper3-tx/README.md)
+DEFAULT_MODEL = "news-paper3-tx-lr2e-4"  # the released news summarizer (its card: models/<name>/README.md)
 
 
 def default_checkpoint() -> Path:
@@ -78,9 +78,10 @@ def card(name: str, run: Path, ckpt: Path, trained: dict, size: int, notes: str 
         if "rouge1" in v:
             lines.append(f"| {r['step']} | {r['step'] * batch:,} | {v['rouge1']:.2f} | "
                          f"{v['rouge2']:.2f} | {v['rougeLsum']:.2f} |")
-    lines += ["", "## Use", "", f"`attnsum summarize --checkpoint models/{name} FILE` "
-              f"(the default model when it is `{DEFAULT_MODEL}`), `attnsum serve`, or "
-              f"`Summarizer.from_pretrained(\"models/{name}\")`; continue training with "
+    lines += ["", "## Use", "", f"`attnsum summarize --checkpoint models/{name} FILE`, "
+              f"`attnsum serve --checkpoint models/{name}` or "
+              f"`Summarizer.from_pretrained(\"models/{name}\")` (without a checkpoint where "
+              f"`DEFAULT_MODEL` in attnsum/release.py names it); continue training with "
               f"`attnsum train --init-from models/{name} ...`.", ""]
     if notes:
         lines += [notes.rstrip(), ""]
