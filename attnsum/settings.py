@@ -1,8 +1,9 @@
-"""Settings read before any model exists: the training run's (`TrainConfig`), the model presets'
-shapes and the attention backends' names, with the error of a setting that cannot work.
+"""Settings read before any model exists: the training run's (`TrainConfig`) and the model
+presets' shapes, with the error of a setting that cannot work.
 
-Nothing here imports torch, so that the command line builds its help from these defaults and
-choices at once (cli.py); the models themselves are built in model.py and trained in train.py.
+Nothing here imports torch or the attention library, so that the command line builds its help
+from these defaults and choices at once (cli.py); the models themselves are built in model.py and
+trained in train.py.
 """
 
 from __future__ import annotations
@@ -40,9 +41,6 @@ PRESET_SHAPES: dict[str, dict] = {
     "tiny": dict(hidden=64, layers=2, heads=4, ffn=128),
     "tiny-student": dict(hidden=64, layers=1, heads=4, ffn=128),
 }
-
-# Attention paths (attention/dispatch.py): auto picks the fused Triton kernel on a GPU.
-BACKENDS = ("auto", "triton", "torch", "reference")
 
 VAL_METRICS = ("rouge", "loss")
 
@@ -96,6 +94,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.val_metric not in VAL_METRICS:
             raise ConfigError(f"unknown validation metric {self.val_metric!r}: use rouge or loss")
+        if self.backend != "auto":
+            from .attention import BACKENDS
+
+            if self.backend not in BACKENDS:
+                raise ConfigError(f"unknown attention backend {self.backend!r}: use one of "
+                                  f"{', '.join(BACKENDS)}")
         if isinstance(self.plan, str):
             from .model import parse_plan
 

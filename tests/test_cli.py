@@ -38,6 +38,20 @@ def test_every_option_is_explained_and_shows_its_default():
     assert "(default: 8000)" in " ".join(_commands(parser)["serve"].format_help().split())
 
 
+def test_train_names_every_backend_and_refuses_others(tmp_path, capsys):
+    """--backend's names are written in its help (attnsum/settings.py keeps train's help free of
+    the attention library): every backend of attention/dispatch.py is there, and another name is
+    one error line before any data loads."""
+    from attnsum.attention import BACKENDS
+
+    text = " ".join(_commands(build_parser())["train"].format_help().split())
+    assert all(name in text.split("--backend", 2)[2] for name in BACKENDS)
+    assert main(["train", "--backend", "flash", "--dataset", str(tmp_path / "nodata"),
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown attention backend 'flash'" in err and "nodata" not in err
+
+
 def test_shard_has_one_split_option():
     shard = _commands(build_parser())["shard"].format_help()
     assert "--splits" in shard and "--split " not in shard

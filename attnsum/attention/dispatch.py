@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from ..settings import BACKENDS
 from .patterns import PatternContext
 from .plan import LayerPlan
 from .reference import reference_attention
 from .torch_path import torch_attention
+
+BACKENDS = ("auto", "triton", "torch", "reference")
 
 
 def patterned_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None,
