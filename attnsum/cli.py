@@ -335,7 +335,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
 
     p.add_argument("--preset", default=d.preset, choices=list(PRESET_SHAPES),
-                   help="model shape (attnsum/model.py): minilm and bert-base are pretrained; "
+                   help="model shape (attnsum/settings.py): minilm and bert-base are pretrained; "
                         "student-* and tiny start from random weights or --init-from")
     p.add_argument("--plan", default="none",
                    help="head plan: none, paper, LAYERS:HEADS=PATTERN/MODE;... or a plan "
