@@ -187,6 +187,29 @@ def test_precision_parity_harness(tmp_path):
     assert r["int8"]["rouge1"]["low"] <= r["int8"]["rouge1"]["mean"] <= r["int8"]["rouge1"]["high"]
 
 
+def test_sentence_vectors_reports_a_collapsed_layer(tmp_path):
+    """bench/sentence_vectors.py: a tiny model whose last layer writes one constant vector at
+    every token (its output LayerNorm's weight zeroed) reads a cosine of 1 there, while the
+    sentence vectors after the embeddings still differ."""
+    import torch
+
+    from attnsum.checkpoints import save_model
+    from attnsum.model import SummarizerModel, model_config
+
+    model = SummarizerModel(model_config("tiny"))
+    norm = model.encoder.encoder.layer[-1].output.LayerNorm
+    with torch.no_grad():
+        norm.weight.zero_()
+        norm.bias.copy_(torch.linspace(-1, 1, norm.bias.numel()))
+    save_model(model, tmp_path / "ckpt")
+    out = tmp_path / "sim.json"
+    _run("bench/sentence_vectors.py", str(tmp_path / "ckpt"), "--limit", "4", "--max-len", "128",
+         "--out", str(out))
+    sims = json.loads(out.read_text())["similarity"][str(tmp_path / "ckpt")]
+    assert len(sims) == 1 + model.cfg.layers
+    assert sims[-1] == pytest.approx(1.0, abs=1e-5) and sims[0] < 0.99
+
+
 def test_validation_table_pairs_systems_on_the_same_documents(tmp_path):
     """bench/cnndm_table.py: systems from two evaluation folders, each system's mean, and the
     paired difference A - B equal to the mean of the per-document differences."""
