@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                  else load_model(name))
         result[name] = layer_similarity(model, batch)
         print(f"{name}: " + ", ".join(f"{c:.3f}" for c in result[name])
-              + "  (embeddings, then each layer)", file=sys.stdout)
+              + "  (embeddings, then each layer)")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"documents": len(examples), "similarity": result}, f, indent=1)
