@@ -154,6 +154,13 @@ class SideSelfOutput(nn.Module):
         return self.LayerNorm(h + input_tensor)
 
 
+def sentence_vectors(h: torch.Tensor, cls_positions: torch.Tensor) -> torch.Tensor:
+    """(B, S, H) sentence vectors: the token vectors `h` (B, N, H) at each sentence's [CLS]
+    (`cls_positions` (B, S), -1 at padding sentences, which read position 0)."""
+    idx = cls_positions.clamp_min(0)
+    return torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
+
+
 class InterSentenceEncoder(nn.Module):
     """BERTSum's 2-layer transformer over the sentence vectors, with sinusoidal positions."""
 
@@ -256,8 +263,7 @@ class SummarizerModel(nn.Module):
         The model no longer loads or saves checkpoints of its preset's shapes."""
         return drop_synth_projections(self.encoder, self.encoder_plan)
 
-    def _encode(self, input_ids, segment_ids, attention_mask, ctx, gates=None,
-                output_attentions=False):
+    def _encode(self, input_ids, segment_ids, attention_mask, ctx, gates=None, **outputs):
         if ctx is None and self.needs_context:
             ctx = PatternContext.from_bertsum(input_ids, attention_mask,
                                               cls_id=load_tokenizer().cls_token_id)
@@ -265,8 +271,7 @@ class SummarizerModel(nn.Module):
         token = SIDE_CONTEXT.set((ctx, self.backend))
         try:
             return self.encoder(input_ids=input_ids, token_type_ids=segment_ids,
-                                attention_mask=attention_mask, attnsum=inputs,
-                                output_attentions=output_attentions)
+                                attention_mask=attention_mask, attnsum=inputs, **outputs)
         finally:
             SIDE_CONTEXT.reset(token)
 
@@ -277,8 +282,7 @@ class SummarizerModel(nn.Module):
         outputs (head importance)."""
         h = self._encode(input_ids, segment_ids, attention_mask, ctx, gates).last_hidden_state
         mask = cls_positions >= 0  # (B, S)
-        idx = cls_positions.clamp_min(0)
-        sents = torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))  # (B, S, H)
+        sents = sentence_vectors(h, cls_positions)
         if self.inter is not None:
             sents = self.inter(sents, mask)
         return self.score(sents).squeeze(-1).masked_fill(~mask, 0.0)
@@ -288,6 +292,12 @@ class SummarizerModel(nn.Module):
         """The encoder heads' attention probabilities, one (B, H, N, N) tensor per layer."""
         out = self._encode(input_ids, segment_ids, attention_mask, ctx, output_attentions=True)
         return list(out.attentions)
+
+    @torch.no_grad()
+    def layer_outputs(self, input_ids, segment_ids, attention_mask, ctx=None) -> list[torch.Tensor]:
+        """The encoder's (B, N, H) outputs after the embeddings, then after each layer."""
+        out = self._encode(input_ids, segment_ids, attention_mask, ctx, output_hidden_states=True)
+        return list(out.hidden_states)
 
 
 def init_from_layers(model: SummarizerModel, source: SummarizerModel,

@@ -18,10 +18,9 @@ import sys
 import torch
 from common import ROOT  # noqa: F401  (the checkout on the import path)
 
-from attnsum.attention.hf import PlanInputs
 from attnsum.batching import collate
 from attnsum.checkpoints import load_model
-from attnsum.model import MODEL_PRESETS, SummarizerModel, model_config
+from attnsum.model import MODEL_PRESETS, SummarizerModel, model_config, sentence_vectors
 from attnsum.shards import examples_of
 
 
@@ -29,14 +28,11 @@ from attnsum.shards import examples_of
 def layer_similarity(model: SummarizerModel, batch) -> list[float]:
     """Mean pairwise cosine of the sentence vectors after the embeddings and after each layer."""
     model.eval()
-    out = model.encoder(input_ids=batch.input_ids, token_type_ids=batch.segment_ids,
-                        attention_mask=batch.attention_mask, output_hidden_states=True,
-                        attnsum=PlanInputs(model.encoder_plan, batch.ctx, model.backend, None))
     mask = batch.cls_positions >= 0
-    idx = batch.cls_positions.clamp_min(0)
     means = []
-    for h in out.hidden_states:
-        sents = torch.gather(h.float(), 1, idx[..., None].expand(-1, -1, h.shape[-1]))
+    for h in model.layer_outputs(batch.input_ids, batch.segment_ids, batch.attention_mask,
+                                 batch.ctx):
+        sents = sentence_vectors(h.float(), batch.cls_positions)
         per_doc = []
         for b in range(sents.shape[0]):
             v = torch.nn.functional.normalize(sents[b, mask[b]], dim=-1)
