@@ -330,7 +330,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 
 def _train_options(p: argparse.ArgumentParser) -> None:
     from .schedule import OPTIMIZERS
-    from .settings import PRESET_SHAPES, TrainConfig
+    from .settings import POOLINGS, PRESET_SHAPES, TrainConfig
 
     d = TrainConfig()
 
@@ -345,6 +345,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier", default=d.classifier, choices=["linear", "transformer"],
                    help="sentence scorer: a linear layer, or BERTSum's 2-layer inter-sentence "
                         "transformer")
+    p.add_argument("--pooling", default=d.pooling, choices=POOLINGS,
+                   help="a sentence's vector: its [CLS] output, or the mean of its word pieces' "
+                        "outputs")
     p.add_argument("--dropout", type=float, default=None, help="dropout (default: the preset's)")
     p.add_argument("--dataset", default=d.dataset,
                    help="embedded, cnn_dailymail, a JSON Lines / Parquet file or folder, or a "

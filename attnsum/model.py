@@ -1,5 +1,6 @@
 """The BERTSum extractive summarizer: a BERT encoder running attnsum attention under a head
-plan, and a classifier that scores each sentence from its [CLS] vector.
+plan, and a classifier that scores each sentence from its vector (its [CLS] output, or the mean
+of its tokens' outputs).
 
 Patterns enter a model in one of two ways, as in the paper (Li et al., arXiv 2112.05364):
 - ``inject="heads"``: the plan takes over heads of the encoder itself (students, or a
@@ -26,7 +27,7 @@ from torch import nn
 from .attention import HeadPlan, PatternContext, PatternError, PlanInputs, apply_plan, patterned_attention
 from .attention.hf import drop_synth_projections
 from .preprocess import MAX_LEN, load_tokenizer, minilm_dir
-from .settings import PRESET_SHAPES, ConfigError
+from .settings import POOLINGS, PRESET_SHAPES, ConfigError
 
 
 @dataclass
@@ -44,6 +45,7 @@ class ModelConfig:
     max_len: int | None = None
     dropout: float = 0.1
     classifier: str = "linear"  # or "transformer": BERTSum's 2-layer inter-sentence encoder
+    pooling: str = "cls"  # a sentence's vector: its [CLS] output, or the "mean" of its tokens'
     # The plan of the encoder heads (inject="heads") or of the side layers (inject="side");
     # None becomes the plan of every head learned.
     plan: HeadPlan | None = None
@@ -55,6 +57,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.classifier not in ("linear", "transformer"):
             raise ConfigError(f"unknown classifier {self.classifier!r}: use linear or transformer")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {self.pooling!r}: use {' or '.join(POOLINGS)}")
         if self.inject not in ("heads", "side"):
             raise ConfigError(f"unknown injection {self.inject!r}: use heads or side")
         if self.max_len is not None and not 1 <= self.max_len <= self.max_positions:
@@ -154,11 +158,23 @@ class SideSelfOutput(nn.Module):
         return self.LayerNorm(h + input_tensor)
 
 
-def sentence_vectors(h: torch.Tensor, cls_positions: torch.Tensor) -> torch.Tensor:
-    """(B, S, H) sentence vectors: the token vectors `h` (B, N, H) at each sentence's [CLS]
-    (`cls_positions` (B, S), -1 at padding sentences, which read position 0)."""
-    idx = cls_positions.clamp_min(0)
-    return torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
+def sentence_vectors(h: torch.Tensor, cls_positions: torch.Tensor, attention_mask: torch.Tensor,
+                     pooling: str = "cls") -> torch.Tensor:
+    """(B, S, H) sentence vectors from the token vectors `h` (B, N, H): each sentence's [CLS]
+    output, or the mean over its tokens, from its [CLS] to the next sentence's or the end of
+    the valid tokens (`attention_mask` (B, N)). `cls_positions` (B, S) is -1 at padding
+    sentences, which read position 0 ("cls") or zeros ("mean")."""
+    if pooling == "cls":
+        idx = cls_positions.clamp_min(0)
+        return torch.gather(h, 1, idx[..., None].expand(-1, -1, h.shape[-1]))
+    N = h.shape[1]
+    starts = torch.where(cls_positions >= 0, cls_positions, N)  # padding sentences start nowhere
+    pos = torch.arange(N, device=h.device)
+    owner = (starts[:, None, :] <= pos[None, :, None]).sum(-1) - 1  # (B, N), -1 before the first
+    member = (owner[..., None] == torch.arange(starts.shape[1], device=h.device)) \
+        & attention_mask.bool()[..., None]  # (B, N, S)
+    w = member.to(h.dtype)
+    return (w.transpose(1, 2) @ h) / w.sum(1).clamp_min(1)[..., None]
 
 
 class InterSentenceEncoder(nn.Module):
@@ -282,7 +298,7 @@ class SummarizerModel(nn.Module):
         outputs (head importance)."""
         h = self._encode(input_ids, segment_ids, attention_mask, ctx, gates).last_hidden_state
         mask = cls_positions >= 0  # (B, S)
-        sents = sentence_vectors(h, cls_positions)
+        sents = sentence_vectors(h, cls_positions, attention_mask, self.cfg.pooling)
         if self.inter is not None:
             sents = self.inter(sents, mask)
         return self.score(sents).squeeze(-1).masked_fill(~mask, 0.0)

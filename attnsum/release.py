@@ -51,7 +51,8 @@ def card(name: str, run: Path, ckpt: Path, trained: dict, size: int, notes: str 
     batch = t.get("batch_size", 0) * t.get("accum", 1)
     lines = [f"# {name}", "",
              f"An extractive summarizer released by attnsum: preset `{t.get('preset')}`, plan "
-             f"`{t.get('plan')}`, classifier `{t.get('classifier')}`, inputs of "
+             f"`{t.get('plan')}`, classifier `{t.get('classifier')}` over "
+             f"{'mean-pooled' if t.get('pooling') == 'mean' else '[CLS]'} sentence vectors, inputs of "
              f"{t.get('max_len')} word pieces.", "",
              "## Training", "",
              f"- Started from: `{t.get('init_from') or 'random weights'}`"

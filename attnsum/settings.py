@@ -43,6 +43,7 @@ PRESET_SHAPES: dict[str, dict] = {
 }
 
 VAL_METRICS = ("rouge", "loss")
+POOLINGS = ("cls", "mean")  # a sentence's vector (model.sentence_vectors)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class TrainConfig:
     plan: HeadPlan | str | None = None
     inject: str = "heads"
     classifier: str = "linear"
+    pooling: str = "cls"  # one of POOLINGS
     dropout: float | None = None  # hidden and attention dropout; None: the preset's
     dataset: str = "embedded"
     train_split: str = "train"
@@ -111,7 +113,8 @@ class TrainConfig:
 
         overrides = {} if self.dropout is None else {"dropout": self.dropout}
         return model_config(self.preset, self.plan, self.inject, classifier=self.classifier,
-                            max_positions=max(MAX_LEN, self.max_len), max_len=self.max_len,
+                            pooling=self.pooling, max_positions=max(MAX_LEN, self.max_len),
+                            max_len=self.max_len,
                             **overrides)
 
     def record(self) -> dict:

@@ -1,6 +1,7 @@
 """How alike a model's sentence vectors are, layer by layer: the mean cosine similarity between
-the encoder's outputs at the [CLS] positions of one document's sentences (what the sentence
-classifier reads), averaged over documents. Near 1, the sentences are indistinguishable there and
+the sentence vectors of one document (what the sentence classifier reads: the encoder's outputs at
+the [CLS] positions, or their mean over each sentence for a model trained with `--pooling mean`),
+averaged over documents. Near 1, the sentences are indistinguishable there and
 only their positions can rank them.
 
     python bench/sentence_vectors.py minilm models/news-paper3-tx-lr2e-4 \
@@ -32,7 +33,8 @@ def layer_similarity(model: SummarizerModel, batch) -> list[float]:
     means = []
     for h in model.layer_outputs(batch.input_ids, batch.segment_ids, batch.attention_mask,
                                  batch.ctx):
-        sents = sentence_vectors(h.float(), batch.cls_positions)
+        sents = sentence_vectors(h.float(), batch.cls_positions, batch.attention_mask,
+                                 model.cfg.pooling)
         per_doc = []
         for b in range(sents.shape[0]):
             v = torch.nn.functional.normalize(sents[b, mask[b]], dim=-1)

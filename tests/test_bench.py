@@ -190,7 +190,10 @@ def test_precision_parity_harness(tmp_path):
 def test_sentence_vectors_reports_a_collapsed_layer(tmp_path):
     """bench/sentence_vectors.py: a tiny model whose last layer writes one constant vector at
     every token (its output LayerNorm's weight zeroed) reads a cosine of 1 there, while the
-    sentence vectors after the embeddings still differ."""
+    sentence vectors after the embeddings still differ; the same weights with mean pooling are
+    read the model's way (other figures after the embeddings)."""
+    from dataclasses import replace
+
     import torch
 
     from attnsum.checkpoints import save_model
@@ -201,13 +204,17 @@ def test_sentence_vectors_reports_a_collapsed_layer(tmp_path):
     with torch.no_grad():
         norm.weight.zero_()
         norm.bias.copy_(torch.linspace(-1, 1, norm.bias.numel()))
-    save_model(model, tmp_path / "ckpt")
+    save_model(model, tmp_path / "cls")
+    model.cfg = replace(model.cfg, pooling="mean")
+    save_model(model, tmp_path / "mean")
     out = tmp_path / "sim.json"
-    _run("bench/sentence_vectors.py", str(tmp_path / "ckpt"), "--limit", "4", "--max-len", "128",
-         "--out", str(out))
-    sims = json.loads(out.read_text())["similarity"][str(tmp_path / "ckpt")]
-    assert len(sims) == 1 + model.cfg.layers
-    assert sims[-1] == pytest.approx(1.0, abs=1e-5) and sims[0] < 0.99
+    _run("bench/sentence_vectors.py", str(tmp_path / "cls"), str(tmp_path / "mean"),
+         "--limit", "4", "--max-len", "128", "--out", str(out))
+    sims = json.loads(out.read_text())["similarity"]
+    at_cls, mean = sims[str(tmp_path / "cls")], sims[str(tmp_path / "mean")]
+    assert len(at_cls) == len(mean) == 1 + model.cfg.layers
+    assert at_cls[-1] == pytest.approx(1.0, abs=1e-5) and at_cls[0] < 0.99
+    assert mean[-1] == pytest.approx(1.0, abs=1e-5) and abs(mean[0] - at_cls[0]) > 0.01
 
 
 def test_validation_table_pairs_systems_on_the_same_documents(tmp_path):

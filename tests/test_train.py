@@ -55,6 +55,39 @@ def test_save_load_gives_identical_scores(tmp_path, examples):
     assert read_config(tmp_path / "ckpt").plan == model.cfg.plan
 
 
+def test_mean_pooling_averages_each_sentence_span(examples):
+    """Mean-pooled sentence vectors equal the mean of the token vectors over each sentence's
+    span as preprocessing recorded it ([CLS] to [SEP]); padding sentences read zeros."""
+    from attnsum.model import sentence_vectors
+
+    batch = collate(examples[:4])
+    h = torch.randn(*batch.input_ids.shape, 8, dtype=torch.float64)
+    got = sentence_vectors(h, batch.cls_positions, batch.attention_mask, "mean")
+    for b, e in enumerate(examples[:4]):
+        want = torch.stack([h[b, s:t].mean(0) for s, t in e.spans])
+        torch.testing.assert_close(got[b, :len(e.spans)], want)
+        assert not got[b, len(e.spans):].any()
+    at_cls = sentence_vectors(h, batch.cls_positions, batch.attention_mask, "cls")
+    torch.testing.assert_close(at_cls[0, :len(examples[0].spans)],
+                               h[0, examples[0].cls_positions])
+
+
+def test_pooling_is_kept_by_checkpoints_and_older_ones_read_cls(tmp_path, examples):
+    model = SummarizerModel(model_config("tiny", "paper", pooling="mean"))
+    save_model(model, tmp_path / "ckpt")
+    assert read_config(tmp_path / "ckpt").pooling == "mean"
+    loaded = load_model(tmp_path / "ckpt")
+    assert predict_scores(loaded, examples[:3], FP32) == predict_scores(model, examples[:3], FP32)
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    del config["attnsum"]["pooling"]  # a checkpoint from before pooling was a setting
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    older = load_model(tmp_path / "ckpt")
+    assert older.cfg.pooling == "cls"
+    assert predict_scores(older, examples[:3], FP32) != predict_scores(model, examples[:3], FP32)
+    with pytest.raises(ConfigError, match="unknown pooling 'max'"):
+        model_config("tiny", pooling="max")
+
+
 def test_resume_continues_with_the_same_state(tmp_path, examples, monkeypatch):
     straight = tmp_path / "a"
     train(_cfg(tmp_path, out=str(straight), steps=8, val_every=4), examples, examples[:3])
