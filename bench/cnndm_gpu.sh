@@ -11,7 +11,9 @@
 #   bash bench/cnndm_gpu.sh evaluate   # here: selection, trigram blocking and ROUGE of the
 #                                      # validation scores that came back
 #
-# Runs: the MiniLM teacher (512 tokens, the whole train split read once: 1 epoch), its analysis
+# Runs: the MiniLM teacher (512 tokens, the whole train split read once: 1 epoch; sentences read
+# as the mean of their word pieces, since MiniLM's [CLS] vectors of one document are all alike:
+# bench/results/cnndm/levers.md, "Mean-pooled sentence vectors"), its analysis
 # on validation (report, suggested plan), student-mini from scratch with equal budgets: dense,
 # `paper`, the suggested plan, `paper` distilled from the teacher, and `paper` at 1,024 tokens.
 # Checkpoints are ranked by validation loss (train --val-metric loss); every run ends with the
@@ -67,7 +69,8 @@ gpu() {
   mkdir -p "$RUNS"
   local d512=$SHARDS/cnndm-$LEN d1024=$SHARDS/cnndm-$LONG
   common=(--max-len "$LEN" --val-every "$((STEPS / 4 > 0 ? STEPS / 4 : 1))")
-  train teacher "$d512" --preset minilm --steps "$TEACHER_STEPS" "${common[@]}" || return $?
+  train teacher "$d512" --preset minilm --pooling mean --steps "$TEACHER_STEPS" "${common[@]}" \
+    || return $?
   if [ ! -f "$RUNS/analysis/plan.json" ]; then
     echo "== analyze the teacher"
     $ATTNSUM analyze --checkpoint "$RUNS/teacher" --dataset "$d512" --max-len "$LEN" --limit 64 \
