@@ -9,13 +9,19 @@ with a per-head BlockMask and score_mod equivalent to the plan; its BlockMask bu
 reported as its own row), fa2 (FlashAttention-2, when installed). Dense providers compute every
 head as a learned head: that is what a general kernel does with a patterned model.
 
-Plans: learned (every head learned), paper (every head patterned), half (half of each).
-Every provider's output is checked against the dense reference before it is timed.
+Plans: learned (every head learned), paper (every head patterned), paper-self (paper with
+match-self, whose tokens with no match attend only themselves), half (half of each). Every
+provider's output is checked against the dense reference before it is timed. Each row is
+appended to --out as soon as it is measured. A provider that would materialize score tensors
+past --max-score-gib, that fails its check, or that runs out of memory gets a row with the reason
+in `note` and no time. FlexAttention is compiled once per (plan, N) with dynamo's recompile limit
+raised; its first call at the timed size (compilation included) is a row of its own, mode
+"compile".
 
 CSV schema (one row per provider x plan x mode x shape x dtype), appended to --out:
 provider, plan, mode, B, H, N, D, dtype, ms, ms_p20, ms_p80, tflops_dense, tflops_needed,
 gbps, peak_mb, max_err, device, torch, triton, commit, cell_fraction, work_fraction,
-flex_tile_fraction, work_bound (the work model of attnsum/attention/work.py, means over the
+flex_tile_fraction, work_bound, note (the work model of attnsum/attention/work.py, means over the
 layer's heads; a dense provider's row carries the learned plan's)
 """
 
@@ -41,8 +47,12 @@ from attnsum.attention.work import head_work, layer_bound  # noqa: E402
 
 FIELDS = ["provider", "plan", "mode", "B", "H", "N", "D", "dtype", "ms", "ms_p20", "ms_p80",
           "tflops_dense", "tflops_needed", "gbps", "peak_mb", "max_err", "device", "torch",
-          "triton", "commit", "cell_fraction", "work_fraction", "flex_tile_fraction", "work_bound"]
-PLANS = ("learned", "paper", "half")
+          "triton", "commit", "cell_fraction", "work_fraction", "flex_tile_fraction", "work_bound",
+          "note"]
+PLANS = ("learned", "paper", "paper-self", "half")
+PROVIDERS = ("ours", "ours-torch", "eager", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn",
+             "sdpa-math", "flex", "fa2")
+MATERIALIZING = ("eager", "sdpa-math")  # providers that hold (B, H, N, N) scores
 MODES = ("fwd", "bwd", "fwd+bwd")
 
 
@@ -50,6 +60,10 @@ def plan_for(name: str, H: int):
     if name == "half":  # the first half of the heads patterned as in the paper, the rest learned
         groups = ("match/mask", "sent/mask", "next/synth", "prev/synth")
         text = "; ".join(f"*:{h}={groups[h % 4]}" for h in range(H // 2))
+        return HeadPlan.parse(text, 1, H).layer(0)
+    if name == "paper-self":
+        groups = ("match-self/mask", "sent/mask", "next/synth", "prev/synth")
+        text = "; ".join(f"*:{h}={groups[h % 4]}" for h in range(H))
         return HeadPlan.parse(text, 1, H).layer(0)
     return HeadPlan.parse({"learned": "none", "paper": "paper"}[name], 1, H).layer(0)
 
@@ -131,6 +145,9 @@ def flex_provider(plan, ctx, H: int, device):
     def score_mod(score, b, h, q, kv):
         return torch.where(kinds[h] == 2, torch.zeros_like(score), score)  # synth: uniform
 
+    for limit in ("recompile_limit", "cache_size_limit"):  # one compile per (plan, N), not 8 in all
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, 64)
     t0 = time.perf_counter()
     block_mask = create_block_mask(mask_mod, B, H, N, N, device=device)
     build_ms = 1e3 * (time.perf_counter() - t0)
@@ -179,8 +196,10 @@ def run(args) -> list[dict]:
                         if key not in work:
                             work[key] = plan_work(plan_for(key[0], args.h), ctx)
                             print(f"work model {key[0]} N={N}: {work[key]}")
-                        rows += bench_one(provider, plan_name, plan, ctx, check_ctx, args, D, N,
-                                          dtype, device, {**meta, **work[key]})
+                        got = bench_one(provider, plan_name, plan, ctx, check_ctx, args, D, N,
+                                        dtype, device, {**meta, **work[key]})
+                        write_csv(Path(args.out), got, FIELDS)  # kept if the run is stopped
+                        rows += got
     return rows
 
 
@@ -198,6 +217,22 @@ def bench_one(provider, plan_name, plan, ctx, check_ctx, args, D, N, dtype, devi
     dense = provider not in ("ours", "ours-torch", "flex")
     if dense and plan_name != "learned":
         return []  # a dense kernel runs every plan as "learned": measured once
+    nan = float("nan")
+    base = {"provider": provider, "plan": plan_name, "B": B, "H": H, "N": N, "D": D,
+            "dtype": str(dtype).replace("torch.", ""), "ms": nan, "ms_p20": nan, "ms_p80": nan,
+            "tflops_dense": nan, "tflops_needed": nan, "gbps": nan, "peak_mb": nan,
+            "max_err": nan, **meta, "note": ""}
+
+    def skipped(reason: str, mode: str = "") -> dict:
+        print(f"skip {provider} {plan_name} {mode} N={N} D={D} {dtype}: {reason}"[:300],
+              file=sys.stderr)
+        return {**base, "mode": mode, "note": reason[:200]}
+
+    if provider in MATERIALIZING:
+        gib = B * H * N * N * torch.finfo(dtype).bits / 8 / 2**30
+        if gib > args.max_score_gib:
+            return [skipped(f"its (B, H, N, N) scores take {gib:.1f} GiB, over --max-score-gib "
+                            f"{args.max_score_gib:g}")]
     extra_rows = []
 
     def make(c):
@@ -222,50 +257,92 @@ def bench_one(provider, plan_name, plan, ctx, check_ctx, args, D, N, dtype, devi
         tol = 1e-2 if dtype != torch.float32 else 1e-3
         if not max_err <= tol:
             raise AssertionError(f"max error {max_err:.3g} > {tol}")
+        del q, k, v, ref, got
         extra_rows.clear()
         fn = make(ctx)
-    except Exception as e:  # a provider that is missing or wrong here is reported, not timed
-        print(f"skip {provider} {plan_name} N={N} D={D} {dtype}: {type(e).__name__}: {e}"[:300],
-              file=sys.stderr)
-        return []
-    q, k, v = (torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True)
-               for _ in range(3))
-    do = torch.randn(B, H, N, D, device=device, dtype=dtype)
+    except Exception as e:  # noqa: BLE001  (a provider missing or wrong here is reported, not timed)
+        _free(device)
+        return [skipped(f"{type(e).__name__}: {e}".splitlines()[0])]
     flops_unit, n_synth = needed_flops(plan if not dense else plan_for("learned", H), ctx) \
         if N <= args.check_max_n else (None, sum(s is not None and s.mode == "synth" for s in plan))
     out_rows = []
+    try:
+        q, k, v = (torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True)
+                   for _ in range(3))
+        do = torch.randn(B, H, N, D, device=device, dtype=dtype)
+    except torch.OutOfMemoryError:
+        _free(device)
+        return [skipped("out of memory for the inputs")]
     for mode in args.modes:
-        if mode == "fwd":
-            step = lambda: fn(q, k, v)  # noqa: E731
-        else:
-            o = fn(q, k, v)
-            if mode == "bwd":
-                step = lambda o=o: torch.autograd.grad(o, (q, k, v), do, retain_graph=True)  # noqa: E731
-            else:
-                step = lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do)  # noqa: E731
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        ms, p20, p80 = timer(step, device)
-        factor = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}[mode]
-        dense_flops = 4.0 * B * H * N * N * D * factor
-        needed = flops_unit * D * factor if flops_unit is not None else float("nan")
-        elt = torch.finfo(dtype).bits // 8
-        gbps = (2 * B * n_synth * N * D * elt / (ms * 1e-3) / 1e9) if (n_synth and not dense) else 0.0
-        out_rows.append({
-            "provider": provider, "plan": plan_name, "mode": mode, "B": B, "H": H, "N": N, "D": D,
-            "dtype": str(dtype).replace("torch.", ""), "ms": ms, "ms_p20": p20, "ms_p80": p80,
-            "tflops_dense": dense_flops / (ms * 1e-3) / 1e12,
-            "tflops_needed": needed / (ms * 1e-3) / 1e12, "gbps": gbps,
-            "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0,
-            "max_err": max_err, **meta})
+        try:
+            out_rows += _time_mode(fn, mode, q, k, v, do, base, provider, flops_unit, n_synth,
+                                   dense, max_err, device)
+        except torch.OutOfMemoryError:
+            _free(device)
+            out_rows.append(skipped("out of memory", mode))
+        except Exception as e:  # noqa: BLE001  (a launch failure at this size is a finding)
+            _free(device)
+            out_rows.append(skipped(f"{type(e).__name__}: {e}".splitlines()[0], mode))
     if provider == "flex" and extra_rows:
-        out_rows.append({**out_rows[0], "provider": "flex-blockmask-build", "mode": "build",
+        out_rows.append({**base, "provider": "flex-blockmask-build", "mode": "build",
                          "ms": extra_rows[0], "ms_p20": extra_rows[0], "ms_p80": extra_rows[0],
-                         "tflops_dense": 0.0, "tflops_needed": 0.0, "gbps": 0.0})
+                         "max_err": max_err})
     for r in out_rows:
-        print(f"{r['provider']:>22} {r['plan']:>8} {r['mode']:>8} N={N:>6} D={D:>3} "
-              f"{r['dtype']:>8} {r['ms']:9.3f} ms  {r['tflops_dense']:7.2f} TFLOP/s(dense-eq)")
+        print(f"{r['provider']:>22} {r['plan']:>10} {r['mode']:>8} N={N:>6} D={D:>3} "
+              f"{r['dtype']:>8} {r['ms']:9.3f} ms  {r['tflops_dense']:7.2f} TFLOP/s(dense-eq) "
+              f"{r['note']}", flush=True)
     return out_rows
+
+
+def _free(device) -> None:
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _sync(device) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_mode(fn, mode, q, k, v, do, base, provider, flops_unit, n_synth, dense, max_err,
+               device) -> list[dict]:
+    """The rows of one mode: its timing, and for FlexAttention its first call (compilation
+    included) as a row of its own."""
+    B, H, N, D = q.shape
+    if mode == "fwd":  # inference: no autograd graph
+        qi, ki, vi = (x.detach() for x in (q, k, v))
+
+        def step():
+            with torch.no_grad():
+                return fn(qi, ki, vi)
+    elif mode == "bwd":
+        o = fn(q, k, v)
+        step = lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True)  # noqa: E731
+    else:
+        step = lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do)  # noqa: E731
+    rows = []
+    if provider == "flex":
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        first = 1e3 * (time.perf_counter() - t0)
+        rows.append({**base, "provider": "flex-first-call", "mode": mode, "ms": first,
+                     "ms_p20": first, "ms_p80": first, "max_err": max_err,
+                     "note": "compilation included"})
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    ms, p20, p80 = timer(step, device)
+    factor = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}[mode]
+    dense_flops = 4.0 * B * H * N * N * D * factor
+    needed = flops_unit * D * factor if flops_unit is not None else float("nan")
+    elt = torch.finfo(q.dtype).bits // 8
+    gbps = (2 * B * n_synth * N * D * elt / (ms * 1e-3) / 1e9) if (n_synth and not dense) else 0.0
+    rows.append({**base, "mode": mode, "ms": ms, "ms_p20": p20, "ms_p80": p80,
+                 "tflops_dense": dense_flops / (ms * 1e-3) / 1e12,
+                 "tflops_needed": needed / (ms * 1e-3) / 1e12, "gbps": gbps,
+                 "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0,
+                 "max_err": max_err})
+    return rows
 
 
 def main(argv=None) -> int:
@@ -278,23 +355,26 @@ def main(argv=None) -> int:
     p.add_argument("--d", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
     p.add_argument("--plans", nargs="+", default=list(PLANS))
-    p.add_argument("--providers", nargs="+",
-                   default=["ours", "ours-torch", "eager", "sdpa-flash", "sdpa-efficient",
-                            "sdpa-cudnn", "sdpa-math", "flex", "fa2"])
+    p.add_argument("--providers", nargs="+", default=None,
+                   help="default: " + " ".join(PROVIDERS))
     p.add_argument("--modes", nargs="+", default=list(MODES))
     p.add_argument("--check-max-n", dest="check_max_n", type=int, default=4096,
                    help="check correctness at the timed size up to this N, else at N=256")
+    p.add_argument("--max-score-gib", dest="max_score_gib", type=float, default=16.0,
+                   help="skip eager and math SDPA where their score tensor would pass this")
     p.add_argument("--out", default=None, help="CSV to append to")
     args = p.parse_args(argv)
     if args.quick:
         args.device, args.b, args.h, args.n, args.d = "cpu", 1, 4, [48], [16]
-        args.dtypes, args.providers = ["float32"], ["ours", "ours-torch", "eager", "sdpa-math"]
+        args.dtypes = ["float32"]
+        args.providers = args.providers or ["ours", "ours-torch", "eager", "sdpa-math"]
+    args.providers = args.providers or list(PROVIDERS)
     if args.out is None:
         args.out = str(result_dir(args.device) / "attention.csv")
     rows = run(args)
-    write_csv(Path(args.out), rows, FIELDS)
-    print(f"{len(rows)} rows appended to {args.out}")
-    return 0 if rows else 1
+    timed = [r for r in rows if not r["note"]]
+    print(f"{len(rows)} rows appended to {args.out}, {len(timed)} timed")
+    return 0 if timed else 1
 
 
 if __name__ == "__main__":

@@ -113,12 +113,13 @@ def main(argv=None) -> int:
     device, dtype = args.device, getattr(torch, args.dtype)
     meta = {"device": device_name(device),
             "torch": torch.__version__, "commit": commit()}
-    rows = []
-    for N in args.n:
-        rows += bench_length(args, N, max(1, args.tokens // N), device, dtype, meta)
     if args.out is None:
         args.out = str(result_dir(device) / "e2e.csv")
-    write_csv(Path(args.out), rows, FIELDS)
+    rows = []
+    for N in args.n:  # each length's rows appended when measured: kept if the run is stopped
+        got = bench_length(args, N, max(1, args.tokens // N), device, dtype, meta)
+        write_csv(Path(args.out), got, FIELDS)
+        rows += got
     print(f"{len(rows)} rows appended to {args.out}")
     return 0
 

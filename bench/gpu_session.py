@@ -1,34 +1,38 @@
-"""The GPU session in one command, rehearsed on CPU so that no device minute is spent on a mistake
+"""The GPU flight in one command, rehearsed on CPU so that no device minute is spent on a mistake
 a CPU could have caught.
 
-    python bench/gpu_session.py OUT --part 1      # GPU: environment, autotuning, kernel tests,
-                                                  #      real-size checks
-    python bench/gpu_session.py OUT --part 2      # GPU: benchmarks, tables, plots
-    python bench/gpu_session.py OUT --rehearse    # CPU: every step, small kernels (interpreter)
+    python bench/gpu_session.py OUT                  # GPU: the whole flight, under 8 minutes
+    python bench/gpu_session.py OUT --steps e2e      # GPU: some steps again (a second call)
+    python bench/gpu_session.py OUT --rehearse       # CPU: every step, small kernels (interpreter)
 
-Each part fits one device call of 9 minutes (every step has its own time limit) and writes its
-results before the next step starts, at most 8 files in all: session.log (everything printed),
-tuning.csv and kernel_configs.json (the autotuning), checks.csv, attention.csv, e2e.csv,
-students.csv, plots.tar.gz (the plots and the Markdown tables attention.md and e2e.md, which
-bench/plot.py also remakes from the CSVs). Autotuning comes first: every later step, part 2
-included, launches the kernels with the configurations it chose. It needs only what the GPU
-image has (torch, triton, transformers, numpy, matplotlib, pytest) and runs from a checkout
-without installing. The rehearsal runs the same host-side code at the real sizes (inputs, range
-and block tables at N = 16,384, the work model at 4,096, CSV, tables, plots) and the kernels
-under Triton's interpreter at small sizes.
+The steps, in order of value, each in a process of its own under its own time cap (STEPS; the caps
+sum under FLIGHT_LIMIT_S, and the flight gives a step no more than what is left of it):
+environment (versions, GPU, the host side at N = 16,384); kernel-tests (tests/test_fused.py on
+the compiled kernels, ATTNSUM_COMPILED=1); checks (the kernel against the fp32 reference at real
+sizes, fp16 and bf16, D 32/64/128, N 512/4,096/16,384, forward and every gradient, padding);
+headline (bench/bench_attention.py: bf16, D 64, fwd and fwd+bwd, N 4,096 and 16,384, `paper` and
+`paper-self` against SDPA flash, cuDNN and FlexAttention); e2e (bench/bench_e2e.py: teacher and
+students end to end); autotune (the AOT-pruned space, with what time is left).
+
+Every row is appended to its CSV as soon as it is measured, so a step stopped at its cap keeps
+what it had. At most 8 files under OUT: session.log (everything printed, the summary last),
+checks.csv, attention.csv, e2e.csv, tuning.csv, kernel_configs.json. Tables and plots are made
+afterwards from the CSVs, on any machine (bench/plot.py OUT). It needs only what the GPU image has
+(torch, triton, transformers, numpy, pytest) and runs from a checkout without installing. The
+rehearsal runs the same steps on CPU: kernels under Triton's interpreter at small sizes, the host
+side at the real sizes.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -43,46 +47,59 @@ from attnsum.attention.triton_path import fused_layer_attention, layer_tables  #
 from attnsum.attention.work import head_work, layer_bound  # noqa: E402
 from attnsum.kernels import fused  # noqa: E402
 
-STEP_LIMIT_S = 420  # one step of a part; a part stays under the device's 10 minutes
-TUNE_LIMIT_S = 180  # the autotuning's share of part 1: what it does not reach keeps its default
+FLIGHT_LIMIT_S = 450  # the whole flight: one device call of at most 8 minutes, start excluded
+STEPS = {  # name: time cap in seconds, in order of value
+    "environment": 30,
+    "kernel-tests": 100,
+    "checks": 90,
+    "headline": 110,
+    "e2e": 50,
+    "autotune": 60,
+}
+MAX_FILES = 8  # what a device call brings back
 TUNED_FILE = "kernel_configs.json"
 TUNING_FIELDS = ["arch", "dtype", "D", "N", "kernel", "block_m", "block_n", "num_warps",
                  "num_stages", "default", "ms", "chosen", "error"]
+CHECK_FIELDS = ["N", "D", "dtype", "ok", "error"] + [f"{n}_{w}" for n in ("out", "dq", "dk", "dv")
+                                                     for w in ("err", "bound")]
 
 
-class Tee(io.TextIOBase):
-    """Everything printed also goes to OUT/session.log."""
-
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, s):
-        for st in self.streams:
-            st.write(s)
-            st.flush()
-        return len(s)
+def append_row(path: Path, row: dict, fields: list[str]) -> None:
+    """One row appended to a CSV of a fixed schema (header written once), flushed at once."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        if new:
+            w.writeheader()
+        w.writerow(row)
 
 
 def step(title: str):
     print(f"\n== {title} ({time.strftime('%H:%M:%S')})", flush=True)
 
 
-def run(cmd: list[str], limit: int = STEP_LIMIT_S) -> int:
-    print("$ " + " ".join(cmd), flush=True)
-    try:
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
-    except subprocess.TimeoutExpired:
-        print(f"step stopped after {limit} s", flush=True)
-        return 124
-    print(r.stdout[-6000:] + r.stderr[-3000:], flush=True)
-    return r.returncode
+def run_capped(cmd: list[str], limit: float, log: Path, env: dict | None = None) -> int:
+    """`cmd` in a process group of its own, its output appended to `log`; the whole group is
+    killed at `limit` seconds (rc 124)."""
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+                                  **(env or {})}, start_new_session=True)
+        try:
+            return p.wait(timeout=max(limit, 1))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            f.write(f"\nstep stopped at its cap of {limit:.0f} s\n")
+            return 124
 
 
-def environment() -> None:
+def environment(out: Path, rehearse: bool, device: str) -> int:
     step("environment")
     print(f"python {platform.python_version()}, torch {torch.__version__}", flush=True)
-    for mod in ("triton", "transformers", "numpy", "matplotlib"):
+    for mod in ("triton", "transformers", "numpy", "pytest"):
         try:
             print(f"{mod} {__import__(mod).__version__}")
         except ImportError:
@@ -92,12 +109,60 @@ def environment() -> None:
         try:
             smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                                   "--format=csv,noheader"], capture_output=True, text=True,
-                                 timeout=30).stdout.strip()
+                                 timeout=20).stdout.strip()
             print(f"nvidia-smi: {smi}")
         except (OSError, subprocess.TimeoutExpired) as e:
             print(f"nvidia-smi unavailable: {e}")
     else:
         print("no GPU: rehearsal on CPU")
+    host_side_at_real_size(device)
+    return 0
+
+
+def kernel_tests(out: Path, rehearse: bool, device: str) -> int:
+    """tests/test_fused.py on the compiled kernels (tests/conftest.py leaves the interpreter off
+    under ATTNSUM_COMPILED=1); the rehearsal runs a few of them under the interpreter."""
+    step("kernel tests")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused.py"]
+    if rehearse:
+        return subprocess.run(cmd + ["-k", "mixed_in_one_launch and 17"], cwd=ROOT).returncode
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # the ahead-of-time compiles need no GPU (CI runs them); here every other test runs compiled
+    return subprocess.run(cmd + ["-k", "not compile_for_hopper"], cwd=ROOT,
+                          env={**env, "ATTNSUM_COMPILED": "1"}).returncode
+
+
+def headline(out: Path, rehearse: bool, device: str) -> int:
+    """The headline attention benchmark (bench/bench_attention.py), rows appended as measured."""
+    step("headline attention benchmark")
+    import bench_attention
+
+    grid = ["--plans", "learned", "paper", "paper-self", "--modes", "fwd", "fwd+bwd",
+            "--providers", "ours", "sdpa-flash", "sdpa-cudnn", "flex"]
+    if rehearse:
+        grid = ["--quick", *grid]
+    else:
+        grid = ["--n", "4096", "16384", "--d", "64", "--dtypes", "bfloat16", *grid]
+    return bench_attention.main([*grid, "--out", str(out / "attention.csv")])
+
+
+def e2e(out: Path, rehearse: bool, device: str) -> int:
+    step("end-to-end benchmark")
+    import bench_e2e
+
+    return bench_e2e.main(["--quick"] if rehearse else ["--n", "512", "4096", "16384"]
+                          + ["--out", str(out / "e2e.csv")])
+
+
+def summary(out: Path, results: list[tuple[str, int, float, float]]) -> str:
+    """The closing table: each step's exit code, time and cap, and each result file's rows."""
+    lines = ["| step | rc | seconds | cap |", "|---|---|---|---|"]
+    lines += [f"| {n} | {rc} | {t:.0f} | {cap:.0f} |" for n, rc, t, cap in results]
+    lines += ["", "| file | rows |", "|---|---|"]
+    for p in sorted(out.iterdir()):
+        rows = (sum(1 for _ in p.open()) - 1) if p.suffix == ".csv" else ""
+        lines.append(f"| {p.name} | {rows} |")
+    return "\n".join(lines)
 
 
 def _time_ms(fn, reps: int, device: str) -> float:
@@ -132,15 +197,28 @@ def _kernel_work(plan, ctx: PatternContext, D: int, dtype: torch.dtype, device: 
     return {"fwd": fwd, "bwd": bwd}
 
 
-def autotune(out: Path, rehearse: bool, device: str) -> None:
+def _write_tuning(out: Path, rows: list[dict], chosen: dict) -> None:
+    """tuning.csv rewritten whole with the choices so far (chosen=True), and kernel_configs.json."""
+    tmp = out / "tuning.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=TUNING_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(out / "tuning.csv")
+    tmp = out / (TUNED_FILE + ".tmp")
+    tmp.write_text(json.dumps(chosen) + "\n")
+    tmp.replace(out / TUNED_FILE)
+
+
+def autotune(out: Path, rehearse: bool, device: str, limit: float) -> int:
     """Time each kernel's configurations of the AOT-pruned space (bench/common.py
     `pruned_space`: compiled ahead of time with no spill, within shared memory, on tensor cores)
     on this GPU, in bf16 at D = 32, 64, 128, N = 4,096, twelve heads of the `paper` plan: the
     forward kernel by the forward, dQ and dK/dV by forward and backward with the other kernels
-    at their defaults. The fastest go to OUT/kernel_configs.json, which every later step reads
-    through ATTNSUM_KERNEL_CONFIGS (kernels/fused.py `tuned_config`), and every timing to
-    OUT/tuning.csv. The rehearsal tunes two candidates of each from the sm_90 rows, at a small
-    size in fp32 under the interpreter."""
+    at their defaults, for at most `limit` seconds. The fastest go to OUT/kernel_configs.json
+    (read through ATTNSUM_KERNEL_CONFIGS, kernels/fused.py `tuned_config`), rewritten after each
+    kernel, and every timing to OUT/tuning.csv as it is measured. The rehearsal tunes two
+    candidates of each from the sm_90 rows, at a small size in fp32 under the interpreter."""
     step("autotune over the AOT-pruned space")
     cc = fused._capability(torch.device(device))
     arch = fused.arch_key(cc)
@@ -159,7 +237,7 @@ def autotune(out: Path, rehearse: bool, device: str) -> None:
             for role, candidates in pruned_space(space_arch, "bf16", D).items():
                 best = None
                 for cfg in candidates[:2] if rehearse else candidates:
-                    if time.time() - t0 > TUNE_LIMIT_S:
+                    if time.time() - t0 > limit:
                         break
                     fused.launch_config = (lambda kernel, d, c, dt, role=role, cfg=cfg:
                                            cfg if kernel == role else untuned(kernel, d, c, dt))
@@ -171,6 +249,7 @@ def autotune(out: Path, rehearse: bool, device: str) -> None:
                     except Exception as e:  # a launch failure is a finding, not a crash
                         row["ms"], row["error"] = float("inf"), str(e).splitlines()[0][:200]
                     rows.append(row)
+                    append_row(out / "tuning.csv", row, TUNING_FIELDS)  # kept if stopped here
                     if row["ms"] < float("inf") and (best is None or row["ms"] < best["ms"]):
                         best = row
                 if best is not None:
@@ -178,19 +257,15 @@ def autotune(out: Path, rehearse: bool, device: str) -> None:
                     chosen.setdefault(arch, {}).setdefault(dname, {}).setdefault(str(D), {})[
                         role] = [best["block_m"], best["block_n"], best["num_warps"],
                                  best["num_stages"]]
+                    _write_tuning(out, rows, chosen)
                     print(f"D={D} {role}: {best['block_m']}x{best['block_n']} "
                           f"w{best['num_warps']} s{best['num_stages']} {best['ms']:.3f} ms of "
                           f"{len(candidates)} candidates", flush=True)
     finally:
         fused.launch_config = untuned
-    with open(out / "tuning.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=TUNING_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    (out / TUNED_FILE).write_text(json.dumps(chosen) + "\n")
-    os.environ[fused.TUNED_ENV] = str((out / TUNED_FILE).resolve())
     print(f"{sum(r['chosen'] for r in rows)} configurations chosen from {len(rows)} timed "
           f"in {time.time() - t0:.0f} s: {out / TUNED_FILE}", flush=True)
+    return 0
 
 
 def _padded(ctx: PatternContext, cut: float = 0.8) -> PatternContext:
@@ -203,7 +278,9 @@ def _padded(ctx: PatternContext, cut: float = 0.8) -> PatternContext:
 def real_size_checks(out: Path, sizes, dims, dtypes, device: str) -> list[dict]:
     """The fused kernel against the fp32 dense reference, forward and dq/dk/dv with one shared
     upstream gradient, `paper` plan, padding: error <= 2x PyTorch's own error in that dtype
-    + 1e-3 (the tolerance rule of attnsum/attention/__init__.py)."""
+    + 1e-3 (the tolerance rule of attnsum/attention/__init__.py). Each case's row is appended to
+    OUT/checks.csv when it is done; a case that raises (out of memory, a launch failure) is a row
+    with its error, not a crash."""
     step("real-size checks: fused kernel vs fp32 reference")
     plan = HeadPlan.parse("paper", 1, 4).layer(0)
     rows = []
@@ -213,36 +290,51 @@ def real_size_checks(out: Path, sizes, dims, dtypes, device: str) -> list[dict]:
         ctx = _padded(ctx) if B > 1 else ctx
         for D in dims:
             for dtype in dtypes:
-                g = torch.Generator(device=device).manual_seed(0)
-                q, k, v, do = (torch.randn(B, 4, N, D, device=device, generator=g) for _ in range(4))
-                low = [x.to(dtype).requires_grad_(True) for x in (q, k, v)]
-                got = fused_layer_attention(*low, plan, ctx)
-                grads = torch.autograd.grad(got, low, do.to(dtype))
-                ref_in = [x.detach().float().requires_grad_(True) for x in low]
-                ref = reference_attention(*ref_in, plan, ctx)[0]
-                ref_grads = torch.autograd.grad(ref, ref_in, do.float())
-                pt_in = [x.detach().requires_grad_(True) for x in low]
-                pt = reference_attention(*pt_in, plan, ctx, upcast=False)[0]
-                pt_grads = torch.autograd.grad(pt, pt_in, do.to(dtype))
-                row = {"N": N, "D": D, "dtype": str(dtype).replace("torch.", ""), "ok": True}
-                for name, a, r, p in zip(("out", "dq", "dk", "dv"), (got, *grads), (ref, *ref_grads),
-                                         (pt, *pt_grads), strict=True):
-                    err = (a.float() - r).abs().max().item()
-                    bound = 2 * (p.float() - r).abs().max().item() + 1e-3
-                    row[f"{name}_err"], row[f"{name}_bound"] = err, bound
-                    row["ok"] &= err <= bound
-                rows.append(row)
-                print({k: (f"{v:.2e}" if isinstance(v, float) else v) for k, v in row.items()},
-                      flush=True)
-                del q, k, v, do, low, got, grads, ref_in, ref, ref_grads, pt_in, pt, pt_grads
+                row = {"N": N, "D": D, "dtype": str(dtype).replace("torch.", ""), "ok": True,
+                       "error": ""}
+                try:
+                    row.update(_check_case(plan, ctx, B, N, D, dtype, device))
+                except Exception as e:  # noqa: BLE001  (a finding, recorded in its row)
+                    row.update(ok=False, error=f"{type(e).__name__}: {e}".splitlines()[0][:200])
                 if device == "cuda":
                     torch.cuda.empty_cache()
-    with open(out / "checks.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+                rows.append(row)
+                append_row(out / "checks.csv", row, CHECK_FIELDS)
+                print({k: (f"{v:.2e}" if isinstance(v, float) else v) for k, v in row.items()},
+                      flush=True)
     print(f"{sum(r['ok'] for r in rows)} of {len(rows)} checks within the rule", flush=True)
     return rows
+
+
+def _check_case(plan, ctx, B: int, N: int, D: int, dtype, device: str) -> dict:
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v, do = (torch.randn(B, 4, N, D, device=device, generator=g) for _ in range(4))
+    low = [x.to(dtype).requires_grad_(True) for x in (q, k, v)]
+    got = fused_layer_attention(*low, plan, ctx)
+    grads = torch.autograd.grad(got, low, do.to(dtype))
+    ref_in = [x.detach().float().requires_grad_(True) for x in low]
+    ref = reference_attention(*ref_in, plan, ctx)[0]
+    ref_grads = torch.autograd.grad(ref, ref_in, do.float())
+    pt_in = [x.detach().requires_grad_(True) for x in low]
+    pt = reference_attention(*pt_in, plan, ctx, upcast=False)[0]
+    pt_grads = torch.autograd.grad(pt, pt_in, do.to(dtype))
+    row = {"ok": True}
+    for name, a, r, p in zip(("out", "dq", "dk", "dv"), (got, *grads), (ref, *ref_grads),
+                             (pt, *pt_grads), strict=True):
+        err = (a.float() - r).abs().max().item()
+        bound = 2 * (p.float() - r).abs().max().item() + 1e-3
+        row[f"{name}_err"], row[f"{name}_bound"] = err, bound
+        row["ok"] &= err <= bound  # NaN fails
+    return row
+
+
+def checks(out: Path, rehearse: bool, device: str) -> int:
+    if rehearse:
+        rows = real_size_checks(out, (40, 100), (16, 32), (torch.float32,), device)
+    else:
+        rows = real_size_checks(out, (512, 4096, 16384), (32, 64, 128),
+                                (torch.float16, torch.bfloat16), device)
+    return int(not all(r["ok"] for r in rows))
 
 
 def host_side_at_real_size(device: str) -> None:
@@ -266,80 +358,51 @@ def host_side_at_real_size(device: str) -> None:
             f"flex {h['flex_tile_fraction']:.3f}" for (p, k), h in kinds.items()), flush=True)
 
 
-def part1(out: Path, rehearse: bool, device: str) -> int:
-    environment()
-    autotune(out, rehearse, device)
-    step("kernel tests")
-    # the rehearsal only collects them: CI runs the same tests under the interpreter anyway
-    rc = run([sys.executable, "-m", "pytest", "-q", "-x", "tests/test_fused.py"]
-             + (["--collect-only"] if rehearse else []))
-    host_side_at_real_size(device)
-    if rehearse:
-        checks = real_size_checks(out, (40, 100), (16, 32), (torch.float32,), device)
-    else:
-        checks = real_size_checks(out, (512, 4096, 16384), (32, 64, 128),
-                                  (torch.float16, torch.bfloat16), device)
-    return rc or int(not all(r["ok"] for r in checks))
-
-
-def part2(out: Path, rehearse: bool) -> int:
-    att, e2e = str(out / "attention.csv"), str(out / "e2e.csv")
-    if rehearse:
-        grids = [["--quick"]]
-        e2e_args = students_args = ["--quick"]
-    else:
-        grids = [["--n", "512", "2048", "4096", "8192", "16384", "--d", "64", "--dtypes", "bfloat16"],
-                 ["--n", "4096", "--d", "32", "128", "--dtypes", "bfloat16"]]
-        e2e_args = ["--n", "512", "4096", "16384"]
-        students_args = ["--precision", "bf16", "--budget", "2"]
-    rc = 0
-    for grid in grids:
-        step("attention benchmark " + " ".join(grid))
-        rc |= run([sys.executable, "bench/bench_attention.py", *grid, "--out", att])
-    step("end-to-end benchmark")
-    rc |= run([sys.executable, "bench/bench_e2e.py", *e2e_args, "--out", e2e])
-    step("serving students")
-    rc |= run([sys.executable, "bench/bench_students.py", *students_args, "--out",
-               str(out / "students.csv")])
-    step("tables and plots")
-    rc |= run([sys.executable, "bench/plot.py", str(out)])
-    packed = sorted(out.glob("*.png")) + [out / n for n in ("attention.md", "e2e.md")
-                                          if (out / n).is_file()]
-    with tarfile.open(out / "plots.tar.gz", "w:gz") as tar:
-        for p in packed:
-            tar.add(p, arcname=p.name)
-    for p in packed:
-        p.unlink()
-    print(f"{len(packed)} plots and tables in plots.tar.gz", flush=True)
-    return rc
+STEP_FUNCTIONS = {"environment": environment, "kernel-tests": kernel_tests,
+                  "checks": lambda out, rehearse, device: checks(out, rehearse, device),
+                  "headline": headline, "e2e": e2e, "autotune": lambda out, rehearse, device:
+                  autotune(out, rehearse, device, STEPS["autotune"] - 15)}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", help="results folder (at most 8 files)")
-    p.add_argument("--part", choices=["1", "2", "all"], default="all")
+    p.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS),
+                   help="steps to run, in the flight's order (default: all)")
+    p.add_argument("--step", choices=list(STEPS), help=argparse.SUPPRESS)  # one step, in-process
     p.add_argument("--rehearse", action="store_true", help="CPU rehearsal of every step")
     args = p.parse_args(argv)
     if not args.rehearse and not torch.cuda.is_available():
         print("no GPU here: use --rehearse", file=sys.stderr)
         return 2
     device = "cpu" if args.rehearse else "cuda"
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if (out / TUNED_FILE).is_file():  # part 2 launches with what part 1 tuned
-        os.environ[fused.TUNED_ENV] = str((out / TUNED_FILE).resolve())
-    with open(out / "session.log", "a", encoding="utf-8") as log:
-        sys.stdout = Tee(sys.__stdout__, log)
-        try:
-            rc = 0
-            if args.part in ("1", "all"):
-                rc |= part1(out, args.rehearse, device)
-            if args.part in ("2", "all"):
-                rc |= part2(out, args.rehearse)
-        finally:
-            sys.stdout = sys.__stdout__
-    print(f"session rc {rc}; files: {sorted(p.name for p in out.iterdir())}")
-    return rc
+    if args.step:
+        return STEP_FUNCTIONS[args.step](out, args.rehearse, device)
+    log = out / "session.log"
+    deadline, results = time.time() + FLIGHT_LIMIT_S, []
+    for name in [s for s in STEPS if s in args.steps]:
+        left = deadline - time.time()
+        cap = min(STEPS[name], left)
+        if cap < 10:
+            results.append((name, -1, 0.0, cap))
+            continue
+        t0 = time.time()
+        rc = run_capped([sys.executable, str(Path(__file__).resolve()), str(out), "--step", name]
+                        + (["--rehearse"] if args.rehearse else []), cap, log)
+        results.append((name, rc, time.time() - t0, cap))
+        print(f"{name}: rc {rc} in {time.time() - t0:.0f} s (cap {cap:.0f} s)", flush=True)
+    table = summary(out, results)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("\n" + table + "\n")
+    print(log.read_text(encoding="utf-8")[-6000:] if not args.rehearse else "")
+    print(table)
+    files = sorted(p.name for p in out.iterdir())
+    if len(files) > MAX_FILES:
+        print(f"{len(files)} files under {out}: more than {MAX_FILES} come back", file=sys.stderr)
+        return 1
+    return int(any(rc != 0 for _, rc, _, _ in results))
 
 
 if __name__ == "__main__":

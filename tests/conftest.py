@@ -1,7 +1,11 @@
 import os
 
 # The fused kernels run on CPU through Triton's interpreter; it must be set before triton loads.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# ATTNSUM_COMPILED=1 leaves it off, so that on a GPU tests/test_fused.py runs the compiled kernels
+# (bench/gpu_session.py does).
+COMPILED = os.environ.get("ATTNSUM_COMPILED") == "1"
+if not COMPILED:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from pathlib import Path  # noqa: E402
 
