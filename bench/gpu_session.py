@@ -150,8 +150,8 @@ def e2e(out: Path, rehearse: bool, device: str) -> int:
     step("end-to-end benchmark")
     import bench_e2e
 
-    return bench_e2e.main(["--quick"] if rehearse else ["--n", "512", "4096", "16384"]
-                          + ["--out", str(out / "e2e.csv")])
+    grid = ["--quick"] if rehearse else ["--n", "512", "4096", "16384"]
+    return bench_e2e.main([*grid, "--out", str(out / "e2e.csv")])
 
 
 def summary(out: Path, results: list[tuple[str, int, float, float]]) -> str:
