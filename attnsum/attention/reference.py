@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from attnsum.kernels import dense_masked_attention
+from attnsum.kernels.reference import dense_masked_attention
 
 from .inputs import check_inputs, clear_padding
 from .patterns import PatternContext, dense_mask

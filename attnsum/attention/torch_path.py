@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from attnsum.kernels import dense_masked_attention
+from attnsum.kernels.reference import dense_masked_attention
 
 from .inputs import check_inputs, clear_padding
 from .patterns import PatternContext, Ranges
