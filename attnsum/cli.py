@@ -86,10 +86,11 @@ def cmd_evaluate(args) -> None:
     model = None
     if args.checkpoint:
         from .checkpoints import load_model, read_training_summary
-        from .precision import resolve_precision
+        from .precision import resolve_device, resolve_precision
 
-        model = load_model(args.checkpoint)
-        precision = resolve_precision(args.precision)
+        device = resolve_device(args.device)
+        model = load_model(args.checkpoint).to(device)
+        precision = resolve_precision(args.precision, device)
         trained = read_training_summary(model.checkpoint)
         schedule = trained.get("schedule", {}).get("description", "an unrecorded schedule")
         print(f"model {model.checkpoint}: trained with {schedule}\n{precision.describe()}",
@@ -109,7 +110,7 @@ def cmd_evaluate(args) -> None:
         from .evaluate import evaluate_model
 
         rows["model"] = evaluate_model(model, prepared.examples, precision, out, "model", k=args.k,
-                                       trigram_blocking=not args.no_trigram_blocking,
+                                       trigram_blocking=not args.no_trigram_blocking, device=device,
                                        extra={**extra, "trained": trained}, progress=True)
     print(f"{args.dataset}/{args.split}: {_count(len(prepared.examples), 'document')} "
           "(ROUGE F1, mean [95% bootstrap interval])")
@@ -141,18 +142,17 @@ def cmd_train(args) -> int:
 def cmd_score(args) -> None:
     from .batching import predict_scores
     from .checkpoints import load_model
-    from .distributed import local_device
     from .io import atomic_write_text
-    from .precision import resolve_precision
+    from .precision import resolve_device, resolve_precision
 
     check_dataset(args.dataset)
-    model = load_model(args.checkpoint).to(local_device())
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint).to(device)
     ckpt = model.checkpoint
-    precision = resolve_precision(args.precision, local_device())
+    precision = resolve_precision(args.precision, device)
     print(f"checkpoint {ckpt}; {precision.describe()}", file=sys.stderr)
     prepared = _load_examples(args, model, need_texts=False)
-    scores = predict_scores(model, prepared.examples, precision, device=local_device(),
-                            progress=True)
+    scores = predict_scores(model, prepared.examples, precision, device=device, progress=True)
     atomic_write_text(args.out, "".join(json.dumps({"id": e.id, "scores": s}) + "\n"
                                         for e, s in zip(prepared.examples, scores, strict=True)))
     print(f"sentence scores of {_count(len(scores), 'document')} by {ckpt} written to {args.out}")
@@ -190,7 +190,8 @@ def cmd_experiment(args) -> None:
     from .experiment import run_experiment
 
     t0 = time.time()
-    table = run_experiment(args.out, args.seeds, args.full, args.dataset, args.limit)
+    table = run_experiment(args.out, args.seeds, args.full, args.dataset, args.limit,
+                           device=args.device)
     print(table)
     print(f"({time.time() - t0:.0f} s; written to {args.out}/experiment.md)")
 
@@ -216,7 +217,7 @@ def cmd_pipeline(args) -> None:
     from .pipeline import run_pipeline
 
     print(run_pipeline(args.out, args.dataset, args.full, args.limit, args.seed, steps=args.steps,
-                       max_len=args.max_len))
+                       max_len=args.max_len, device=args.device))
 
 
 def cmd_summarize(args) -> None:
@@ -322,6 +323,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-trigram-blocking", action="store_true",
                    help="model selections without trigram blocking")
     _add_precision_arg(p)
+    _add_device_arg(p)
     p.add_argument("--out", default="runs/evaluate",
                    help="folder for per-document predictions and scores")
     _add_patterns_arg(p)
@@ -419,6 +421,7 @@ def _score_options(p: argparse.ArgumentParser) -> None:
     _add_dataset_args(p)
     p.set_defaults(split="val")
     _add_precision_arg(p)
+    _add_device_arg(p)
     p.add_argument("--out", required=True, help="JSON Lines file: {id, scores} per document")
     _add_patterns_arg(p)
     p.set_defaults(func=cmd_score)
@@ -456,6 +459,7 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
                    help="input length in word pieces (default: 256 quick, 512 with --full)")
     p.add_argument("--seed", type=int, default=0, help="seed of every training run")
     p.add_argument("--out", default="runs/pipeline", help="output folder (resumed if present)")
+    _add_device_arg(p)
     p.set_defaults(func=cmd_pipeline)
 
 
@@ -473,6 +477,7 @@ def _experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="full settings (GPU) instead of quick")
     p.add_argument("--limit", type=int, default=None, help="documents per split (default: all)")
     p.add_argument("--out", default="runs/experiment", help="output folder (resumed if present)")
+    _add_device_arg(p)
     p.set_defaults(func=cmd_experiment)
 
 

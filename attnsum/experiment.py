@@ -16,7 +16,7 @@ import numpy as np
 from .checkpoints import load_model, resolve_checkpoint
 from .evaluate import METRICS, evaluate_model, evaluate_system
 from .io import atomic_write_json, atomic_write_text
-from .precision import Precision, resolve_precision
+from .precision import Precision, resolve_device, resolve_precision
 from .preprocess import MAX_LEN, Example
 from .settings import TrainConfig
 from .train import load_examples, train
@@ -82,14 +82,15 @@ def system_config(system: System, s: Settings, seed: int, out: Path, dataset: st
 
 
 def run_system(cfg: TrainConfig, train_ex: list[Example], val_ex: list[Example],
-               test_ex: list[Example], precision: Precision) -> dict[str, float]:
-    """Train (or reuse) one run and score its best checkpoint on the test split."""
+               test_ex: list[Example], precision: Precision, device) -> dict[str, float]:
+    """Train (or reuse) one run on `device` and score its best checkpoint on the test split."""
     done = Path(cfg.out) / "test_scores.json"
     if done.is_file():
         return json.loads(done.read_text())
-    train(cfg, train_ex, val_ex)
-    model = load_model(cfg.out)
-    scores = {m: s.mean for m, s in evaluate_model(model, test_ex, precision, Path(cfg.out), "test").items()}
+    train(cfg, train_ex, val_ex, device=device)
+    model = load_model(cfg.out).to(device)
+    scores = {m: s.mean for m, s in evaluate_model(model, test_ex, precision, Path(cfg.out), "test",
+                                                   device=device).items()}
     atomic_write_json(done, scores)
     return scores
 
@@ -109,23 +110,27 @@ def _table(rows: dict[str, list[dict[str, float]]]) -> str:
 
 def run_experiment(out: str | Path = "runs/experiment", seeds: int = 3, full: bool = False,
                    dataset: str = "embedded", limit: int | None = None,
-                   systems: tuple[System, ...] = EXPERIMENT_SYSTEMS) -> str:
-    """Run every system for `seeds` seeds; writes OUT/experiment.md and .json, returns the
-    Markdown table (mean ± sample standard deviation over seeds)."""
+                   systems: tuple[System, ...] = EXPERIMENT_SYSTEMS, device: str | None = None
+                   ) -> str:
+    """Run every system for `seeds` seeds on `device` (default: the GPU where there is one);
+    writes OUT/experiment.md and .json, returns the Markdown table (mean ± sample standard
+    deviation over seeds)."""
     out = Path(out)
     s = FULL if full else QUICK
     base = TrainConfig(dataset=dataset, max_len=s.max_len, limit=limit)
     train_ex = load_examples(base, "train")
     val_ex = load_examples(base, "val")
     test_ex = load_examples(base, "test")
-    precision = resolve_precision(base.precision)
+    dev = resolve_device(device)
+    precision = resolve_precision(base.precision, dev)
     rows: dict[str, list[dict[str, float]]] = {}
     for baseline in ("lead3", "oracle"):
         rows[baseline] = [{m: v.mean for m, v in evaluate_system(baseline, test_ex).items()}]
     for system in systems:
         for seed in range(seeds):
             cfg = system_config(system, s, seed, out, dataset, limit=limit)
-            rows.setdefault(system.name, []).append(run_system(cfg, train_ex, val_ex, test_ex, precision))
+            rows.setdefault(system.name, []).append(run_system(cfg, train_ex, val_ex, test_ex, precision,
+                                                                       dev))
     table = _table(rows)
     settings = {"settings": vars(s), "dataset": dataset, "seeds": seeds, "limit": limit,
                 "test_documents": len(test_ex)}

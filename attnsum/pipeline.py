@@ -27,7 +27,7 @@ from .evaluate import evaluate_system
 from .experiment import FULL, QUICK, Settings, run_system
 from .io import atomic_write_json, atomic_write_text
 from .model import SummarizerModel
-from .precision import resolve_precision
+from .precision import Precision, resolve_device, resolve_precision
 from .preprocess import MAX_LEN
 from .settings import TrainConfig
 from .train import load_examples
@@ -54,14 +54,23 @@ class Stages:
 
 
 @torch.no_grad()
-def time_inference(model: SummarizerModel, examples, batch_size: int = 8) -> dict:
-    """Documents and tokens per second of sentence scoring (batches grouped by length)."""
-    model.eval()
-    batches = [b for _, b in length_batches(examples, batch_size)]
-    sentence_logits(model, batches[0])  # warm-up
+def time_inference(model: SummarizerModel, examples, precision: Precision, device,
+                   batch_size: int = 8) -> dict:
+    """Documents and tokens per second of sentence scoring (batches grouped by length) on
+    `device` in `precision`."""
+    model.eval().to(device)
+    batches = [b.to(device) for _, b in length_batches(examples, batch_size)]
+
+    def run(bs):
+        with torch.no_grad(), precision.autocast():
+            for b in bs:
+                sentence_logits(model, b)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+
+    run(batches[:1])  # warm-up
     t0 = time.perf_counter()
-    for b in batches:
-        sentence_logits(model, b)
+    run(batches)
     dt = time.perf_counter() - t0
     tokens = sum(len(e.input_ids) for e in examples)
     return {"docs_per_s": len(examples) / dt, "tokens_per_s": tokens / dt, "seconds": dt}
@@ -69,10 +78,11 @@ def time_inference(model: SummarizerModel, examples, batch_size: int = 8) -> dic
 
 def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", full: bool = False,
                  limit: int | None = None, seed: int = 0, settings: Settings | None = None,
-                 steps: int | None = None, max_len: int | None = None) -> str:
-    """Run (or resume) the pipeline; returns the summary's Markdown. `steps` replaces the
-    settings' training steps of every model (teacher and students alike), `max_len` their input
-    length."""
+                 steps: int | None = None, max_len: int | None = None,
+                 device: str | None = None) -> str:
+    """Run (or resume) the pipeline on `device` (default: the GPU where there is one); returns
+    the summary's Markdown. `steps` replaces the settings' training steps of every model (teacher
+    and students alike), `max_len` their input length."""
     out = Path(out)
     # The student has the teacher's 6 x 12 heads, so the plan found on the teacher fits it.
     s = settings or replace(FULL if full else QUICK, student="student-6x12" if full else "student-mini")
@@ -88,7 +98,8 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
     base = TrainConfig(dataset=dataset, max_len=s.max_len, limit=limit, seed=seed,
                        val_every=s.val_every, batch_size=s.batch_size, accum=s.accum,
                        warmup=s.warmup)
-    precision = resolve_precision(base.precision)
+    dev = resolve_device(device)
+    precision = resolve_precision(base.precision, dev)
     data = {}
 
     def examples(split):
@@ -102,7 +113,7 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
     def trained(cfg):
         def stage():
             scores = run_system(cfg, examples("train"), examples("val"), examples("test"),
-                                precision)
+                                precision, dev)
             return {"test": scores, "checkpoint": str(resolve_checkpoint(cfg.out))}
 
         return stage
@@ -143,7 +154,7 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
     base_scores = stages.run("baselines", "Lead-3 and oracle on the test split", baselines)
 
     def timing():
-        return {name: time_inference(load_model(r["checkpoint"]), examples("test"))
+        return {name: time_inference(load_model(r["checkpoint"]), examples("test"), precision, dev)
                 for name, r in results.items()}
 
     speed = stages.run("timing", "time inference on the test split", timing)

@@ -69,9 +69,35 @@ class Precision:
         return f"precision {self.name} on {self.device_type} ({self.reason})"
 
 
-def resolve_precision(name: str, device: str | torch.device = "cpu") -> Precision:
-    """Resolve a precision setting for a device, once per command (or `Summarizer`): what runs
-    a model takes the `Precision`. Raises ValueError for one the device cannot run."""
+def resolve_device(name: str | None = None) -> torch.device:
+    """The device a command runs on: `name` ("cpu", "cuda", "cuda:N"), or by default the GPU of
+    this process's local rank where there is one, else the CPU (distributed.local_device).
+    Raises ValueError with one line for a name this machine cannot run."""
+    import torch
+
+    from .distributed import local_device
+
+    if name is None:
+        return local_device()
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported: use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: this machine's torch sees no CUDA GPU; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: there are {torch.cuda.device_count()} GPUs "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return dev
+
+
+def resolve_precision(name: str, device: str | torch.device) -> Precision:
+    """Resolve a precision setting for the device a command runs on (`resolve_device`), once per
+    command (or `Summarizer`): what runs a model takes the `Precision`. Raises ValueError for one
+    the device cannot run."""
     import torch
 
     dev = torch.device(device).type

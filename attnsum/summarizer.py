@@ -27,7 +27,7 @@ from .checkpoints import load_model
 from .data import split_sentences
 from .evaluate import select_top_k
 from .model import SummarizerModel
-from .precision import DEFAULT_PRECISION, Precision, resolve_precision
+from .precision import DEFAULT_PRECISION, Precision, resolve_device, resolve_precision
 from .preprocess import Example, PreprocessConfig, build_example, filter_sentences, load_tokenizer
 
 
@@ -87,7 +87,7 @@ class Summarizer:
         from .release import default_checkpoint
 
         model = load_model(default_checkpoint() if folder is None else folder)
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dev = resolve_device(device)
         prec = resolve_precision(precision, dev)
         length = model.cfg.input_length(max_len)
         model.to(dev).set_backend(backend)

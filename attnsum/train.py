@@ -100,10 +100,12 @@ def validate(model, examples: list[Example], cfg: TrainConfig, device, precision
 
 
 def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
-          val_examples: list[Example] | None = None) -> dict:
-    """Train (or resume) a model; returns the best validation scores and the run folder."""
+          val_examples: list[Example] | None = None, device=None) -> dict:
+    """Train (or resume) a model on `device` (default: this process's GPU under torchrun, the
+    GPU where there is one, else the CPU); returns the best validation scores and the run
+    folder."""
     rank, world = init_distributed()
-    device = local_device()
+    device = local_device() if device is None else device
     out = Path(cfg.out)
     precision = resolve_precision(cfg.precision, device)
     schedule = make_schedule(cfg.optimizer, cfg.steps, cfg.lr, cfg.warmup,

@@ -18,7 +18,18 @@ from attnsum.attention import PatternContext  # noqa: E402
 from attnsum.kernels.fused import LaunchConfig  # noqa: E402
 from attnsum.release import source_commit as commit  # noqa: E402, F401  (the CSVs' commit column)
 
-AOT_TABLE = ROOT / "bench" / "results" / "aot" / "kernels.csv"  # bench/aot_check.py --space all
+# bench/aot_check.py --space all under the project's Triton (3.9), and under the GPU image's 3.6
+# (kernels-triton-3.6.csv): register counts differ between versions.
+AOT_TABLE = ROOT / "bench" / "results" / "aot" / "kernels.csv"
+
+
+def aot_table() -> Path:
+    """The AOT table of the running Triton's version where one is committed, else AOT_TABLE."""
+    import triton
+
+    major_minor = ".".join(triton.__version__.split(".")[:2])
+    versioned = AOT_TABLE.with_name(f"kernels-triton-{major_minor}.csv")
+    return versioned if versioned.is_file() else AOT_TABLE
 KERNEL_ROLES = {"fwd_kernel": "fwd", "bwd_dq_kernel": "dq", "bwd_dkdv_kernel": "dkdv"}
 
 VOCAB = 30522  # bert-base-uncased word pieces
@@ -28,13 +39,14 @@ FIRST_WORD = 1000  # ids below are special and unused pieces
 CLS_ID, SEP_ID = 101, 102
 
 
-def pruned_space(arch: str, dtype: str, D: int, table: Path = AOT_TABLE
+def pruned_space(arch: str, dtype: str, D: int, table: Path | None = None
                  ) -> dict[str, list[LaunchConfig]]:
     """The autotune space of each kernel role ("fwd", "dq", "dkdv") on one architecture
     ("sm_90"), dtype ("bf16") and head dimension: the configurations of the AOT table that
-    compiled with no register spill, within shared memory and with tensor-core dots."""
+    compiled with no register spill, within shared memory and with tensor-core dots (the table
+    of the running Triton by default, `aot_table`)."""
     space: dict[str, list[LaunchConfig]] = {role: [] for role in KERNEL_ROLES.values()}
-    with open(table, newline="", encoding="utf-8") as f:
+    with open(table or aot_table(), newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             if (r["target"], r["dtype"], int(r["D"])) != (arch, dtype, D):
                 continue

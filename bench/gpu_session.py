@@ -40,7 +40,7 @@ if "--rehearse" in sys.argv:  # the kernels run on CPU through Triton's interpre
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
-from common import CLS_ID, ROOT, pruned_space, synthetic_batch  # noqa: E402
+from common import CLS_ID, ROOT, aot_table, pruned_space, synthetic_batch  # noqa: E402
 
 from attnsum.attention import HeadPlan, PatternContext, reference_attention  # noqa: E402
 from attnsum.attention.triton_path import fused_layer_attention, layer_tables  # noqa: E402
@@ -104,6 +104,7 @@ def environment(out: Path, rehearse: bool, device: str) -> int:
             print(f"{mod} {__import__(mod).__version__}")
         except ImportError:
             print(f"{mod}: not installed")
+    print(f"autotune space from {aot_table().relative_to(ROOT)}", flush=True)
     if torch.cuda.is_available():
         print(f"GPU {torch.cuda.get_device_name()}, capability {torch.cuda.get_device_capability()}")
         try:

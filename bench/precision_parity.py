@@ -28,7 +28,7 @@ from attnsum.shards import examples_of
 def scores_in(model, examples, name: str) -> tuple[list[list[float]], float]:
     if name == "int8":
         model = int8_dynamic(model)
-    precision = resolve_precision("fp32" if name == "int8" else name)
+    precision = resolve_precision("fp32" if name == "int8" else name, "cpu")
     predict_scores(model, examples[:8], precision)  # warm-up
     t0 = time.perf_counter()
     scores = predict_scores(model, examples, precision, progress=True)

@@ -34,7 +34,8 @@ import triton.language as tl
 
 from .tables import RangeTables
 
-SOFTMAX, SYNTH = 0, 1  # head kinds
+SOFTMAX, SYNTH = 0, 1  # head kinds, as the `kinds` tensor holds them
+SOFTMAX_KIND, SYNTH_KIND = tl.constexpr(SOFTMAX), tl.constexpr(SYNTH)  # the same, in the kernels
 LOG2E = 1.4426950408889634
 
 
@@ -58,9 +59,10 @@ def _gather(base, pos, stride_n, offs_d, inside):
 
 @triton.jit
 def _head_of_program(pid_bh, KIND, TAB, H, st_t, st_b):
-    """Batch, head, head kind, table index and table offset of a (batch x head) program."""
-    b = pid_bh // H
-    h = pid_bh % H
+    """Batch, head, head kind, table index and table offset of a (batch x head) program. b and
+    h are int64, so base offsets such as b * stride stay right past 2^31 elements."""
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
     t = tl.load(TAB + h)
     return b, h, tl.load(KIND + h), t, t * st_t + b * st_b
 
@@ -109,7 +111,7 @@ def _fwd_kernel(Q, K, V, O, LSE, PERM, LO, HI, EX, KBS, KBE, KIND, TAB,
     v_base = V + b * sv_b + h * sv_h
     o_ptrs = O + b * so_b + h * so_h + pq[:, None] * so_n + offs_d[None, :]
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    if kind == 1:  # synthesize: mean of V over the range, no Q or K
+    if kind == SYNTH_KIND:  # synthesize: mean of V over the range, no Q or K
         for kb in range(kb_lo, kb_hi):
             offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
             pk = tl.load(PERM + tb + offs_n, mask=offs_n < N, other=0)
@@ -141,7 +143,7 @@ def _fwd_kernel(Q, K, V, O, LSE, PERM, LO, HI, EX, KBS, KBE, KIND, TAB,
         out = acc / tl.where(has, l_i, 1.0)[:, None]
         lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("inf"))
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_m[:, None])
-        tl.store(LSE + pid_bh * N + pq, lse, mask=in_m)
+        tl.store(LSE + pid_bh.to(tl.int64) * N + pq, lse, mask=in_m)
 
 
 @triton.jit
@@ -158,11 +160,11 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PERM, LO, HI, EX, KBS, KBE, KIND
     in_m = offs_m < N
     pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    if kind == 0:  # synthesized heads do not depend on Q
+    if kind == SOFTMAX_KIND:  # synthesized heads do not depend on Q
         q = _gather(Q + b * sq_b + h * sq_h, pq, sq_n, offs_d, in_m)
         do = _gather(DO + b * sd_b + h * sd_h, pq, sd_n, offs_d, in_m)
-        lse = tl.load(LSE + pid_bh * N + pq, mask=in_m, other=float("inf"))
-        delta = tl.load(DELTA + pid_bh * N + pq, mask=in_m, other=0.0)
+        lse = tl.load(LSE + pid_bh.to(tl.int64) * N + pq, mask=in_m, other=float("inf"))
+        delta = tl.load(DELTA + pid_bh.to(tl.int64) * N + pq, mask=in_m, other=0.0)
         kb_lo = tl.load(KBS + t * sb_t + b * sb_b + pid_m)
         kb_hi = tl.load(KBE + t * sb_t + b * sb_b + pid_m)
         for kb in range(kb_lo, kb_hi):
@@ -204,7 +206,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PERM, LO, HI, EX, QBI, QBC
     do_base = DO + b * sd_b + h * sd_h
     # One loop per head kind, the branch outside: a branch inside the loop body keeps Triton's
     # software pipeliner off the loop's loads (bench/aot_check.py, "pipelined").
-    if kind == 1:  # synthesized: dV only, P uniform over each query's range
+    if kind == SYNTH_KIND:  # synthesized: dV only, P uniform over each query's range
         for i in range(0, n_qb):
             in_m, pq, lo, hi, ex, do, ok = _query_block(qbi + i, PERM, LO, HI, EX, tb, do_base,
                                                         sd_n, offs_d, offs_n, N, BLOCK_M)
@@ -216,8 +218,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, PERM, LO, HI, EX, QBI, QBC
             in_m, pq, lo, hi, ex, do, ok = _query_block(qbi + i, PERM, LO, HI, EX, tb, do_base,
                                                         sd_n, offs_d, offs_n, N, BLOCK_M)
             q = _gather(Q + b * sq_b + h * sq_h, pq, sq_n, offs_d, in_m)
-            lse = tl.load(LSE + pid_bh * N + pq, mask=in_m, other=float("inf"))
-            delta = tl.load(DELTA + pid_bh * N + pq, mask=in_m, other=0.0)
+            lse = tl.load(LSE + pid_bh.to(tl.int64) * N + pq, mask=in_m, other=float("inf"))
+            delta = tl.load(DELTA + pid_bh.to(tl.int64) * N + pq, mask=in_m, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
             p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
             dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
@@ -291,14 +293,16 @@ def default_config(kernel: str, D: int, cc: int | None) -> LaunchConfig:
     spread over 32 x num_warps threads. dK/dV at D > 64 holds 2 x 64 x 128 fp32 accumulators:
     8 warps there (4 spill on sm_80). On sm_80, 64 x 64 dK/dV blocks pass 255 registers, so its
     key blocks are 32. On sm_90 a wgmma tile has 64 rows, and dK/dV's transposed products
-    (P^T dO, dS^T Q) have BLOCK_N rows: BLOCK_N = 64 keeps every dot on wgmma. Small blocks
+    (P^T dO, dS^T Q) have BLOCK_N rows: BLOCK_N = 64 keeps every dot on wgmma. At D = 128 on
+    sm_90, 64 x 64 with 8 warps spills under Triton 3.6 (the GPU image's) and 128 x 64 does not,
+    under 3.6 or 3.9 (bench/results/aot/kernels.csv and kernels-triton-3.6.csv). Small blocks
     under the CPU interpreter keep tests quick and give small shapes several blocks."""
     if cc is None:
         return LaunchConfig(16, 16, 4)
     if kernel == "dkdv":
         if cc < 90:
             return LaunchConfig(64, 32, 8 if D > 64 else 4)
-        return LaunchConfig(64, 64, 8 if D > 64 else 4)
+        return LaunchConfig(128, 64, 8) if D > 64 else LaunchConfig(64, 64, 4)
     return LaunchConfig(64, 64, 4) if D <= 64 else LaunchConfig(64, 32, 4)
 
 
@@ -420,6 +424,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kinds: to
         raise ValueError(f"tables are for (B, N) = {tuple(tables.perm.shape[1:])}, input is {(B, N)}")
     if kinds.shape != (H,) or table_of_head.shape != (H,):
         raise ValueError(f"kinds and table_of_head must be ({H},)")
+    tables.check_permutations()  # a repeated position would be written by two programs
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     kinds = kinds.to(device=q.device, dtype=torch.int32)

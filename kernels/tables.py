@@ -25,6 +25,7 @@ class RangeTables:
     hi: torch.Tensor
     excl: torch.Tensor
     _blocks: dict = field(default_factory=dict, repr=False)
+    _permutations_checked: bool = field(default=False, repr=False)
 
     def __post_init__(self):
         shape = self.perm.shape
@@ -33,6 +34,20 @@ class RangeTables:
         self.perm, self.lo, self.hi = (t.to(torch.int32).contiguous()
                                        for t in (self.perm, self.lo, self.hi))
         self.excl = self.excl.to(torch.int8).contiguous()
+
+    def check_permutations(self) -> None:
+        """Raise ValueError unless every row of perm is a permutation of 0..N-1 (sorted, it
+        equals arange): the kernels write each row through perm, so a repeated position would be
+        written by two programs at once. Checked once per tables object."""
+        if self._permutations_checked:
+            return
+        N = self.perm.shape[-1]
+        if not torch.equal(self.perm.sort(-1).values,
+                           torch.arange(N, device=self.perm.device, dtype=self.perm.dtype)
+                           .expand_as(self.perm)):
+            raise ValueError("a range table's perm is not a permutation of its positions on "
+                             "every row (a pattern's ranges() is wrong)")
+        self._permutations_checked = True
 
     def blocks(self, block_m: int, block_n: int) -> BlockTables:
         key = (block_m, block_n)

@@ -32,16 +32,32 @@ def _fields(script: str) -> list[str]:
 
 
 def test_gpu_session_rehearsal(tmp_path):
-    """The GPU session's CPU rehearsal: every step of both parts (environment, autotuning over
-    the AOT-pruned space, kernel test collection, host side at N = 16,384, real-size checks at
-    small sizes under the tuned configurations, both benchmarks in their quick mode, the
-    serving students, tables, plots) with at most 8 result files."""
+    """The GPU flight's CPU rehearsal runs every step of the real flight (environment with the
+    host side at N = 16,384, compiled-kernel tests, real-size checks, the headline benchmark,
+    end to end, autotuning over the AOT-pruned space), exits 0 with at most 8 files and rows in
+    every CSV, and the step caps fit the flight's 8 minutes."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_session
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert sum(gpu_session.STEPS.values()) <= gpu_session.FLIGHT_LIMIT_S <= 8 * 60
     FIELDS, E2E_FIELDS = _fields("bench_attention.py"), _fields("bench_e2e.py")
     out = tmp_path / "session"
     r = _run("bench/gpu_session.py", str(out), "--rehearse")
     files = sorted(p.name for p in out.iterdir())
     assert files == ["attention.csv", "checks.csv", "e2e.csv", "kernel_configs.json",
-                     "plots.tar.gz", "session.log", "students.csv", "tuning.csv"], files
+                     "session.log", "tuning.csv"], files
+    assert len(files) <= gpu_session.MAX_FILES
+    for name in files:
+        if name.endswith(".csv"):
+            assert len(list(csv.DictReader(open(out / name)))) > 0, name
+    log = (out / "session.log").read_text()
+    for name in gpu_session.STEPS:  # every step ran to its end
+        assert f"| {name} | 0 |" in log, log[-3000:]
+    assert "N=16384: tables" in log and "work model N=4096 [paper]" in log
+    assert " passed" in log and " failed" not in log  # the kernel tests' pytest line
+
     tuning = list(csv.DictReader(open(out / "tuning.csv")))
     chosen = json.loads((out / "kernel_configs.json").read_text())["cpu"]["fp32"]["16"]
     for role in ("fwd", "dq", "dkdv"):
@@ -51,19 +67,20 @@ def test_gpu_session_rehearsal(tmp_path):
         assert float(best["ms"]) == min(float(t["ms"]) for t in timed)
         assert chosen[role] == [int(best[c]) for c in ("block_m", "block_n", "num_warps",
                                                         "num_stages")]
-    log = (out / "session.log").read_text()
-    assert "N=16384: tables" in log and "work model N=4096 [paper]" in log
     checks = list(csv.DictReader(open(out / "checks.csv")))
-    assert checks and all(c["ok"] == "True" for c in checks)
+    assert checks and all(c["ok"] == "True" and not c["error"] for c in checks)
 
     rows = list(csv.DictReader(open(out / "attention.csv")))
     assert list(rows[0]) == FIELDS
-    providers = {(r["provider"], r["plan"]) for r in rows}
-    assert {("ours", "paper"), ("ours", "half"), ("ours-torch", "paper"), ("eager", "learned"),
-            ("sdpa-math", "learned")} <= providers
-    assert all(float(r["max_err"]) < 1e-3 for r in rows)  # checked before timing
-    assert {r["mode"] for r in rows} == {"fwd", "bwd", "fwd+bwd"}
-    assert all(float(r["cell_fraction"]) <= float(r["work_fraction"]) <= 1 for r in rows)
+    timed = [r for r in rows if not r["note"]]
+    assert {(r["provider"], r["plan"], r["mode"]) for r in timed} >= {
+        ("ours", plan, m) for plan in ("paper", "paper-self") for m in ("fwd", "fwd+bwd")} | {
+        ("flex", "paper", "fwd"), ("flex", "paper-self", "fwd"), ("sdpa-flash", "learned", "fwd")}
+    assert all(float(r["max_err"]) < 1e-3 for r in timed)  # checked before timing
+    assert all(float(r["cell_fraction"]) <= float(r["work_fraction"]) <= 1 for r in timed)
+    # what CPU lacks is a row with its reason, not a crash: cuDNN, FlexAttention's backward
+    assert any(r["provider"] == "sdpa-cudnn" and r["note"] for r in rows)
+    assert any(r["provider"] == "flex-first-call" and float(r["ms"]) > 0 for r in rows)
 
     e2e = list(csv.DictReader(open(out / "e2e.csv")))
     assert list(e2e[0]) == E2E_FIELDS
@@ -71,7 +88,20 @@ def test_gpu_session_rehearsal(tmp_path):
     paper = next(r for r in e2e if r["model"] == "student-paper")
     assert float(paper["ratio"]) == pytest.approx(float(paper["measured"]) / float(paper["bound"]))
 
-    students = list(csv.DictReader(open(out / "students.csv")))
+    # tables and plots come from the CSVs afterwards, on any machine
+    _run("bench/plot.py", str(out))
+    assert "| ours | paper | fwd+bwd |" in (out / "attention.md").read_text()
+    assert "student-paper" in (out / "e2e.md").read_text()
+    assert any(p.name.startswith("attention_d16_float32_") for p in out.glob("*.png"))
+    assert r.returncode == 0
+
+
+def test_students_benchmark_quick(tmp_path):
+    """bench/bench_students.py in its quick mode: the served models' rows, rates consistent with
+    their latencies, speedups against the teacher's rate of the same run."""
+    out = tmp_path / "students.csv"
+    _run("bench/bench_students.py", "--quick", "--out", str(out))
+    students = list(csv.DictReader(open(out)))
     assert list(students[0]) == _fields("bench_students.py")
     assert [r["model"] for r in students] == ["teacher", "student3-dense", "student3-paper",
                                               "student3-paper-tx", "student2-paper"]
@@ -81,12 +111,6 @@ def test_gpu_session_rehearsal(tmp_path):
         assert p50 <= float(row["p95_ms"]) and float(row["peak_mib"]) > 0
         assert rate == pytest.approx(int(row["batch"]) / p50 * 1e3)
         assert float(row["speedup"]) == pytest.approx(rate / teacher)
-
-    with tarfile.open(out / "plots.tar.gz") as tar:
-        assert any(n.startswith("attention_d16_float32_") for n in tar.getnames())
-        assert "| ours | paper | fwd+bwd |" in tar.extractfile("attention.md").read().decode()
-        assert "student-paper" in tar.extractfile("e2e.md").read().decode()
-    assert r.returncode == 0
 
 
 ALLOWED_PAIRS_CHECK = """

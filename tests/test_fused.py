@@ -210,17 +210,19 @@ def test_kernels_compile_for_hopper(dtype, D):
     assert r.stdout.count("compiled") == 3
 
 
-def test_launch_configs_are_the_ones_checked_ahead_of_time():
-    """bench/results/aot/kernels.csv (bench/aot_check.py) holds, for every kernel, target, dtype
-    and head dimension, the configuration the launcher picks untuned, compiled with no spill,
-    within shared memory, with tensor-core dots (every dot on wgmma on sm_90) and a pipelined
-    loop: the launcher may not drift from it."""
+@pytest.mark.parametrize("table", ["kernels.csv", "kernels-triton-3.6.csv"])
+def test_launch_configs_are_the_ones_checked_ahead_of_time(table):
+    """bench/results/aot/kernels.csv (bench/aot_check.py under the project's Triton) and
+    kernels-triton-3.6.csv (under the GPU image's) hold, for every kernel, target, dtype and head
+    dimension, the configuration the launcher picks untuned, compiled with no spill, within
+    shared memory, with tensor-core dots (every dot on wgmma on sm_90) and a pipelined loop: the
+    launcher may not drift from it, under either version."""
     import csv
     from pathlib import Path
 
     from attnsum.kernels.fused import LaunchConfig, default_config
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "results" / "aot" / "kernels.csv"
+    path = Path(__file__).resolve().parents[1] / "bench" / "results" / "aot" / table
     rows = [r for r in csv.DictReader(path.open()) if r["default"] == "True"]
     role = {"fwd_kernel": "fwd", "bwd_dq_kernel": "dq", "bwd_dkdv_kernel": "dkdv"}
     seen = set()
@@ -228,7 +230,7 @@ def test_launch_configs_are_the_ones_checked_ahead_of_time():
         cc, D = int(r["target"].removeprefix("sm_")), int(r["D"])
         assert default_config(role[r["kernel"]], D, cc) == LaunchConfig(
             int(r["block_m"]), int(r["block_n"]), int(r["num_warps"]), int(r["num_stages"])), r
-        assert r["compiled"] == "True" and int(r["spill_bytes"]) == 0
+        assert r["compiled"] == "True" and int(r["spill_bytes"]) == 0, r
         assert int(r["shared_bytes"]) <= int(r["shared_limit"]) and r["pipelined"] == "True"
         assert r["tensor_core"] == ("wgmma" if cc == 90 else "mma"), r
         seen.add((r["kernel"], cc, r["dtype"], D))
@@ -260,3 +262,23 @@ def test_tuned_configs_replace_the_defaults_where_given(tmp_path, monkeypatch):
     torch.testing.assert_close(fused_layer_attention(q, k, v, plan, ctx).float(),
                                reference_attention(q.float(), k.float(), v.float(), plan, ctx)[0],
                                atol=tol[0], rtol=tol[1])
+
+
+def test_a_table_whose_perm_repeats_a_position_is_refused_before_any_launch():
+    """perm is checked on the host (sorted, it equals arange) before the kernels run: a repeated
+    position would have two programs write one row at once on a GPU."""
+    from attnsum.attention.triton_path import layer_tables
+    from attnsum.kernels.fused import SOFTMAX, fused_attention
+    from attnsum.kernels.tables import RangeTables
+
+    q, k, v, ctx = _on_device(*make_batch(2, 20, H=2, D=16))
+    _, tables = layer_tables(HeadPlan.parse("*:*=sent/mask", 1, 2).layer(0), ctx)
+    kinds = torch.full((2,), SOFTMAX, dtype=torch.int32)
+    tab = torch.ones(2, dtype=torch.int32)  # the sentence table (0 is every valid key)
+    perm = tables.perm.clone()
+    perm[1, 0, 5] = perm[1, 0, 6]  # one position twice, another never
+    bad = RangeTables(perm, tables.lo, tables.hi, tables.excl)
+    with pytest.raises(ValueError, match="not a permutation"):
+        fused_attention(q, k, v, kinds, tab, bad)
+    out = fused_attention(q, k, v, kinds, tab, tables)  # the real table passes the check
+    assert torch.isfinite(out).all()

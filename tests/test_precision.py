@@ -58,8 +58,8 @@ def test_bf16_autocast_scores_stay_close_to_fp32(plan, inject):
         for layer in model.encoder.encoder.layer:
             torch.nn.init.normal_(layer.attention.output.side.out.weight, std=0.05)
     examples = embedded_examples("val", limit=6, max_len=128)
-    fp32 = predict_scores(model, examples, resolve_precision("fp32"), batch_size=3)
-    bf16 = predict_scores(model, examples, resolve_precision("bf16"), batch_size=3)
+    fp32 = predict_scores(model, examples, resolve_precision("fp32", "cpu"), batch_size=3)
+    bf16 = predict_scores(model, examples, resolve_precision("bf16", "cpu"), batch_size=3)
     diffs = [abs(a - b) for x, y in zip(fp32, bf16, strict=True) for a, b in zip(x, y, strict=True)]
     assert max(diffs) < 0.02
     assert sum(diffs) / len(diffs) < 0.005

@@ -53,8 +53,8 @@ def test_release_is_small_and_scores_like_the_run(run, tmp_path):
     card = (out / "README.md").read_text()
     assert "# tiny-news" in card and "| 2 | 4 |" in card and "layers [2, 5]" in card
     examples = embedded_examples("val", limit=6, max_len=128)
-    a = predict_scores(load_model(run), examples, resolve_precision("fp32"))
-    b = predict_scores(load_model(out), examples, resolve_precision("fp32"))
+    a = predict_scores(load_model(run), examples, resolve_precision("fp32", "cpu"))
+    b = predict_scores(load_model(out), examples, resolve_precision("fp32", "cpu"))
     diffs = [abs(x - y) for p, q in zip(a, b, strict=True) for x, y in zip(p, q, strict=True)]
     assert max(diffs) < 0.02  # bf16 weights: 8 bits of mantissa
 
@@ -136,3 +136,19 @@ def test_a_checkpoint_without_a_recorded_length_takes_its_training_length(run, t
     del config["train"]
     (old / "config.json").write_text(json.dumps(config))
     assert load_model(old).cfg.input_length() == 512  # nothing recorded: its positions, at most 512
+
+
+def test_tracked_tree_travels_to_a_gpu_machine():
+    """The tracked tree stays under 40 MiB (a device call carries 64 MiB with what it builds
+    there; bench/gpu_session.py): one released model's weights in models/, the rest cards."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, timeout=60)
+    if r.returncode != 0:
+        pytest.skip("not a git checkout")
+    files = [root / p for p in r.stdout.decode().split("\0") if p]
+    assert sum(p.stat().st_size for p in files if p.is_file()) < 40 * 2**20
+    weights = [p for p in files if p.name == "model.safetensors" and p.parts[-3] == "models"]
+    assert [p.parent.name for p in weights] == [DEFAULT_MODEL]

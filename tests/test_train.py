@@ -19,7 +19,7 @@ from attnsum.preprocess import prepare
 from attnsum.settings import ConfigError, TrainConfig
 from attnsum.train import train
 
-FP32 = resolve_precision("fp32")
+FP32 = resolve_precision("fp32", "cpu")
 
 
 @pytest.fixture(scope="module")

@@ -66,10 +66,10 @@ def fused_layer_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: 
                          dtype=torch.int32, device=q.device)
     tab = torch.tensor([names.index(table_of(s)) for s in plan],
                        dtype=torch.int32, device=q.device)
-    if q.device.type == "cpu" and q.dtype != torch.float32:
-        # On CPU the kernel runs under Triton's interpreter (numpy), which has no bf16 or fp16
-        # arithmetic: compute in fp32 and hand back the caller's dtype (autograd casts the
-        # gradients back the same way).
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        # On CPU the kernel runs under Triton's interpreter (numpy), which has fp16 but no bf16
+        # arithmetic: bf16 is computed in fp32 and handed back in bf16 (autograd casts the
+        # gradients back the same way); fp16 runs as it is, so its casts in the kernels run.
         return fused_attention(q.float(), k.float(), v.float(), kinds, tab, tables, scale
                                ).to(q.dtype)
     return fused_attention(q, k, v, kinds, tab, tables, scale)
