@@ -61,19 +61,41 @@ def save_model(model: SummarizerModel, folder: str | Path, extra: dict | None = 
     atomic_write_json(folder / CONFIG_FILE, {"attnsum": config_record(model.cfg), **(extra or {})})
 
 
+def read_json(path: Path):
+    """A JSON file of a checkpoint or run; a RuntimeError naming the file when it is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RuntimeError(f"{path}: not valid JSON ({e})") from None
+
+
+# The JSON types of ModelConfig's fields, by their annotations (bool is no int here).
+_FIELD_TYPES = {"int": (int,), "float": (int, float), "str": (str,),
+                "int | None": (int, type(None)), "str | None": (str, type(None))}
+
+
+def _check_field_types(record: dict, path: Path) -> None:
+    for f in fields(ModelConfig):
+        want = _FIELD_TYPES.get(f.type)
+        value = record.get(f.name)
+        if f.name in record and want and (isinstance(value, bool) or not isinstance(value, want)):
+            raise RuntimeError(f"{path}: \"{f.name}\" is {value!r}, not {f.type}")
+
+
 def read_config(folder: str | Path) -> ModelConfig:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise RuntimeError(f"{folder}: not an attnsum checkpoint (no {CONFIG_FILE})")
+    data = read_json(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         record = dict(data["attnsum"])
+        _check_field_types(record, path)
         if record.get("plan") is not None:  # null: every head learned (older checkpoints)
             record["plan"] = HeadPlan.from_dict(record["plan"])
         if "max_len" not in record:  # older checkpoints: the length training recorded
             record["max_len"] = data.get("train", {}).get("max_len")
         return ModelConfig(**record)
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise RuntimeError(f"{path}: not an attnsum checkpoint config ({e})") from None
     except ValueError as e:  # a plan naming a pattern not registered here, say
         raise RuntimeError(f"checkpoint {folder}: {e}") from None
@@ -100,7 +122,7 @@ def write_plan_file(plan: HeadPlan, path: str | Path) -> None:
 def read_training_summary(folder: str | Path) -> dict:
     """What training recorded beside the model config (settings, schedule, precision, step);
     empty for a checkpoint saved outside training."""
-    data = json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8"))
+    data = read_json(Path(folder) / CONFIG_FILE)
     return {k: v for k, v in data.items() if k != "attnsum"}
 
 
@@ -116,7 +138,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     last = last_checkpoint(path)
     if last is not None:
-        best = json.loads((last / TRAINER_FILE).read_text())["best"]
+        best = read_json(last / TRAINER_FILE).get("best", [])
         # older runs wrote the path as made ("runs/x/best-2"): its last part names the folder
         return path / Path(best[0]["path"]).name if best else last
     if not path.exists():
@@ -139,15 +161,33 @@ def load_model(path: str | Path, map_location="cpu") -> SummarizerModel:
     release = read_training_summary(folder).get("release", {})
     if release.get("word_embeddings") == "minilm" and WORD_EMBEDDINGS not in state:
         state[WORD_EMBEDDINGS] = minilm_word_embeddings()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"{folder}: weights do not match the config (missing "
-                           f"{len(missing)}, unexpected {len(unexpected)} tensors)")
+    _check_weights(folder, state, model.state_dict())
+    model.load_state_dict(state)
     model.checkpoint = folder
     return model
 
 
 WORD_EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"
+
+
+def _check_weights(folder: Path, state: dict, want: dict) -> None:
+    """One line naming the folder and the first tensor that is missing, extra, of another
+    shape than config.json makes, or not finite (NaN or infinite weights score NaN)."""
+    where = f"{folder / WEIGHTS_FILE}"
+    missing = [k for k in want if k not in state]
+    if missing:
+        raise RuntimeError(f"{where}: no tensor {missing[0]!r} that {CONFIG_FILE} calls for "
+                           f"({len(missing)} missing)")
+    extra = [k for k in state if k not in want]
+    if extra:
+        raise RuntimeError(f"{where}: tensor {extra[0]!r} is not in the model {CONFIG_FILE} "
+                           f"describes ({len(extra)} such)")
+    for k, t in state.items():
+        if t.shape != want[k].shape:
+            raise RuntimeError(f"{where}: {k} is {tuple(t.shape)}, {CONFIG_FILE} makes it "
+                               f"{tuple(want[k].shape)}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise RuntimeError(f"{where}: {k} holds NaN or infinite values")
 
 
 def minilm_word_embeddings() -> torch.Tensor:
@@ -210,7 +250,7 @@ def last_checkpoint(run: str | Path) -> Path | None:
     if (run / LAST / TRAINER_FILE).is_file():
         return run / LAST
     done = [p for p in run.glob(f"{LAST}-*") if (p / TRAINER_FILE).is_file()]
-    return max(done, key=lambda p: json.loads((p / TRAINER_FILE).read_text())["step"], default=None)
+    return max(done, key=lambda p: read_json(p / TRAINER_FILE).get("step", 0), default=None)
 
 
 def has_trainer_state(run: Path) -> bool:
@@ -274,7 +314,7 @@ def load_trainer_state(run: Path, optimizer) -> tuple[int, list]:
 
     folder = last_checkpoint(run)
     try:
-        meta = json.loads((folder / TRAINER_FILE).read_text())
+        meta = read_json(folder / TRAINER_FILE)
         tensors = load_file(str(folder / OPTIMIZER_FILE))
     except (OSError, json.JSONDecodeError, ValueError) as e:
         raise RuntimeError(f"{folder}: cannot resume, trainer state unreadable ({e})") from None

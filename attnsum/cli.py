@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .data import DataError, Fields, check_dataset, format_skips
-from .preprocess import MAX_LEN
+from .preprocess import MAX_CHARS, MAX_LEN
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -26,6 +26,30 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
+
+
+def _number(kind, low=None, high=None, low_open: bool = False, what: str = ""):
+    """An argparse type: `kind` ("int" or "float") within [low, high] (low excluded when
+    `low_open`), so a mistyped option is one line of argparse's, not a failure later."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if (low is not None and (value <= low if low_open else value < low)) or (
+                high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, 1, what="a whole number of at least 1")
+_port = _number(int, 1, 65535, what="a TCP port (1 to 65535)")
+_positive_float = _number(float, 0, low_open=True, what="a number above 0")
+_nonneg_float = _number(float, 0, what="a number of at least 0")
+_fraction = _number(float, 0, 1, what="a number from 0 to 1")
 
 
 def _count(n: int, noun: str) -> str:
@@ -42,12 +66,12 @@ def _add_dataset_args(p: argparse.ArgumentParser, split: bool = True) -> None:
     p.add_argument("--article-field", default="article", help="field of a local file's article")
     p.add_argument("--summary-field", default="highlights", help="field of a local file's summary")
     p.add_argument("--id-field", default="id", help="field of a local file's document id")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N documents")
+    p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N documents")
     _add_max_len_arg(p)
 
 
 def _add_max_len_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-len", dest="max_len", type=int, default=None,
+    p.add_argument("--max-len", dest="max_len", type=_positive_int, default=None,
                    help="input length in word pieces (default: the length the checkpoint was "
                         f"trained at; {MAX_LEN} without a checkpoint)")
 
@@ -225,9 +249,13 @@ def cmd_summarize(args) -> None:
 
     counts = summarize_command(args.checkpoint, args.inputs, args.out, args.format, args.field,
                                args.jsonl, args.k, not args.no_trigram_blocking, args.chunk,
-                               args.device, args.precision, args.limit, args.max_len)
-    print(f"summarized {_count(counts['documents'], 'document')} ({counts['errors']} could not "
-          "be)", file=sys.stderr)
+                               args.device, args.precision, args.limit, args.max_len,
+                               args.max_chars, args.overwrite)
+    from .distributed import world
+
+    if world()[0] == 0:  # under torchrun every rank has the whole run's counts: one prints them
+        print(f"summarized {_count(counts['documents'], 'document')} ({counts['errors']} could "
+              "not be)", file=sys.stderr)
 
 
 def cmd_serve(args) -> None:
@@ -269,11 +297,18 @@ def _summarize_options(p: argparse.ArgumentParser) -> None:
                    help="jsonl: a record per document (summary, indices, scores); text: the "
                         "summary's sentences, a blank line between documents")
     p.add_argument("--out", default=None, help="output file (default: stdout)")
-    p.add_argument("-k", type=int, default=3, help="sentences per summary")
+    p.add_argument("-k", type=_positive_int, default=3, help="sentences per summary")
     p.add_argument("--no-trigram-blocking", action="store_true",
                    help="allow sentences that repeat a trigram of one already chosen")
-    p.add_argument("--chunk", type=int, default=256, help="documents held in memory at once")
-    p.add_argument("--limit", type=int, default=None, help="only the first N documents")
+    p.add_argument("--chunk", type=_positive_int, default=32,
+                   help="documents held in memory and written at once")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N documents")
+    p.add_argument("--max-chars", dest="max_chars", type=_positive_int, default=MAX_CHARS,
+                   help="longest document in characters (the service's default); a longer one "
+                        "gets an error record")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start OUT over even where OUT.partial was begun with other inputs or "
+                        "options")
     _add_max_len_arg(p)
     _add_device_arg(p)
     _add_precision_arg(p)
@@ -290,18 +325,18 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
                    help="checkpoint or run folder (default: the released news model in models/)")
     p.add_argument("--host", default=d.host,
                    help="bind address; the default answers this machine only")
-    p.add_argument("--port", type=int, default=d.port, help="TCP port")
-    p.add_argument("--max-body", dest="max_body", type=int, default=d.max_body,
+    p.add_argument("--port", type=_port, default=d.port, help="TCP port")
+    p.add_argument("--max-body", dest="max_body", type=_positive_int, default=d.max_body,
                    help="largest request body in bytes (413 beyond)")
-    p.add_argument("--max-docs", dest="max_docs", type=int, default=d.max_docs,
+    p.add_argument("--max-docs", dest="max_docs", type=_positive_int, default=d.max_docs,
                    help="most documents in one request")
-    p.add_argument("--max-chars", dest="max_chars", type=int, default=d.max_chars,
+    p.add_argument("--max-chars", dest="max_chars", type=_positive_int, default=d.max_chars,
                    help="longest document in characters")
-    p.add_argument("--max-batch", dest="max_batch", type=int, default=d.max_batch,
+    p.add_argument("--max-batch", dest="max_batch", type=_positive_int, default=d.max_batch,
                    help="most documents scored together (requests are batched)")
-    p.add_argument("--max-wait-ms", dest="max_wait_ms", type=float, default=d.max_wait_ms,
+    p.add_argument("--max-wait-ms", dest="max_wait_ms", type=_nonneg_float, default=d.max_wait_ms,
                    help="how long the batcher waits to fill a batch")
-    p.add_argument("--timeout", type=float, default=d.timeout_s,
+    p.add_argument("--timeout", type=_positive_float, default=d.timeout_s,
                    help="seconds per request, reading to answer (504 beyond)")
     _add_max_len_arg(p)
     _add_device_arg(p)
@@ -319,7 +354,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scores", default=None,
                    help="also evaluate sentence scores written by `attnsum score` (selection "
                         "and ROUGE here, the model elsewhere)")
-    p.add_argument("-k", type=int, default=3, help="sentences per model summary")
+    p.add_argument("-k", type=_positive_int, default=3, help="sentences per model summary")
     p.add_argument("--no-trigram-blocking", action="store_true",
                    help="model selections without trigram blocking")
     _add_precision_arg(p)
@@ -350,7 +385,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pooling", default=d.pooling, choices=POOLINGS,
                    help="a sentence's vector: its [CLS] output, or the mean of its word pieces' "
                         "outputs")
-    p.add_argument("--dropout", type=float, default=None, help="dropout (default: the preset's)")
+    p.add_argument("--dropout", type=_fraction, default=None, help="dropout (default: the preset's)")
     p.add_argument("--dataset", default=d.dataset,
                    help="embedded, cnn_dailymail, a JSON Lines / Parquet file or folder, or a "
                         "shard folder (attnsum shard)")
@@ -358,40 +393,40 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help="the split trained on")
     p.add_argument("--val-split", dest="val_split", default=d.val_split,
                    help="the split validated on")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=_positive_int, default=None,
                    help="documents per split (default: all)")
-    p.add_argument("--val-limit", dest="val_limit", type=int, default=None,
+    p.add_argument("--val-limit", dest="val_limit", type=_positive_int, default=None,
                    help="validation documents (default: --limit)")
-    p.add_argument("--max-len", dest="max_len", type=int, default=d.max_len,
+    p.add_argument("--max-len", dest="max_len", type=_positive_int, default=d.max_len,
                    help="input length in word pieces")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=d.batch_size,
+    p.add_argument("--steps", type=_positive_int, default=d.steps, help="optimizer steps")
+    p.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=d.batch_size,
                    help="documents per step and process")
-    p.add_argument("--accum", type=int, default=d.accum,
+    p.add_argument("--accum", type=_positive_int, default=d.accum,
                    help="gradient accumulation: batches per optimizer step")
     p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS,
                    help="adamw: linear warmup and decay to zero; adam-noam: the paper's Adam + "
                         "Noam (its exact recipe with --steps 50000)")
-    p.add_argument("--lr", type=float, default=d.lr,
+    p.add_argument("--lr", type=_positive_float, default=d.lr,
                    help="peak learning rate (default: 5e-5 AdamW on a pretrained encoder, 5e-4 "
                         "AdamW from scratch, 2e-5 Noam)")
-    p.add_argument("--warmup", type=float, default=d.warmup,
+    p.add_argument("--warmup", type=_nonneg_float, default=d.warmup,
                    help="warmup steps (>= 1) or fraction of the run (< 1); default 6%% of the "
                         "run for AdamW, min(10000, 20%%) for Noam")
     p.add_argument("--allow-short-warmup", dest="allow_short_warmup", action="store_true",
                    help="let a run end before its warmup does")
     _add_precision_arg(p)
-    p.add_argument("--val-every", dest="val_every", type=int, default=d.val_every,
+    p.add_argument("--val-every", dest="val_every", type=_positive_int, default=d.val_every,
                    help="steps between validations (each keeps the checkpoint if among the best)")
-    p.add_argument("--keep-best", dest="keep_best", type=int, default=d.keep_best,
+    p.add_argument("--keep-best", dest="keep_best", type=_positive_int, default=d.keep_best,
                    help="best checkpoints kept")
-    p.add_argument("--log-every", dest="log_every", type=int, default=d.log_every,
+    p.add_argument("--log-every", dest="log_every", type=_positive_int, default=d.log_every,
                    help="steps between lines of metrics.jsonl")
     p.add_argument("--val-metric", dest="val_metric", default=d.val_metric,
                    choices=["rouge", "loss"],
                    help="what ranks checkpoints: validation ROUGE, or the validation loss (no "
                         "texts or rouge-score needed)")
-    p.add_argument("--time-limit", dest="time_limit", type=float, default=None,
+    p.add_argument("--time-limit", dest="time_limit", type=_positive_float, default=None,
                    help="minutes: after a step past this, save the resume state and stop with exit "
                         "status 3 (a rerun goes on): for jobs with a time limit")
     p.add_argument("--seed", type=int, default=d.seed,
@@ -403,7 +438,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-layers", dest="init_layers", default=None,
                    help="its layers to take, e.g. 1,3,5 (default: evenly spaced, ending at the "
                         "last)")
-    p.add_argument("--distill-weight", dest="distill_weight", type=float, default=d.distill_weight,
+    p.add_argument("--distill-weight", dest="distill_weight", type=_nonneg_float, default=d.distill_weight,
                    help="weight of the distillation loss beside the oracle labels' (--teacher)")
     p.add_argument("--freeze-embeddings", dest="freeze_embeddings", action="store_true",
                    help="keep the word embeddings as initialised (a release then references the "
@@ -438,9 +473,9 @@ def _analyze_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
     _add_dataset_args(p)
     p.set_defaults(split="val")
-    p.add_argument("--top-heads", dest="top_heads", type=int, default=4,
+    p.add_argument("--top-heads", dest="top_heads", type=_positive_int, default=4,
                    help="heads per layer the suggested plan may take over")
-    p.add_argument("--threshold", type=float, default=0.5,
+    p.add_argument("--threshold", type=_fraction, default=0.5,
                    help="least attention mass on a pattern for a head to take it")
     p.add_argument("--out", default="runs/analysis",
                    help="folder for report.html, plan.json and the tables")
@@ -452,10 +487,10 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="embedded",
                    help="embedded, cnn_dailymail, or a JSON Lines / Parquet file or folder")
     p.add_argument("--full", action="store_true", help="full settings (GPU) instead of quick")
-    p.add_argument("--limit", type=int, default=None, help="documents per split (default: all)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--limit", type=_positive_int, default=None, help="documents per split (default: all)")
+    p.add_argument("--steps", type=_positive_int, default=None,
                    help="training steps of every model (default: 80 quick, the paper's with --full)")
-    p.add_argument("--max-len", dest="max_len", type=int, default=None,
+    p.add_argument("--max-len", dest="max_len", type=_positive_int, default=None,
                    help="input length in word pieces (default: 256 quick, 512 with --full)")
     p.add_argument("--seed", type=int, default=0, help="seed of every training run")
     p.add_argument("--out", default="runs/pipeline", help="output folder (resumed if present)")
@@ -473,9 +508,9 @@ def _release_options(p: argparse.ArgumentParser) -> None:
 def _experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="embedded",
                    help="embedded, cnn_dailymail, or a JSON Lines / Parquet file or folder")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per system")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per system")
     p.add_argument("--full", action="store_true", help="full settings (GPU) instead of quick")
-    p.add_argument("--limit", type=int, default=None, help="documents per split (default: all)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="documents per split (default: all)")
     p.add_argument("--out", default="runs/experiment", help="output folder (resumed if present)")
     _add_device_arg(p)
     p.set_defaults(func=cmd_experiment)

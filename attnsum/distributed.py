@@ -3,6 +3,7 @@ rank; each process takes the GPU of its local rank."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -32,3 +33,19 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
             dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
         return dist.get_rank(), dist.get_world_size()
     return rank, size
+
+
+@contextlib.contextmanager
+def process_group(backend: str | None = None):
+    """`init_distributed` for the length of a with block, the group destroyed on the way out:
+    a group left to the interpreter's exit can abort the process ("terminate called without an
+    active exception": its threads are still joinable when they are destroyed)."""
+    rank, size = init_distributed(backend)
+    try:
+        yield rank, size
+    finally:
+        if size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()

@@ -29,6 +29,7 @@ from .io import atomic_write_text
 
 CACHE_VERSION = 1
 MAX_LEN = 512  # BERT's positions: the default input length in word pieces, everywhere
+MAX_CHARS = 100_000  # the longest document `attnsum summarize` and `attnsum serve` take, by default
 
 
 # --------------------------------------------------------------------------- greedy oracle

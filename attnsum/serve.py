@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .precision import DEFAULT_PRECISION
+from .preprocess import MAX_CHARS
 
 if TYPE_CHECKING:  # the model code loads with the service, not with `attnsum serve --help`
     from .summarizer import Summarizer
@@ -41,7 +42,7 @@ class ServeConfig:
     port: int = 8000
     max_body: int = 1_000_000  # bytes
     max_docs: int = 64  # documents per request
-    max_chars: int = 100_000  # characters per document
+    max_chars: int = MAX_CHARS  # characters per document
     max_batch: int = 32  # documents per model call
     max_wait_ms: float = 10.0
     timeout_s: float = 30.0

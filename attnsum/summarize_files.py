@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import heapq
-import io
 import itertools
 import json
 import os
@@ -21,9 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .data import DataError
-from .distributed import init_distributed, local_device
+from .distributed import local_device, process_group
 from .distributed import world as distributed_world
+from .io import atomic_write_json
 from .precision import DEFAULT_PRECISION
+from .preprocess import MAX_CHARS
 from .summarizer import InputError, Summarizer
 
 
@@ -42,58 +43,108 @@ def input_files(spec: str) -> list[Path]:
     raise DataError(f"{spec}: no such file or folder")
 
 
+class Unreadable(str):
+    """What `iter_documents` yields in place of a text it could not read (a malformed JSON line,
+    a line without the text field, a file that is not UTF-8): the reason, which becomes that
+    document's error record. The documents around it are summarized as usual."""
+
+
 def iter_documents(inputs: list[str], field: str = "text", jsonl_stdin: bool = False,
                    stdin=None) -> Iterator[tuple[str, str]]:
-    """(id, text) of every document, lazily."""
+    """(id, text) of every document, lazily; (id, Unreadable(reason)) for one that cannot be
+    read. `stdin`: a stream to read instead of standard input (bytes or text)."""
     for spec in inputs or ["-"]:
         if spec == "-":
-            stream = stdin or io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="strict")
+            stream = stdin or sys.stdin.buffer
             if jsonl_stdin:
                 yield from _jsonl_lines(stream, "<stdin>", field)
             else:
-                yield "<stdin>", _read_text(stream.read, "<stdin>")
+                yield "<stdin>", _read_text(stream.read)
             continue
         for f in input_files(spec):
             if f.name.endswith((".jsonl", ".jsonl.gz")):
                 opener = gzip.open if f.name.endswith(".gz") else open
-                with opener(f, "rt", encoding="utf-8") as stream:
+                with opener(f, "rb") as stream:
                     yield from _jsonl_lines(stream, str(f), field)
             else:
-                yield str(f), _read_text(lambda f=f: f.read_bytes().decode("utf-8"), str(f))
+                yield str(f), _read_text(f.read_bytes)
 
 
-def _read_text(read, name: str) -> str:
+def _read_text(read) -> str:
+    data = read()
     try:
-        return read()
+        return data if isinstance(data, str) else data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{name}: not valid UTF-8 ({e.reason})") from None
+        return Unreadable(f"not valid UTF-8 ({e.reason})")
 
 
 def _jsonl_lines(stream, name: str, field: str) -> Iterator[tuple[str, str]]:
+    """The documents of a JSON Lines stream, a line at a time: a line that is not UTF-8, not
+    JSON or without `field` is an Unreadable in its place. A stream that cannot be read on (a
+    truncated .gz file) raises a DataError naming its line."""
     lineno = 0
     while True:
         try:
             line = stream.readline()
-        except UnicodeDecodeError as e:
-            raise DataError(f"{name}:{lineno + 1}: not valid UTF-8 ({e.reason})") from None
+        except (OSError, EOFError) as e:
+            raise DataError(f"{name}:{lineno + 1}: cannot be read on ({e})") from None
         if not line:
             return
         lineno += 1
+        where = f"{name}:{lineno}"
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield where, Unreadable(f"line {lineno}: not valid UTF-8 ({e.reason})")
+                continue
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{name}:{lineno}: malformed JSON ({e.msg})") from None
+            yield where, Unreadable(f"line {lineno}: malformed JSON ({e.msg})")
+            continue
         if not isinstance(rec, dict) or field not in rec:
-            raise DataError(f"{name}:{lineno}: no field {field!r} (choose it with --field)")
-        yield str(rec.get("id", f"{name}:{lineno}")), rec[field]
+            yield where, Unreadable(f"line {lineno}: no field {field!r} (choose it with --field)")
+            continue
+        yield str(rec.get("id", where)), rec[field]
 
 
-def _records(summarizer: Summarizer, docs: list[tuple[str, str]], k: int, tri: bool) -> list[dict]:
+def count_documents(inputs: list[str], limit: int | None = None) -> int | None:
+    """How many documents `iter_documents` will yield, counted cheaply (lines of JSON Lines
+    files, one per .txt file) for the progress bar; None when it cannot be known (stdin)."""
+    total = 0
+    for spec in inputs or ["-"]:
+        if spec == "-":
+            return None
+        for f in input_files(spec):
+            if f.name.endswith((".jsonl", ".jsonl.gz")):
+                opener = gzip.open if f.name.endswith(".gz") else open
+                try:
+                    with opener(f, "rb") as stream:
+                        total += sum(1 for line in stream if line.strip())
+                except (OSError, EOFError):  # reading it will say what is wrong, in its place
+                    return None
+            else:
+                total += 1
+            if limit is not None and total >= limit:
+                return limit
+    return total
+
+
+def _records(summarizer: Summarizer, docs: list[tuple[str, str]], k: int, tri: bool,
+             max_chars: int = MAX_CHARS) -> list[dict]:
     """One output record per document; a bad document gets an error record, not a crash."""
     good, out = [], [None] * len(docs)
     for i, (doc_id, text) in enumerate(docs):
+        if isinstance(text, Unreadable):
+            out[i] = {"id": doc_id, "error": str(text)}
+            continue
+        if isinstance(text, str) and len(text) > max_chars:
+            out[i] = {"id": doc_id, "error": f"{len(text)} characters, over the limit of "
+                                             f"{max_chars} (--max-chars)"}
+            continue
         try:
             good.append((i, summarizer.prepare([text])[0]))
         except InputError as e:
@@ -105,43 +156,55 @@ def _records(summarizer: Summarizer, docs: list[tuple[str, str]], k: int, tri: b
 
 
 def write_record(out, rec: dict, fmt: str) -> None:
-    if fmt == "jsonl":
-        out.write(json.dumps(rec) + "\n")
+    if fmt == "jsonl":  # NaN is not JSON: a model that gives it fails here, not in a reader
+        out.write(json.dumps(rec, allow_nan=False) + "\n")
     else:  # the summary's sentences one a line, a blank line between documents
         out.write(("\n".join(rec["summary"]) if "summary" in rec
                    else f"[error: {rec['error']}]") + "\n\n")
 
 
 def run_summarize(summarizer: Summarizer, docs: Iterator[tuple[str, str]], out, fmt: str = "jsonl",
-                  k: int = 3, trigram_blocking: bool = True, chunk: int = 256, rank: int = 0,
-                  world: int = 1, progress: bool = True) -> dict:
-    """Summarize a stream of documents `chunk` at a time, writing each chunk as it is done."""
+                  k: int = 3, trigram_blocking: bool = True, chunk: int = 32, rank: int = 0,
+                  world: int = 1, progress: bool = True, total: int | None = None,
+                  max_chars: int = MAX_CHARS) -> dict:
+    """Summarize a stream of documents `chunk` at a time, writing each chunk as it is done. A
+    stream that breaks off (a DataError from reading it) first has the documents read before
+    it written. The progress bar (out of `total` documents where known) goes to stderr, and not
+    at all when the results go to that terminal."""
     from tqdm.auto import tqdm
 
     counts = {"documents": 0, "errors": 0}
-    bar = tqdm(desc="summarize", unit="doc", disable=not progress, file=sys.stderr)
+    to_terminal = out is sys.stdout and sys.stdout.isatty() and sys.stderr.isatty()
+    bar = tqdm(desc="summarize", unit="doc", total=total, file=sys.stderr,
+               disable=not progress or to_terminal)
     buf: list[tuple[int, tuple[str, str]]] = []
 
     def flush():
         for (index, _), rec in zip(buf, _records(summarizer, [d for _, d in buf], k,
-                                                  trigram_blocking), strict=True):
+                                                  trigram_blocking, max_chars), strict=True):
             counts["documents"] += 1
             counts["errors"] += "error" in rec
             if world > 1:
-                out.write(json.dumps({"_index": index, **rec}) + "\n")
+                out.write(json.dumps({"_index": index, **rec}, allow_nan=False) + "\n")
             else:
                 write_record(out, rec, fmt)
-        bar.update(len(buf))
+            bar.update(1)
+        out.flush()
         buf.clear()
 
-    for index, doc in enumerate(docs):
-        if index % world == rank:
-            buf.append((index, doc))
-            if len(buf) >= chunk:
-                flush()
-    if buf:
-        flush()
-    bar.close()
+    try:
+        for index, doc in enumerate(docs):
+            if index % world == rank:
+                buf.append((index, doc))
+                if len(buf) >= chunk:
+                    flush()
+        if buf:
+            flush()
+    except DataError:
+        flush()  # what was read before the break is kept
+        raise
+    finally:
+        bar.close()
     return counts
 
 
@@ -171,15 +234,54 @@ def resume_point(partial: Path) -> int:
     return data[:whole].count(b"\n")
 
 
+def run_manifest(inputs: list[str], options: dict) -> dict:
+    """What a partial output was made from: each input file (path, size, modification time)
+    and the options that shape the output. A resumed run must match it."""
+    files = []
+    for spec in inputs or ["-"]:
+        for f in ([spec] if spec == "-" else input_files(spec)):
+            st = None if f == "-" else Path(f).stat()
+            files.append(["-", None, None] if st is None
+                         else [str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
+    return {"inputs": files, "options": options}
+
+
+def _difference(old: dict, new: dict) -> str:
+    """The first difference between two manifests, in words."""
+    if old.get("inputs") != new["inputs"]:
+        return "other input files, or the same ones changed since"
+    for key, value in new["options"].items():
+        if old.get("options", {}).get(key) != value:
+            return f"{key} {old.get('options', {}).get(key)!r}, now {value!r}"
+    return "other settings"
+
+
+def refuse_overwriting_inputs(inputs: list[str], out_path: str) -> None:
+    """A DataError when the output (or its partial file) is one of the inputs: summarizing a
+    file into itself would destroy it."""
+    targets = [Path(out_path), Path(f"{out_path}.partial")]
+    for spec in inputs:
+        if spec == "-":
+            continue
+        for f in input_files(spec):
+            for t in targets:
+                if f.resolve() == t.resolve() or (t.exists() and os.path.samefile(f, t)):
+                    raise DataError(f"--out {out_path}: {f} is also an input; write the "
+                                    "summaries to another file")
+
+
 def summarize_command(checkpoint: str | None, inputs: list[str], out_path: str | None, fmt: str, field: str,
                       jsonl_stdin: bool, k: int, trigram_blocking: bool, chunk: int,
                       device: str | None = None, precision: str = DEFAULT_PRECISION,
-                      limit: int | None = None, max_len: int | None = None) -> dict:
+                      limit: int | None = None, max_len: int | None = None,
+                      max_chars: int = MAX_CHARS, overwrite: bool = False) -> dict:
     """Summarize `inputs` (the first `limit` documents) to `out_path` or stdout. A file output is
     written to ``OUT.partial`` and renamed when complete; a rerun after a kill resumes JSON Lines
-    output after its last whole record (text output starts over). Under torchrun each rank
-    writes ``OUT.part<rank>`` and rank 0 merges them, in input order, into ``OUT.partial``, then
-    renames it: OUT exists only when whole."""
+    output after its last whole record (text output starts over), provided that the inputs and
+    options are those the partial file was started with (``OUT.partial.json`` records them;
+    `overwrite` starts over instead). Under torchrun each rank writes ``OUT.part<rank>`` and
+    rank 0 merges them, in input order, into ``OUT.partial``, then renames it: OUT exists only
+    when whole."""
     rank, world = distributed_world()
     if world > 1 and not out_path:
         raise DataError("under torchrun, write to a file: --out PATH")
@@ -188,6 +290,8 @@ def summarize_command(checkpoint: str | None, inputs: list[str], out_path: str |
     for spec in inputs:  # a missing input is reported before the model loads
         if spec != "-":
             input_files(spec)
+    if out_path:
+        refuse_overwriting_inputs(inputs, out_path)
     summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision,
                                             max_len=max_len)
     if rank == 0:
@@ -196,25 +300,52 @@ def summarize_command(checkpoint: str | None, inputs: list[str], out_path: str |
     docs = iter_documents(inputs, field, jsonl_stdin)
     if limit is not None:
         docs = itertools.islice(docs, limit)
+    total = count_documents(inputs, limit) if rank == 0 and world == 1 else None
     if world == 1:
         if not out_path:
-            return run_summarize(summarizer, docs, sys.stdout, fmt, k, trigram_blocking, chunk)
-        partial = Path(f"{out_path}.partial")
+            return run_summarize(summarizer, docs, sys.stdout, fmt, k, trigram_blocking, chunk,
+                                 total=total, max_chars=max_chars)
+        partial, record = Path(f"{out_path}.partial"), Path(f"{out_path}.partial.json")
+        manifest = run_manifest(inputs, {
+            "checkpoint": str(summarizer.checkpoint), "format": fmt, "field": field, "k": k,
+            "trigram_blocking": trigram_blocking, "limit": limit, "max_len": summarizer.cfg.max_len,
+            "precision": summarizer.precision.name, "max_chars": max_chars})
+        if overwrite or not record.is_file():
+            partial.unlink(missing_ok=True)
+        else:
+            try:
+                old = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                old = {}
+            if old != manifest:
+                raise DataError(f"{partial} was started with {_difference(old, manifest)}: "
+                                "rerun with the same inputs and options to resume it, or add "
+                                "--overwrite to start over")
+        atomic_write_json(record, manifest)
         done = resume_point(partial) if fmt == "jsonl" else 0
         if done:
             print(f"resuming {partial} after {done} documents", file=sys.stderr)
         with open(partial, "a" if done else "w", encoding="utf-8") as out:
             counts = run_summarize(summarizer, itertools.islice(docs, done, None), out, fmt, k,
-                                   trigram_blocking, chunk)
+                                   trigram_blocking, chunk, max_chars=max_chars,
+                                   total=None if total is None else total - done)
         os.replace(partial, out_path)
+        record.unlink()
         return counts
+    with process_group("gloo"):  # only barriers between ranks: gloo serves CPU and GPU alike
+        return _summarize_ranks(summarizer, docs, out_path, fmt, k, trigram_blocking, chunk,
+                                rank, world, max_chars)
+
+
+def _summarize_ranks(summarizer, docs, out_path: str, fmt: str, k: int, trigram_blocking: bool,
+                     chunk: int, rank: int, world: int, max_chars: int) -> dict:
+    import torch
     import torch.distributed as dist
 
-    init_distributed("gloo")  # only barriers between ranks: gloo serves CPU and GPU runs alike
     part = Path(f"{out_path}.part{rank}")
     with open(part, "w", encoding="utf-8") as out:
         counts = run_summarize(summarizer, docs, out, fmt, k, trigram_blocking, chunk, rank, world,
-                               progress=rank == 0)
+                               progress=rank == 0, max_chars=max_chars)
     dist.barrier()
     if rank == 0:  # merged into OUT.partial, renamed when whole
         parts = [Path(f"{out_path}.part{r}") for r in range(world)]
@@ -224,8 +355,6 @@ def summarize_command(checkpoint: str | None, inputs: list[str], out_path: str |
         os.replace(partial, out_path)
         for p in parts:
             p.unlink()
-    import torch
-
     totals = torch.tensor([counts["documents"], counts["errors"]])
     dist.all_reduce(totals)  # every rank reports the whole run
     return {"documents": int(totals[0]), "errors": int(totals[1])}

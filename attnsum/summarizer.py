@@ -86,9 +86,9 @@ class Summarizer:
         released news model (release.py)."""
         from .release import default_checkpoint
 
-        model = load_model(default_checkpoint() if folder is None else folder)
-        dev = resolve_device(device)
+        dev = resolve_device(device)  # a device or precision mistake before the model loads
         prec = resolve_precision(precision, dev)
+        model = load_model(default_checkpoint() if folder is None else folder)
         length = model.cfg.input_length(max_len)
         model.to(dev).set_backend(backend)
         model.drop_synth_projections()

@@ -28,7 +28,7 @@ from .checkpoints import (
     trim_metrics,
 )
 from .data import DataError
-from .distributed import init_distributed, local_device
+from .distributed import local_device, process_group
 from .evaluate import evaluate_model
 from .losses import distill_loss, sentence_loss
 from .model import MODEL_PRESETS, SummarizerModel, init_from_layers, model_config
@@ -104,8 +104,12 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
     """Train (or resume) a model on `device` (default: this process's GPU under torchrun, the
     GPU where there is one, else the CPU); returns the best validation scores and the run
     folder."""
-    rank, world = init_distributed()
-    device = local_device() if device is None else device
+    with process_group() as (rank, world):
+        return _train(cfg, train_examples, val_examples,
+                      local_device() if device is None else device, rank, world)
+
+
+def _train(cfg: TrainConfig, train_examples, val_examples, device, rank: int, world: int) -> dict:
     out = Path(cfg.out)
     precision = resolve_precision(cfg.precision, device)
     schedule = make_schedule(cfg.optimizer, cfg.steps, cfg.lr, cfg.warmup,
@@ -154,7 +158,7 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model)
     out.mkdir(parents=True, exist_ok=True)
-    if resume and rank == 0:
+    if rank == 0:  # on every start: the lines of steps past the last save, and a torn line, go
         trim_metrics(out, step)
     metrics = open(out / METRICS_FILE, "a", encoding="utf-8") if rank == 0 else None
 

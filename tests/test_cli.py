@@ -109,3 +109,38 @@ def test_addopts_reach_the_shell_command_line_only(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("ATTNSUM_ADDOPTS", "--format pdf")
     assert main(["summarize", missing]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["summarize", "--device", "cuda", "README.md"], "sees no CUDA GPU"),
+    (["summarize", "--device", "tpu", "README.md"], "unknown device 'tpu'"),
+    (["summarize", "--device", "cuda:x", "README.md"], "unknown device 'cuda:x'"),
+    (["score", "--checkpoint", "models", "--device", "cuda", "--out", "x.jsonl"], "no CUDA GPU"),
+    (["evaluate", "--checkpoint", "models", "--device", "meta"], "device 'meta' is not supported"),
+    (["serve", "--port", "99999"], "--port: 99999 is not a TCP port"),
+    (["serve", "--port", "http"], "--port: 'http' is not a TCP port"),
+    (["serve", "--timeout", "-1"], "--timeout: -1 is not a number above 0"),
+    (["serve", "--max-body", "-5"], "--max-body: -5 is not a whole number of at least 1"),
+    (["serve", "--max-wait-ms", "-1"], "--max-wait-ms: -1 is not a number of at least 0"),
+    (["summarize", "--limit", "-1", "README.md"], "--limit: -1 is not a whole number"),
+    (["summarize", "--chunk", "0", "README.md"], "--chunk: 0 is not a whole number"),
+    (["summarize", "--max-chars", "0", "README.md"], "--max-chars: 0 is not a whole number"),
+    (["summarize", "-k", "0", "README.md"], "-k: 0 is not a whole number"),
+    (["evaluate", "--limit", "0"], "--limit: 0 is not a whole number"),
+    (["train", "--steps", "0"], "--steps: 0 is not a whole number"),
+    (["train", "--lr", "0"], "--lr: 0 is not a number above 0"),
+    (["train", "--dropout", "1.5"], "--dropout: 1.5 is not a number from 0 to 1"),
+    (["train", "--time-limit", "-3"], "--time-limit: -3 is not a number above 0"),
+    (["pipeline", "--max-len", "0"], "--max-len: 0 is not a whole number"),
+])
+def test_every_mistyped_option_is_one_line(argv, says, capsys):
+    """Devices, ports, timeouts, sizes and limits a user can mistype: one error line naming the
+    option (argparse's usage line may stand above it), exit 2, no traceback, nothing loaded."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"attnsum {argv[0]}: error: ") and says in last, err

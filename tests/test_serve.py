@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from helpers import free_port
@@ -125,15 +126,72 @@ def test_batch_stdin_streams_in_order(summarizer):
 
 
 def test_batch_bad_input(tmp_path):
+    """A line or file that cannot be read is that document's error record (the others are
+    summarized); a stream that cannot be read on (a truncated .gz) breaks off with one line."""
+    import gzip
+
+    from attnsum.summarize_files import Unreadable
+
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "fine"}\n{oops\n')
-    with pytest.raises(DataError, match=r"bad\.jsonl:2: malformed JSON"):
-        list(iter_documents([str(bad)]))
-    with pytest.raises(DataError, match="no field 'body'"):
-        list(iter_documents([str(bad)], field="body"))
+    bad.write_bytes(b'{"text": "fine"}\n{oops\n[1, 2]\n{"text": "caf\xe9"}\n{"text": "after"}\n')
+    docs = list(iter_documents([str(bad)]))
+    assert [d[0] for d in docs] == [f"{bad}:1", f"{bad}:2", f"{bad}:3", f"{bad}:4", f"{bad}:5"]
+    assert docs[0][1] == "fine" and docs[4][1] == "after"
+    assert all(isinstance(t, Unreadable) for _, t in docs[1:4])
+    assert "line 2: malformed JSON" in docs[1][1] and "line 3: no field 'text'" in docs[2][1]
+    assert "line 4: not valid UTF-8" in docs[3][1]
+    docs = list(iter_documents([str(bad)], field="body"))
+    assert isinstance(docs[0][1], Unreadable) and "no field 'body'" in docs[0][1]
     (tmp_path / "latin.txt").write_bytes(b"caf\xe9 au lait")
-    with pytest.raises(DataError, match="not valid UTF-8"):
-        list(iter_documents([str(tmp_path / "latin.txt")]))
+    [(_, text)] = iter_documents([str(tmp_path / "latin.txt")])
+    assert isinstance(text, Unreadable) and "not valid UTF-8" in text
+    whole = gzip.compress(b"".join(b'{"text": "doc %d"}\n' % i for i in range(50)))
+    (tmp_path / "torn.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"torn\.jsonl\.gz:\d+: cannot be read on"):
+        list(iter_documents([str(tmp_path / "torn.jsonl.gz")]))
+
+
+def test_summarize_keeps_every_readable_document_around_bad_ones(ckpt, tmp_path, capsys):
+    """Malformed lines and a document over --max-chars become error records in place; the
+    summaries before a stream breaks off are written before its error."""
+    import gzip
+
+    docs = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"id": f"d{i}", "text": ARTICLE}) for i in range(5)]
+    docs.write_text("\n".join(lines[:2] + ["{oops"] + lines[2:3]
+                              + [json.dumps({"id": "long", "text": ARTICLE * 3})] + lines[3:])
+                    + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["summarize", "--checkpoint", str(ckpt), str(docs), "--out", str(out),
+                 "--max-chars", str(len(ARTICLE) + 1)]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["d0", "d1", f"{docs}:3", "d2", "long", "d3", "d4"]
+    assert "malformed JSON" in recs[2]["error"] and "over the limit of" in recs[4]["error"]
+    assert all("summary" in r for i, r in enumerate(recs) if i not in (2, 4))
+    assert "2 could not be" in capsys.readouterr().err
+
+    whole = gzip.compress(("\n".join(lines) + "\n").encode() * 40)
+    torn = tmp_path / "torn.jsonl.gz"
+    torn.write_bytes(whole[: len(whole) * 3 // 4])
+    out = tmp_path / "torn-out.jsonl"
+    assert main(["summarize", "--checkpoint", str(ckpt), str(torn), "--out", str(out),
+                 "--chunk", "8"]) == 2
+    assert "torn.jsonl.gz:" in capsys.readouterr().err
+    kept = Path(f"{out}.partial").read_text().splitlines()
+    assert len(kept) > 8 and not out.exists()  # every document read before the break
+
+
+def test_summarize_never_writes_over_its_input(ckpt, tmp_path, capsys):
+    docs = tmp_path / "same.jsonl"
+    docs.write_text(json.dumps({"id": "a", "text": ARTICLE}) + "\n")
+    before = docs.read_bytes()
+    for out in (docs, tmp_path / "." / "same.jsonl"):
+        assert main(["summarize", "--checkpoint", str(ckpt), str(docs), "--out", str(out)]) == 2
+        assert "is also an input" in capsys.readouterr().err
+    (tmp_path / "link.jsonl").symlink_to(docs)
+    assert main(["summarize", "--checkpoint", str(ckpt), str(docs), "--out",
+                 str(tmp_path / "link.jsonl")]) == 2
+    assert docs.read_bytes() == before
 
 
 # --------------------------------------------------------------------------- the service
@@ -282,9 +340,26 @@ def test_service_refuses_a_huge_body_without_reading_it(server):
     assert _request(server, "GET", "/health")[0] == 200
 
 
-def test_summarize_to_a_file_resumes_after_a_kill(ckpt, tmp_path):
-    """A killed run leaves only OUT.partial (never a file that looks complete); the rerun keeps
-    its whole records, cuts the torn one, and ends with exactly the uninterrupted output."""
+def _killed_at_the_end(monkeypatch, run):
+    """`run()` killed once every record is in OUT.partial, before it is renamed to OUT."""
+    import attnsum.summarize_files as sf
+
+    whole = sf.run_summarize
+
+    def killed(*a, **kw):
+        whole(*a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sf, "run_summarize", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.undo()
+
+
+def test_summarize_to_a_file_resumes_after_a_kill(ckpt, tmp_path, monkeypatch):
+    """A killed run leaves only OUT.partial and its record (never a file that looks complete);
+    the rerun keeps its whole records, cuts the torn one, and ends with exactly the
+    uninterrupted output. A rerun with other inputs or options refuses, until --overwrite."""
     from attnsum.summarize_files import summarize_command
 
     docs = tmp_path / "docs.jsonl"
@@ -295,14 +370,29 @@ def test_summarize_to_a_file_resumes_after_a_kill(ckpt, tmp_path):
     clean = tmp_path / "clean.jsonl"
     summarize_command(str(ckpt), [str(docs)], str(clean), **args)
     want = clean.read_text().splitlines(keepends=True)
-    assert len(want) == 7 and not (tmp_path / "clean.jsonl.partial").exists()
+    assert len(want) == 7 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "clean.jsonl", "docs.jsonl"]
 
     out = tmp_path / "out.jsonl"
-    (tmp_path / "out.jsonl.partial").write_text("".join(want[:3]) + want[3][:20])  # torn record
+    partial = tmp_path / "out.jsonl.partial"
+    _killed_at_the_end(monkeypatch, lambda: summarize_command(str(ckpt), [str(docs)], str(out),
+                                                              **args))
+    assert not out.exists() and (tmp_path / "out.jsonl.partial.json").is_file()
+    partial.write_text("".join(want[:3]) + want[3][:20])  # as if killed mid-record
+    with pytest.raises(DataError, match="out.jsonl.partial was started with k 2, now 1: rerun"):
+        summarize_command(str(ckpt), [str(docs)], str(out), **{**args, "k": 1})
     counts = summarize_command(str(ckpt), [str(docs)], str(out), **args)
     assert counts["documents"] == 4  # only the documents after the 3 whole records
     assert out.read_text() == clean.read_text()
-    assert not (tmp_path / "out.jsonl.partial").exists()
+    assert not partial.exists() and not (tmp_path / "out.jsonl.partial.json").exists()
+
+    _killed_at_the_end(monkeypatch, lambda: summarize_command(str(ckpt), [str(docs)], str(out),
+                                                              **args))
+    docs.write_text(docs.read_text() + json.dumps({"id": "d7", "text": ARTICLE}) + "\n")
+    with pytest.raises(DataError, match="other input files"):
+        summarize_command(str(ckpt), [str(docs)], str(out), **args)
+    counts = summarize_command(str(ckpt), [str(docs)], str(out), overwrite=True, **args)
+    assert counts["documents"] == 8 and out.read_text().startswith(clean.read_text())
 
     first = tmp_path / "first.jsonl"
     summarize_command(str(ckpt), [str(docs)], str(first), limit=2, **args)

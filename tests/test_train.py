@@ -298,3 +298,67 @@ def test_settings_are_parsed_once_and_carried_typed(tmp_path, examples, monkeypa
     learned = model_config("tiny")
     assert learned.plan == HeadPlan.none(2, 4)  # one default for "no patterns"
     assert model_config("tiny", inject="side").plan == HeadPlan.none(2, learned.side_heads)
+
+
+def test_a_checkpoint_is_checked_when_it_loads(tmp_path, capsys):
+    """Weights that are not finite, config values of the wrong type, tensors whose shapes
+    disagree with config.json, and a garbled trainer.json: each one line from the CLI naming
+    the file and the first fault, never a traceback."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from attnsum.cli import main
+
+    good = tmp_path / "good"
+    save_model(SummarizerModel(model_config("tiny"), load_pretrained=False), good)
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The council approved the budget on Tuesday after a long debate. " * 3)
+
+    def error_of(folder) -> str:
+        assert main(["summarize", "--checkpoint", str(folder), str(doc)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        return err
+
+    nan = tmp_path / "nan"
+    shutil.copytree(good, nan)
+    state = load_file(str(nan / "model.safetensors"))
+    state["score.weight"] = torch.full_like(state["score.weight"], float("nan"))
+    save_file(state, str(nan / "model.safetensors"))
+    assert "score.weight holds NaN" in error_of(nan)
+
+    typed = tmp_path / "typed"
+    shutil.copytree(good, typed)
+    cfg = json.loads((typed / "config.json").read_text())
+    cfg["attnsum"]["hidden"] = "64"
+    (typed / "config.json").write_text(json.dumps(cfg))
+    assert f"{typed / 'config.json'}: \"hidden\" is '64', not int" in error_of(typed)
+
+    shaped = tmp_path / "shaped"
+    shutil.copytree(good, shaped)
+    cfg = json.loads((shaped / "config.json").read_text())
+    cfg["attnsum"]["ffn"] = 96
+    (shaped / "config.json").write_text(json.dumps(cfg))
+    err = error_of(shaped)
+    assert str(shaped / "model.safetensors") in err and "config.json makes it" in err
+
+    run = tmp_path / "run" / "last"
+    shutil.copytree(good, run)
+    (run / "trainer.json").write_text("not json")
+    assert f"{run / 'trainer.json'}: not valid JSON" in error_of(tmp_path / "run")
+
+
+def test_metrics_survive_kills_before_the_first_checkpoint(tmp_path, examples):
+    """A run killed before its first save leaves metrics lines (and maybe a torn one) but no
+    resume state: the next start drops them, so the log equals an uninterrupted run's."""
+    clean = train(_cfg(tmp_path, out=str(tmp_path / "clean")), examples, examples)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 8.0}\n'
+                                       '{"step": 3, "lo')
+    train(_cfg(tmp_path, out=str(run)), examples, examples)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [
+        json.loads(x)["step"] for x in open(f"{clean['out']}/metrics.jsonl")]
+    assert _losses(run) == pytest.approx(_losses(clean["out"]))
