@@ -119,6 +119,20 @@ def write_plan_file(plan: HeadPlan, path: str | Path) -> None:
     atomic_write_text(path, json.dumps(plan.to_dict()) + "\n")
 
 
+def weights_digest(folder: str | Path | None) -> str | None:
+    """The first 16 hex digits of the SHA-256 of a checkpoint's weights file: names a model
+    without saying where it lies."""
+    import hashlib
+
+    if folder is None or not (Path(folder) / WEIGHTS_FILE).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(Path(folder) / WEIGHTS_FILE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def read_training_summary(folder: str | Path) -> dict:
     """What training recorded beside the model config (settings, schedule, precision, step);
     empty for a checkpoint saved outside training."""

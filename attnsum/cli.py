@@ -263,7 +263,8 @@ def cmd_serve(args) -> None:
 
     cfg = ServeConfig(host=args.host, port=args.port, max_body=args.max_body,
                       max_docs=args.max_docs, max_chars=args.max_chars, max_batch=args.max_batch,
-                      max_wait_ms=args.max_wait_ms, timeout_s=args.timeout)
+                      max_wait_ms=args.max_wait_ms, timeout_s=args.timeout,
+                      header_timeout_s=args.header_timeout)
     serve(args.checkpoint, cfg, args.device, args.precision, args.max_len)
 
 
@@ -338,6 +339,10 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
                    help="how long the batcher waits to fill a batch")
     p.add_argument("--timeout", type=_positive_float, default=d.timeout_s,
                    help="seconds per request, reading to answer (504 beyond)")
+    p.add_argument("--header-timeout", dest="header_timeout", type=_positive_float,
+                   default=d.header_timeout_s,
+                   help="seconds a client has to send a request's headers (the connection is "
+                        "closed beyond)")
     _add_max_len_arg(p)
     _add_device_arg(p)
     _add_precision_arg(p)

@@ -46,6 +46,7 @@ class ServeConfig:
     max_batch: int = 32  # documents per model call
     max_wait_ms: float = 10.0
     timeout_s: float = 30.0
+    header_timeout_s: float = 10.0  # a connection's request headers, whole, within this
     prep_threads: int = 2  # threads that split and tokenize documents
 
 
@@ -157,6 +158,7 @@ def create_app(summarizer: Summarizer, cfg: ServeConfig):
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    from .checkpoints import weights_digest
     from .summarizer import InputError
 
     batcher = Batcher(summarizer, cfg)
@@ -198,9 +200,12 @@ def create_app(summarizer: Summarizer, cfg: ServeConfig):
             return JSONResponse({"error": "internal error"}, status_code=500)
         return JSONResponse({"summaries": [s.to_dict() for s in summaries]})
 
-    async def health(request):
+    model_id = {"model": summarizer.checkpoint.name if summarizer.checkpoint else None,
+                "weights_sha256": weights_digest(summarizer.checkpoint)}
+
+    async def health(request):  # names the model, not where it lies on this machine
         mcfg = summarizer.model.cfg
-        return JSONResponse({"status": "ok", "checkpoint": str(summarizer.checkpoint),
+        return JSONResponse({"status": "ok", **model_id,
                              "preset": mcfg.preset, "plan": str(mcfg.plan),
                              "max_len": summarizer.cfg.max_len,
                              "device": str(summarizer.device),
@@ -235,4 +240,51 @@ def serve(checkpoint: str | None, cfg: ServeConfig, device: str | None = None,
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the service is reachable beyond this machine", cfg.host)
     uvicorn.run(create_app(summarizer, cfg), host=cfg.host, port=cfg.port, log_level="info",
-                timeout_graceful_shutdown=int(cfg.timeout_s))
+                timeout_graceful_shutdown=int(cfg.timeout_s), http=http_protocol(cfg))
+
+
+def http_protocol(cfg: ServeConfig):
+    """uvicorn's h11 protocol with a bound on the time a client takes to send a request's
+    headers: a connection that sends none, or trickles them, is closed after
+    `cfg.header_timeout_s` (uvicorn resets its keep-alive timer on every byte and has no such
+    bound). The bound starts when the connection opens and again when a response completes."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class BoundedHeaders(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self):
+            self._disarm()
+            self._header_timer = self.loop.call_later(cfg.header_timeout_s, self._too_slow)
+
+        def _disarm(self):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self):
+            self._header_timer = None
+            if not self.transport.is_closing():
+                log.info("closed a connection whose headers took over %g s",
+                         cfg.header_timeout_s)
+                self.transport.close()
+
+        def handle_events(self):
+            cycle = self.cycle
+            super().handle_events()
+            if self.cycle is not cycle:  # a request's headers are in
+                self._disarm()
+
+        def on_response_complete(self):
+            self._arm()  # before: a pipelined request handled inside disarms it
+            super().on_response_complete()
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+    return BoundedHeaders

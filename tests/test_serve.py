@@ -202,12 +202,12 @@ def _serving(summarizer, **limits):
     """A real server (uvicorn, loopback, a free port) in a thread; yields its port."""
     import uvicorn
 
-    from attnsum.serve import ServeConfig, create_app
+    from attnsum.serve import ServeConfig, create_app, http_protocol
 
     port = free_port()
     cfg = ServeConfig(port=port, **limits)
     srv = uvicorn.Server(uvicorn.Config(create_app(summarizer, cfg), host="127.0.0.1", port=port,
-                                        log_level="warning"))
+                                        log_level="warning", http=http_protocol(cfg)))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -242,11 +242,42 @@ def test_service_endpoints(server, ckpt):
     assert _request(server, "GET", "/health") == (200, _request(server, "GET", "/health")[1])
     status, health = _request(server, "GET", "/health")
     assert status == 200 and health["status"] == "ok" and health["preset"] == "tiny-student"
-    assert health["checkpoint"] == str(ckpt)
+    import hashlib
+
+    digest = hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()[:16]
+    assert health["model"] == ckpt.name and health["weights_sha256"] == digest
+    assert str(ckpt.parent) not in json.dumps(health)  # no path of this machine
     status, body = _request(server, "POST", "/summarize", {"text": ARTICLE, "k": 2})
     assert status == 200 and len(body["summaries"][0]["sentences"]) == 2
     status, body = _request(server, "POST", "/summarize", {"texts": [ARTICLE, ARTICLE]})
     assert status == 200 and len(body["summaries"]) == 2
+
+
+def test_slow_clients_are_closed_at_the_header_timeout(summarizer):
+    """A connection that sends no request, or trickles its headers a byte at a time, is closed
+    at the header timeout; a client that sends whole requests keeps its connection."""
+    with _serving(summarizer, header_timeout_s=1.0) as port:
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        trickle = socket.create_connection(("127.0.0.1", port), timeout=10)
+        t0 = time.time()
+        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40:
+            try:
+                trickle.send(bytes([byte]))
+            except OSError:  # closed under us: what should happen
+                break
+            time.sleep(0.1)
+            if time.time() - t0 > 5:
+                break
+        assert trickle.recv(100) == b"" and time.time() - t0 < 3  # closed, not answered
+        assert silent.recv(100) == b""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for _ in range(2):  # keep-alive across requests, each sent whole
+            conn.request("GET", "/health")
+            assert conn.getresponse().read() and True
+            time.sleep(0.6)  # under the timeout between requests
+        conn.close()
+        silent.close()
+        trickle.close()
 
 
 def test_service_batches_concurrent_requests(server):
