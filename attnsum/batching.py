@@ -8,6 +8,7 @@ probabilities of a whole set.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -67,11 +68,20 @@ def collate(examples: Sequence[Example], pad_to: int = 1, max_len: int | None = 
 def length_batches(examples: Sequence[Example], batch_size: int, pad_to: int = 1,
                    max_len: int | None = None) -> Iterator[tuple[list[int], Batch]]:
     """(indices into `examples`, their batch), shortest documents first, so a batch pads little
-    (`pad_to`, `max_len`: `collate`)."""
+    (`pad_to`, `max_len`: `collate`). With `pad_to` > 1 a batch holds the documents of one
+    padded length only, so that each document's padding, and so its scores in low precision
+    (where rounding follows the shapes), do not depend on the documents batched with it."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        yield idx, collate([examples[i] for i in idx], pad_to, max_len)
+
+    def bucket(i: int) -> int:
+        n = len(examples[i].input_ids)
+        return 0 if pad_to == 1 else max(n, min(-(-n // pad_to) * pad_to, max_len or n))
+
+    for _, group in itertools.groupby(order, key=bucket):
+        group = list(group)
+        for start in range(0, len(group), batch_size):
+            idx = group[start:start + batch_size]
+            yield idx, collate([examples[i] for i in idx], pad_to, max_len)
 
 
 def sentence_logits(model, batch: Batch, **kwargs) -> torch.Tensor:

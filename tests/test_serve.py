@@ -450,3 +450,22 @@ def test_bounded_soak_of_the_service(ckpt, tmp_path):
     assert r["p50_ms"] <= r["p99_ms"]
     assert r["requests_per_s"] == pytest.approx(r["requests"] / r["seconds"])
     assert 0 < r["rss_before_mib"] and r["rss_after_mib"] < 1.5 * r["rss_before_mib"]
+
+
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-5), ("bf16", 2e-4)])
+def test_a_documents_scores_do_not_depend_on_its_batch(precision, tol):
+    """The released model scores a document the same alone and among others of other lengths:
+    a batch holds documents of one padded length only (batching.length_batches), so no
+    document's padding, and so its rounding in bf16, follows its neighbours."""
+    from attnsum.data import load_corpus
+
+    s = Summarizer.from_pretrained(precision=precision)
+    docs = load_corpus("embedded", "val", limit=12).documents
+    texts = [" ".join(d.sentences[:4 + 3 * i]) for i, d in enumerate(docs)]  # 4 to 37 sentences
+    prepared = s.prepare(texts)
+    assert len({len(p[0].input_ids) // s.PAD_TO for p in prepared}) > 2  # several lengths
+    together = s.score(prepared, k=3, batch_size=8)
+    for p, t in zip(prepared, together, strict=True):
+        [alone] = s.score([p], k=3)
+        assert alone.indices == t.indices
+        assert max(abs(a - b) for a, b in zip(alone.scores, t.scores)) <= tol
