@@ -21,12 +21,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import re
-import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .sentences import split_sentences
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
@@ -66,71 +66,6 @@ def normalize_split(split: str) -> str:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of train, val (validation), test")
     return split
-
-
-# --------------------------------------------------------------------------- sentence splitting
-
-
-_PER_THREAD = threading.local()
-
-
-def _segmenter():
-    """This thread's pysbd segmenter: one Segmenter keeps per-call state and gives wrong splits
-    when threads share it (the service prepares documents on several threads)."""
-    seg = getattr(_PER_THREAD, "segmenter", None)
-    if seg is None:
-        import pysbd
-
-        seg = _PER_THREAD.segmenter = pysbd.Segmenter(language="en", clean=False)
-    return seg
-
-
-_ATTACHED_PUNCT = re.compile(r"[A-Za-z]{2,}[.?!,]")
-
-
-def looks_tokenized(text: str) -> bool:
-    """True for PTB-style text whose punctuation stands apart (``he said . then``)."""
-    tokens = text.split()
-    apart = sum(t in (".", "?", "!", ",") for t in tokens)
-    attached = sum(bool(_ATTACHED_PUNCT.fullmatch(t)) for t in tokens)
-    return apart > 2 * attached
-
-
-def _split_tokenized(text: str) -> list[str]:
-    """Sentences of tokenized text end at a ``.``/``?``/``!`` token, taking along a closing
-    quote or bracket (a ``"`` closes when the sentence has an odd number of them)."""
-    out, cur = [], []
-    tokens = text.split()
-    for i, tok in enumerate(tokens):
-        cur.append(tok)
-        ends = tok in (".", "?", "!") or (len(cur) > 1 and cur[-2] in (".", "?", "!"))
-        if not ends:
-            continue
-        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
-        if tok in (".", "?", "!") and (
-                nxt in (")", "'", "''") or (nxt == '"' and cur.count('"') % 2 == 1)):
-            continue  # the closing mark belongs to this sentence
-        out.append(" ".join(cur))
-        cur = []
-    if cur:
-        out.append(" ".join(cur))
-    return out
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split news text into sentences: raw text with pysbd's rules ("U.S.", "Mr.", decimals,
-    quotes), tokenized lowercased text (CNN/DailyMail's pointer-generator form) at its
-    sentence-final tokens. Newlines are hard boundaries (highlights are one sentence a line)."""
-    out = []
-    for paragraph in text.split("\n"):
-        paragraph = paragraph.strip()
-        if not paragraph:
-            continue
-        if looks_tokenized(paragraph):
-            out.extend(_split_tokenized(paragraph))
-        else:
-            out.extend(s.strip() for s in _segmenter().segment(paragraph) if s.strip())
-    return out
 
 
 # --------------------------------------------------------------------------- records -> documents

@@ -24,11 +24,11 @@ import torch
 
 from .batching import length_batches, sentence_logits
 from .checkpoints import load_model
-from .data import split_sentences
 from .evaluate import select_top_k
 from .model import SummarizerModel
 from .precision import DEFAULT_PRECISION, Precision, resolve_device, resolve_precision
 from .preprocess import Example, PreprocessConfig, build_example, filter_sentences, load_tokenizer
+from .sentences import split_sentences
 
 
 class InputError(ValueError):

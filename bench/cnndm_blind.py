@@ -17,9 +17,9 @@ import sys
 
 from common import ROOT  # noqa: F401  (the checkout on the import path)
 
-from attnsum.data import split_sentences
 from attnsum.io import atomic_write_bytes
 from attnsum.preprocess import PreprocessConfig, filter_sentences
+from attnsum.sentences import split_sentences
 
 
 def lead3(articles: str) -> list[dict]:

@@ -46,7 +46,7 @@ def distinct_documents(sentences: list[str], n: int, per_doc: int = 6, seed: int
     """`n` documents of `per_doc` sentences drawn from `sentences`, each sentence marked with its
     document's number ("In report 7, ..."), so that an answer shows whose sentences it holds.
     Only sentences that the splitter keeps whole once marked are drawn."""
-    from attnsum.data import split_sentences
+    from attnsum.sentences import split_sentences
 
     def mark(i: int, s: str) -> str:
         return f"In report {i}, {s[0].lower()}{s[1:]}"
@@ -61,7 +61,7 @@ def distinct_documents(sentences: list[str], n: int, per_doc: int = 6, seed: int
 def wrong_answer(doc: str, reply: dict) -> bool:
     """True unless every summary sentence is one of `doc`'s sentences, as the splitter gives
     them for `doc` alone (a document's marked sentences appear in no other document)."""
-    from attnsum.data import split_sentences
+    from attnsum.sentences import split_sentences
 
     own = set(split_sentences(doc))
     return not all(s in own for summary in reply["summaries"] for s in summary["sentences"])

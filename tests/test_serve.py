@@ -15,7 +15,8 @@ from helpers import free_port
 
 from attnsum.checkpoints import read_training_summary, resolve_checkpoint
 from attnsum.cli import main
-from attnsum.data import DataError, split_sentences
+from attnsum.data import DataError
+from attnsum.sentences import split_sentences
 from attnsum.settings import TrainConfig
 from attnsum.summarize_files import iter_documents, run_summarize
 from attnsum.summarizer import InputError, Summarizer
@@ -468,4 +469,4 @@ def test_a_documents_scores_do_not_depend_on_its_batch(precision, tol):
     for p, t in zip(prepared, together, strict=True):
         [alone] = s.score([p], k=3)
         assert alone.indices == t.indices
-        assert max(abs(a - b) for a, b in zip(alone.scores, t.scores)) <= tol
+        assert max(abs(a - b) for a, b in zip(alone.scores, t.scores, strict=True)) <= tol
