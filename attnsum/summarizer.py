@@ -31,6 +31,21 @@ from .preprocess import Example, PreprocessConfig, build_example, filter_sentenc
 from .sentences import split_sentences
 
 
+def prepare_for_serving(model: SummarizerModel, device, precision: Precision,
+                        backend: str = "auto") -> SummarizerModel:
+    """The model as it is served (and as bench/bench_students.py times it): on `device`, in eval
+    mode, the q and k projections that synthesized heads ignore cut (attention/hf.py), and the
+    encoder's Linear weights cast to the inference precision once, instead of by autocast on
+    every call (the same rounding; no per-call copies of the weights)."""
+    model.to(device).eval().set_backend(backend)
+    model.drop_synth_projections()
+    if precision.dtype is not None:
+        for m in model.encoder.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.to(precision.dtype)
+    return model
+
+
 class InputError(ValueError):
     """A document cannot be summarized (empty, not text, no usable sentence)."""
 
@@ -90,15 +105,7 @@ class Summarizer:
         prec = resolve_precision(precision, dev)
         model = load_model(default_checkpoint() if folder is None else folder)
         length = model.cfg.input_length(max_len)
-        model.to(dev).set_backend(backend)
-        model.drop_synth_projections()
-        if prec.dtype is not None:
-            # The encoder's Linear weights in the inference precision once, instead of a cast by
-            # autocast on every call (the same rounding; no per-call copies of the weights).
-            for m in model.encoder.modules():
-                if isinstance(m, torch.nn.Linear):
-                    m.to(prec.dtype)
-        return cls(model, dev, length, prec)
+        return cls(prepare_for_serving(model, dev, prec, backend), dev, length, prec)
 
     def _example(self, text: str) -> tuple[Example, list[str], list[int]]:
         """The model input of a document, its sentences, and the indices of the candidates."""

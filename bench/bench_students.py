@@ -6,15 +6,23 @@ batch 1 (latency p50 and p95) and at batch 32 (throughput), and peak memory, per
     python bench/bench_students.py --quick                         # seconds: the check CI runs
 
 Models (random weights: speed does not depend on them), each as `Summarizer` serves it
-(synthesized heads' q and k rows cut, attnsum/attention/hf.py): the teacher (`minilm`, 6
+(`prepare_for_serving` in attnsum/summarizer.py: synthesized heads' q and k rows cut, the
+encoder's Linear weights cast to the precision once): the teacher (`minilm`, 6
 layers), `student-mini-3` dense, with the `paper` plan, and with the plan and BERTSum's
 inter-sentence transformer as its sentence classifier (`-tx`), `student-mini-2` with the `paper`
 plan. Every (model, length, batch) runs in a process of its own, so its peak memory is its own:
 on CPU the process's peak resident set (ru_maxrss, the Python and torch runtime included), on
 CUDA `max_memory_allocated`. Inputs: synthetic BERTSum documents of exactly N word pieces.
 
+Against the hardware: each row counts the FLOPs of the model's Linear layers in one call (forward
+hooks: 2 x rows x in x out) as GFLOP/s, and times the same matrix products bare (each Linear's
+shapes, in the served dtype, in the same process): `matmul_bound_fraction` is that time over the
+call's, the share of a "matrix products only" bound the model reaches (1.0: nothing but its
+products; attention, norms and the rest make up the gap).
+
 CSV schema: model, plan, N, batch, precision, p50_ms, p95_ms, docs_per_s, speedup, peak_mib,
-device, torch, commit (speedup: docs/s over the teacher's at the same N, batch and precision).
+gflop_per_s, matmul_bound_fraction, device, torch, commit (speedup: docs/s over the teacher's
+at the same N, batch and precision).
 """
 
 from __future__ import annotations
@@ -32,8 +40,10 @@ from common import commit, device_name, int8_dynamic, model_inputs, result_dir, 
 
 from attnsum.model import SummarizerModel, model_config  # noqa: E402
 from attnsum.precision import resolve_precision  # noqa: E402
+from attnsum.summarizer import prepare_for_serving  # noqa: E402
 
 FIELDS = ["model", "plan", "N", "batch", "precision", "p50_ms", "p95_ms", "docs_per_s", "speedup",
+          "gflop_per_s", "matmul_bound_fraction",
           "peak_mib", "device", "torch", "commit"]
 MODELS = {  # name: (preset, plan, sentence classifier)
     "teacher": ("minilm", "none", "linear"),
@@ -50,13 +60,14 @@ def measure(preset: str, plan: str, classifier: str, N: int, B: int, device: str
     3 calls and at most 50, after one warm-up call)."""
     torch.manual_seed(0)
     model = SummarizerModel(model_config(preset, plan, classifier=classifier,
-                                         max_positions=max(512, N)), load_pretrained=False).to(device).eval()
-    model.drop_synth_projections()
-    if precision == "int8":  # dynamic int8 quantization of the Linear layers (CPU), else fp32
+                                         max_positions=max(512, N)), load_pretrained=False)
+    int8 = precision == "int8"  # dynamic int8 quantization of the Linear layers (CPU), else fp32
+    prec = resolve_precision("fp32" if int8 else precision, torch.device(device))
+    model = prepare_for_serving(model, device, prec)
+    if int8:
         model = int8_dynamic(model)
-        precision = "fp32"
-    prec = resolve_precision(precision, torch.device(device))
     ids, seg, am, cls, ctx = model_inputs(B, N, device)
+    shapes = linear_shapes(model, lambda: model(ids, seg, am, cls, ctx), prec)
 
     def call():
         with torch.no_grad(), prec.autocast():
@@ -75,9 +86,48 @@ def measure(preset: str, plan: str, classifier: str, N: int, B: int, device: str
     times.sort()
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"p50_ms": 1e3 * times[len(times) // 2],
+    p50 = times[len(times) // 2]
+    flops = sum(2 * rows * k * n * count for (rows, k, n), count in shapes.items())
+    bound = sum(count * matmul_seconds(rows, k, n, prec.dtype or torch.float32, device)
+                for (rows, k, n), count in shapes.items())
+    return {"p50_ms": 1e3 * p50, "gflop_per_s": flops / p50 / 1e9,
+            "matmul_bound_fraction": bound / p50,
             "p95_ms": 1e3 * times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
             "docs_per_s": B / times[len(times) // 2], "peak_mib": peak / 2**20, "calls": len(times)}
+
+
+def linear_shapes(model, call, prec) -> dict[tuple[int, int, int], int]:
+    """(rows, in, out) of every Linear product in one call of the model, with its count."""
+    shapes: dict[tuple[int, int, int], int] = {}
+
+    def hook(m, inputs, output):
+        x = inputs[0]
+        key = (x.numel() // x.shape[-1], m.in_features, m.out_features)
+        shapes[key] = shapes.get(key, 0) + 1
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, torch.nn.Linear) or type(m).__name__ == "DynamicQuantizedLinear"]
+    try:
+        with torch.no_grad(), prec.autocast():
+            call()
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def matmul_seconds(rows: int, k: int, n: int, dtype, device: str, reps: int = 5) -> float:
+    """Median seconds of one bare (rows x k) @ (k x n) product in `dtype`."""
+    a = torch.randn(rows, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    times = []
+    for _ in range(reps + 1):
+        t0 = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[reps // 2]
 
 
 def run_isolated(name: str, N: int, B: int, args) -> dict:
@@ -129,12 +179,15 @@ def main(argv=None) -> int:
                 base = r["docs_per_s"] if name == "teacher" else base
                 speedup = r["docs_per_s"] / base if base else ""
                 rows.append({"model": name, "plan": MODELS[name][1], "N": N, "batch": B,
-                             **{k: r[k] for k in ("p50_ms", "p95_ms", "docs_per_s", "peak_mib")},
+                             **{k: r[k] for k in ("p50_ms", "p95_ms", "docs_per_s", "peak_mib",
+                                                  "gflop_per_s", "matmul_bound_fraction")},
                              "speedup": speedup, **meta})
                 print(f"{name:>15} N={N:>5} B={B:>3}: p50 {r['p50_ms']:9.1f} ms, p95 "
                       f"{r['p95_ms']:9.1f} ms, {r['docs_per_s']:8.2f} docs/s"
                       + (f" ({speedup:.2f}x the teacher)" if speedup != "" else "")
-                      + f", peak {r['peak_mib']:.0f} MiB ({r['calls']} calls)", flush=True)
+                      + f", {r['gflop_per_s']:.0f} GFLOP/s, {r['matmul_bound_fraction']:.2f} of "
+                      f"its matmul bound, peak {r['peak_mib']:.0f} MiB ({r['calls']} calls)",
+                      flush=True)
     out = Path(args.out) if args.out else result_dir(args.device) / "students.csv"
     write_csv(out, rows, FIELDS)
     print(f"{len(rows)} rows appended to {out}")

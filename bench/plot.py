@@ -26,18 +26,20 @@ def attention_markdown(rows: list[dict]) -> str:
     for r in rows:  # the last measurement of each configuration wins
         latest[(r["provider"], r["plan"], r["mode"], r["N"], r["D"], r["dtype"])] = r
     lines = ["| provider | plan | mode | N | D | dtype | ms (p20-p80) | TFLOP/s dense-eq | "
-             "TFLOP/s needed | GB/s synth | vs sdpa-flash | work bound | tiles / cells / flex |",
-             "|" + "---|" * 13]
+             "TFLOP/s needed | GB/s synth | vs sdpa-flash | work bound | tiles / cells / flex | note |",
+             "|" + "---|" * 14]
     for key in sorted(latest, key=lambda k: (k[5], int(k[4]), k[2], int(k[3]), k[1], k[0])):
         r = latest[key]
         base = latest.get(("sdpa-flash", "learned", r["mode"], r["N"], r["D"], r["dtype"]))
-        ratio = f"{float(base['ms']) / float(r['ms']):.2f}x" if base and r["mode"] != "build" else ""
+        timing = r["mode"] != "build" and not r["provider"].endswith("-first-call")
+        ratio = f"{float(base['ms']) / float(r['ms']):.2f}x" if base and timing else ""
         lines.append(f"| {r['provider']} | {r['plan']} | {r['mode']} | {r['N']} | {r['D']} | "
                      f"{r['dtype']} | {float(r['ms']):.3f} ({float(r['ms_p20']):.3f}-"
                      f"{float(r['ms_p80']):.3f}) | {float(r['tflops_dense']):.1f} | "
                      f"{float(r['tflops_needed']):.1f} | {float(r['gbps']):.0f} | {ratio} | "
                      f"{float(r['work_bound']):.1f}x | {float(r['work_fraction']):.3f} / "
-                     f"{float(r['cell_fraction']):.3f} / {float(r['flex_tile_fraction']):.3f} |")
+                     f"{float(r['cell_fraction']):.3f} / {float(r['flex_tile_fraction']):.3f} | "
+                     f"{r.get('note', '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -52,8 +54,8 @@ def attention_plots(rows: list[dict], folder: Path) -> list[Path]:
         return []
     groups = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r["mode"] == "build":
-            continue
+        if r["mode"] in ("build", "") or r.get("note") or r["provider"].endswith("-first-call"):
+            continue  # not a timing of the mode: a build, a first call, a skipped provider
         groups[(r["D"], r["dtype"], r["mode"])][f"{r['provider']} ({r['plan']})"].append(
             (int(r["N"]), float(r["ms"])))
     paths = []

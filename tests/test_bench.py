@@ -266,3 +266,21 @@ def test_validation_table_pairs_systems_on_the_same_documents(tmp_path):
     r = subprocess.run([sys.executable, "bench/cnndm_table.py", str(tmp_path / "a"),
                         str(tmp_path / "b")], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "not those of the other systems" in r.stderr
+
+
+def test_served_benchmark_splits_the_time_of_what_users_run(tmp_path):
+    """bench/bench_served.py on a few documents: the Python API at two batch sizes against the
+    model alone on the same prepared documents, every stage's seconds non-negative and adding
+    up to the whole."""
+    out = tmp_path / "served.csv"
+    _run("bench/bench_served.py", "--docs", "6", "--batches", "1", "4", "--no-cli",
+         "--out", str(out))
+    rows = list(csv.DictReader(open(out)))
+    assert list(rows[0]) == _fields("bench_served.py")
+    assert [(r["path"], r["batch"]) for r in rows] == [("python-api", "1"), ("python-api", "4")]
+    for r in rows:
+        stages = [float(r[k]) for k in ("split_s", "tokenize_s", "model_s", "select_s")]
+        assert all(s >= 0 for s in stages)
+        assert sum(stages) == pytest.approx(int(r["docs"]) / float(r["docs_per_s"]), rel=0.05)
+        assert float(r["end_to_end_share"]) == pytest.approx(
+            float(r["docs_per_s"]) / float(r["model_only_docs_per_s"]))

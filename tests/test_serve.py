@@ -332,7 +332,10 @@ def test_service_deadline_covers_preparation_and_drops_the_work(summarizer, monk
     light request as before."""
     prepared, scored = [], []
     example, score = summarizer._example, summarizer.score
-    monkeypatch.setattr(summarizer, "_example", lambda t: prepared.append(1) or example(t))
+    # 50 ms a document: a preparation slow enough for the deadline to fall inside it (splitting
+    # and tokenizing a 17,000-character document take a few ms)
+    monkeypatch.setattr(summarizer, "_example",
+                        lambda t: prepared.append(1) or time.sleep(0.05) or example(t))
     monkeypatch.setattr(summarizer, "score", lambda docs, *a: scored.extend(docs) or score(docs, *a))
     heavy = " ".join(f"Sentence number {i} of this long report talks about topic {i} here."
                      for i in range(250))  # about 17,000 characters
@@ -470,3 +473,65 @@ def test_a_documents_scores_do_not_depend_on_its_batch(precision, tol):
         [alone] = s.score([p], k=3)
         assert alone.indices == t.indices
         assert max(abs(a - b) for a, b in zip(alone.scores, t.scores, strict=True)) <= tol
+
+
+def test_the_server_stops_within_its_grace_even_mid_preparation(ckpt, tmp_path):
+    """SIGTERM while the service prepares the longest documents it takes (100k characters of
+    punctuation-dense text each, the splitter's worst case, on every preparation thread): the
+    process exits within its graceful limit (--timeout), here 10 s."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "attnsum", "serve", "--checkpoint", str(ckpt),
+                             "--port", str(port), "--timeout", "10"], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None and time.time() < deadline, "the server did not start"
+            with contextlib.suppress(OSError):
+                if _request(port, "GET", "/health")[0] == 200:
+                    break
+            time.sleep(0.2)
+        body = json.dumps({"texts": ["Hi?! " * 20_000] * 4}).encode()
+
+        def post():
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("POST", "/summarize", body, {"Content-Type": "application/json"})
+                conn.getresponse().read()
+
+        clients = [threading.Thread(target=post, daemon=True) for _ in range(3)]
+        for c in clients:
+            c.start()
+        time.sleep(0.5)
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert time.time() - t0 < 10 + 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+def test_the_progress_total_is_counted_before_summarizing(tmp_path):
+    """The summarize bar's total: a line per JSON Lines record (gzipped too), one per .txt file,
+    `--limit` when smaller; unknown for standard input."""
+    import gzip
+
+    from attnsum.summarize_files import count_documents
+
+    (tmp_path / "a.txt").write_text(ARTICLE)
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": ARTICLE}) + "\n"
+                                              for _ in range(5)) + "\n")
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps({"text": ARTICLE}) + "\n" for _ in range(3)))
+    assert count_documents([str(tmp_path)]) == 9 == len(list(iter_documents([str(tmp_path)])))
+    assert count_documents([str(tmp_path)], limit=4) == 4
+    assert count_documents(["-"]) is None
