@@ -118,6 +118,12 @@ def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     """Append rows to a CSV of a fixed schema (header written once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
+    if not new:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), None)
+        if header != fields:
+            raise SystemExit(f"{path} holds rows of another schema ({header}); move it aside "
+                             "or name another --out")
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         if new:
