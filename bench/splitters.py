@@ -196,8 +196,12 @@ def main(argv=None) -> int:
                      f"{r['docs_per_s']:.0f} | {r['s_10k_dense']:.3f} / {r['s_40k_dense']:.3f} / "
                      f"{r['s_100k_dense']:.3f} | {r['s_100k_real']:.3f} |")
     atomic_write_text(out / "splitters.md", "\n".join(lines) + "\n\n" + " ".join(
-        ["Command: `python bench/splitters.py`;", f"{len(ref['articles'])} reference articles,",
-         f"{args.docs} timed, one thread, CPU of this machine."]) + "\n")
+        ["Command: `python bench/splitters.py` (the other splitters installed);",
+         f"{len(ref['articles'])} reference articles, {args.docs} timed, one thread, CPU of this",
+         "machine. The reference's judgements of the places where the six disagree were made",
+         "by the author of attnsum/sentences.py, by the conventions in bench/splitters.py's",
+         "docstring; where attnsum was on one side of a disagreement, that side was judged",
+         "like any other."]) + "\n")
     print("\n".join(lines))
     return 0
 
