@@ -133,9 +133,10 @@ def count_documents(inputs: list[str], limit: int | None = None) -> int | None:
     return total
 
 
-def _records(summarizer: Summarizer, docs: list[tuple[str, str]], k: int, tri: bool,
-             max_chars: int = MAX_CHARS) -> list[dict]:
-    """One output record per document; a bad document gets an error record, not a crash."""
+def _prepare_chunk(summarizer: Summarizer, docs: list[tuple[str, str]],
+                   max_chars: int = MAX_CHARS) -> tuple[list, list]:
+    """The model inputs of the documents that can be summarized, as (position, prepared), and
+    the error records of those that cannot, in their places (None elsewhere)."""
     good, out = [], [None] * len(docs)
     for i, (doc_id, text) in enumerate(docs):
         if isinstance(text, Unreadable):
@@ -149,6 +150,13 @@ def _records(summarizer: Summarizer, docs: list[tuple[str, str]], k: int, tri: b
             good.append((i, summarizer.prepare([text])[0]))
         except InputError as e:
             out[i] = {"id": doc_id, "error": str(e).removeprefix("document 0: ")}
+    return good, out
+
+
+def _score_chunk(summarizer: Summarizer, docs: list[tuple[str, str]], prepared: tuple[list, list],
+                 k: int, tri: bool) -> list[dict]:
+    """One output record per document of a prepared chunk (`_prepare_chunk`)."""
+    good, out = prepared
     for (i, _), s in zip(good, summarizer.score([p for _, p in good], k, tri), strict=True):
         out[i] = {"id": docs[i][0], "summary": s.sentences, "indices": s.indices,
                   "scores": s.scores}
@@ -167,10 +175,13 @@ def run_summarize(summarizer: Summarizer, docs: Iterator[tuple[str, str]], out, 
                   k: int = 3, trigram_blocking: bool = True, chunk: int = 32, rank: int = 0,
                   world: int = 1, progress: bool = True, total: int | None = None,
                   max_chars: int = MAX_CHARS) -> dict:
-    """Summarize a stream of documents `chunk` at a time, writing each chunk as it is done. A
+    """Summarize a stream of documents `chunk` at a time, writing each chunk as it is done; the
+    next chunk is split and tokenized on a thread of its own while the model scores this one. A
     stream that breaks off (a DataError from reading it) first has the documents read before
     it written. The progress bar (out of `total` documents where known) goes to stderr, and not
     at all when the results go to that terminal."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     counts = {"documents": 0, "errors": 0}
@@ -178,10 +189,12 @@ def run_summarize(summarizer: Summarizer, docs: Iterator[tuple[str, str]], out, 
     bar = tqdm(desc="summarize", unit="doc", total=total, file=sys.stderr,
                disable=not progress or to_terminal)
     buf: list[tuple[int, tuple[str, str]]] = []
+    pending: list = []  # the chunk being prepared: (its documents, the future of its inputs)
 
-    def flush():
-        for (index, _), rec in zip(buf, _records(summarizer, [d for _, d in buf], k,
-                                                  trigram_blocking, max_chars), strict=True):
+    def write(chunk_docs, prepared):
+        records = _score_chunk(summarizer, [d for _, d in chunk_docs], prepared, k,
+                               trigram_blocking)
+        for (index, _), rec in zip(chunk_docs, records, strict=True):
             counts["documents"] += 1
             counts["errors"] += "error" in rec
             if world > 1:
@@ -190,21 +203,29 @@ def run_summarize(summarizer: Summarizer, docs: Iterator[tuple[str, str]], out, 
                 write_record(out, rec, fmt)
             bar.update(1)
         out.flush()
-        buf.clear()
 
-    try:
-        for index, doc in enumerate(docs):
-            if index % world == rank:
-                buf.append((index, doc))
-                if len(buf) >= chunk:
-                    flush()
-        if buf:
-            flush()
-    except DataError:
-        flush()  # what was read before the break is kept
-        raise
-    finally:
-        bar.close()
+    def flush(last: bool = False):
+        if buf:  # start preparing this chunk, then score the one prepared before it
+            pending.append((list(buf), prep.submit(_prepare_chunk, summarizer,
+                                                   [d for _, d in buf], max_chars)))
+            buf.clear()
+        while len(pending) > (0 if last else 1):
+            chunk_docs, future = pending.pop(0)
+            write(chunk_docs, future.result())
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnsum-prepare") as prep:
+        try:
+            for index, doc in enumerate(docs):
+                if index % world == rank:
+                    buf.append((index, doc))
+                    if len(buf) >= chunk:
+                        flush()
+            flush(last=True)
+        except DataError:
+            flush(last=True)  # what was read before the break is kept
+            raise
+        finally:
+            bar.close()
     return counts
 
 
