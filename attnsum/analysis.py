@@ -20,6 +20,7 @@ suggestion that `attnsum train --plan` accepts.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +51,21 @@ SUGGESTED = {"match-self": ("match", "mask"), "sent": ("sent", "mask"), "next": 
              "prev": ("prev", "synth")}
 
 
-def _batches(examples: Sequence[Example], batch_size: int):
+def _batches(examples: Sequence[Example], batch_size: int, desc: str | None = None):
+    """Batches of `examples`; with `desc`, a progress bar of the documents done (stderr)."""
+    from tqdm.auto import tqdm
+
     if not examples:
         raise ValueError("no validation document to analyze")
-    for _, batch in length_batches(examples, batch_size):
-        yield batch
+    with tqdm(total=len(examples), desc=desc, unit="doc", disable=desc is None,
+              file=sys.stderr) as bar:
+        for idx, batch in length_batches(examples, batch_size):
+            yield batch
+            bar.update(len(idx))
 
 
 def head_importance(model: SummarizerModel, examples: Sequence[Example], method: str = "taylor",
-                    batch_size: int = 4) -> np.ndarray:
+                    batch_size: int = 4, progress: bool = False) -> np.ndarray:
     """(layers, heads) importance of the encoder's heads, normalised to sum to 1 per method."""
     if method not in ("taylor", "gate"):
         raise ValueError(f"unknown importance method {method!r}: use taylor or gate")
@@ -70,7 +77,8 @@ def head_importance(model: SummarizerModel, examples: Sequence[Example], method:
     model.eval()
     gates = torch.ones(L, H, requires_grad=True) if method == "gate" else None
     try:
-        for batch in _batches(examples, batch_size):
+        for batch in _batches(examples, batch_size,
+                              f"analyze: {method} importance" if progress else None):
             model.zero_grad(set_to_none=True)
             logits = sentence_logits(model, batch, gates=gates)
             loss = sentence_loss(logits, batch.labels, batch.sentence_mask)
@@ -113,10 +121,11 @@ def scored_patterns() -> tuple[str, ...]:
     return SCORED_PATTERNS + tuple(n for n in pattern_names() if n not in SCORED_PATTERNS)
 
 
-def _attention_batches(model: SummarizerModel, examples: Sequence[Example], batch_size: int):
+def _attention_batches(model: SummarizerModel, examples: Sequence[Example], batch_size: int,
+                       desc: str | None = None):
     """(batch, encoder attention probabilities (B, L, H, N, N) fp32) over the examples."""
     model.eval()
-    for batch in _batches(examples, batch_size):
+    for batch in _batches(examples, batch_size, desc):
         maps = model.attention_maps(batch.input_ids, batch.segment_ids, batch.attention_mask,
                                     batch.ctx)
         yield batch, torch.stack(maps, 1).float()
@@ -124,7 +133,8 @@ def _attention_batches(model: SummarizerModel, examples: Sequence[Example], batc
 
 @torch.no_grad()
 def pattern_scores(model: SummarizerModel, examples: Sequence[Example],
-                   patterns: Sequence[str] | None = None, batch_size: int = 4) -> PatternScores:
+                   patterns: Sequence[str] | None = None, batch_size: int = 4,
+                   progress: bool = False) -> PatternScores:
     """Mean attention mass each head puts on each pattern's keys (default `scored_patterns`),
     over the valid query tokens for which the pattern allows at least one key (the last token
     has no next token)."""
@@ -132,7 +142,8 @@ def pattern_scores(model: SummarizerModel, examples: Sequence[Example],
     P = len(patterns)
     mass = None
     chance, rows = np.zeros(P), np.zeros(P)
-    for batch, probs in _attention_batches(model, examples, batch_size):
+    for batch, probs in _attention_batches(model, examples, batch_size,
+                                           "analyze: pattern scores" if progress else None):
         B, L, H, N, _ = probs.shape
         if mass is None:
             mass = np.zeros((L, H, P))
@@ -162,7 +173,7 @@ def _punctuation_ids() -> torch.Tensor:
 
 @torch.no_grad()
 def head_profiles(model: SummarizerModel, examples: Sequence[Example],
-                  batch_size: int = 4) -> dict[str, np.ndarray]:
+                  batch_size: int = 4, progress: bool = False) -> dict[str, np.ndarray]:
     """Per head, averaged over valid queries: "offsets" (L, H, 2 * OFFSETS + 1), the mass at
     j - i = -OFFSETS..OFFSETS; "far" (L, H), the rest; one (L, H) mass per `KEY_SETS` entry; and
     "entropy" (L, H) of the rows, in nats."""
@@ -175,7 +186,8 @@ def head_profiles(model: SummarizerModel, examples: Sequence[Example],
     def add(name, value):  # value (L, H, ...) summed over valid queries
         sums[name] = sums[name] + value if name in sums else value.double()
 
-    for batch, probs in _attention_batches(model, examples, batch_size):
+    for batch, probs in _attention_batches(model, examples, batch_size,
+                                           "analyze: head profiles" if progress else None):
         B, L, H, N, _ = probs.shape
         valid = batch.ctx.valid.float()  # (B, N)
         tok, sid = batch.ctx.token_ids, batch.ctx.sentence_ids
@@ -267,9 +279,10 @@ def _training_settings(model: SummarizerModel) -> dict:
 
 def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path, top_heads: int = 4,
             samples: int = 2, threshold: float = 0.5, title: str = "",
-            pattern_files: Sequence[str] = ()) -> dict:
+            pattern_files: Sequence[str] = (), progress: bool = False) -> dict:
     """Write the analysis of `model` on `examples` to `out` (see the module docstring);
-    `pattern_files` are the --patterns files loaded, for the train command the report shows."""
+    `pattern_files` are the --patterns files loaded, for the train command the report shows;
+    `progress`: a bar of the documents done for each pass over them (stderr)."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -280,10 +293,10 @@ def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path
         raise RuntimeError(f"cannot write the report folder {out}: {e.strerror}") from None
     if not examples:
         raise ValueError("the validation split is empty: nothing to analyze")
-    taylor = head_importance(model, examples, "taylor")
-    gate = head_importance(model, examples, "gate")
-    ps = pattern_scores(model, examples)
-    profiles = head_profiles(model, examples)
+    taylor = head_importance(model, examples, "taylor", progress=progress)
+    gate = head_importance(model, examples, "gate", progress=progress)
+    ps = pattern_scores(model, examples, progress=progress)
+    profiles = head_profiles(model, examples, progress=progress)
     costs = plan_costs(examples)
     plan = suggest_plan(taylor, ps, threshold)
     L, H = taylor.shape

@@ -231,7 +231,7 @@ def cmd_analyze(args) -> None:
     prepared = _load_examples(args, model)
     result = analyze(model, prepared.examples, args.out, top_heads=args.top_heads,
                      threshold=args.threshold, title=f"attnsum analysis of {ckpt}",
-                     pattern_files=args.patterns)
+                     pattern_files=args.patterns, progress=True)
     print(f"analyzed {_count(result['documents'], 'document')}; suggested plan: "
           f"{result['plan_text']}")
     print(f"report: {args.out}/report.html; plan for `attnsum train --plan`: {args.out}/plan.json")

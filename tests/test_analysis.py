@@ -156,3 +156,22 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
     capsys.readouterr()
     assert run_pipeline(tmp_path / "p", limit=4, settings=s) == text  # every stage reused
     assert capsys.readouterr().out.count("done earlier, reused") == 8
+
+
+def test_analysis_reports_progress_pass_by_pass(capsys):
+    """Each pass of the analysis over the documents has a progress bar counting them (stderr);
+    none without `progress`."""
+    from helpers import embedded_examples
+
+    from attnsum.analysis import head_importance, pattern_scores
+    from attnsum.model import SummarizerModel, model_config
+
+    model = SummarizerModel(model_config("tiny"), load_pretrained=False)
+    examples = embedded_examples("val", limit=5, max_len=64)
+    head_importance(model, examples, "gate", progress=True)
+    pattern_scores(model, examples, progress=True)
+    err = capsys.readouterr().err
+    assert "analyze: gate importance" in err and "analyze: pattern scores" in err
+    assert "5/5" in err
+    head_importance(model, examples, "taylor")
+    assert "analyze" not in capsys.readouterr().err
