@@ -40,7 +40,7 @@ if "--rehearse" in sys.argv:  # the kernels run on CPU through Triton's interpre
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
-from common import CLS_ID, ROOT, aot_table, pruned_space, synthetic_batch  # noqa: E402
+from common import CLS_ID, ROOT, aot_table, pruned_space, synthetic_batch, write_csv  # noqa: E402
 
 from attnsum.attention import HeadPlan, PatternContext, reference_attention  # noqa: E402
 from attnsum.attention.triton_path import fused_layer_attention, layer_tables  # noqa: E402
@@ -62,16 +62,6 @@ TUNING_FIELDS = ["arch", "dtype", "D", "N", "kernel", "block_m", "block_n", "num
                  "num_stages", "default", "ms", "chosen", "error"]
 CHECK_FIELDS = ["N", "D", "dtype", "ok", "error"] + [f"{n}_{w}" for n in ("out", "dq", "dk", "dv")
                                                      for w in ("err", "bound")]
-
-
-def append_row(path: Path, row: dict, fields: list[str]) -> None:
-    """One row appended to a CSV of a fixed schema (header written once), flushed at once."""
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, restval="")
-        if new:
-            w.writeheader()
-        w.writerow(row)
 
 
 def step(title: str):
@@ -250,7 +240,7 @@ def autotune(out: Path, rehearse: bool, device: str, limit: float) -> int:
                     except Exception as e:  # a launch failure is a finding, not a crash
                         row["ms"], row["error"] = float("inf"), str(e).splitlines()[0][:200]
                     rows.append(row)
-                    append_row(out / "tuning.csv", row, TUNING_FIELDS)  # kept if stopped here
+                    write_csv(out / "tuning.csv", [row], TUNING_FIELDS)  # kept if stopped here
                     if row["ms"] < float("inf") and (best is None or row["ms"] < best["ms"]):
                         best = row
                 if best is not None:
@@ -300,7 +290,7 @@ def real_size_checks(out: Path, sizes, dims, dtypes, device: str) -> list[dict]:
                 if device == "cuda":
                     torch.cuda.empty_cache()
                 rows.append(row)
-                append_row(out / "checks.csv", row, CHECK_FIELDS)
+                write_csv(out / "checks.csv", [row], CHECK_FIELDS)
                 print({k: (f"{v:.2e}" if isinstance(v, float) else v) for k, v in row.items()},
                       flush=True)
     print(f"{sum(r['ok'] for r in rows)} of {len(rows)} checks within the rule", flush=True)
@@ -359,10 +349,10 @@ def host_side_at_real_size(device: str) -> None:
             f"flex {h['flex_tile_fraction']:.3f}" for (p, k), h in kinds.items()), flush=True)
 
 
-STEP_FUNCTIONS = {"environment": environment, "kernel-tests": kernel_tests,
-                  "checks": lambda out, rehearse, device: checks(out, rehearse, device),
-                  "headline": headline, "e2e": e2e, "autotune": lambda out, rehearse, device:
-                  autotune(out, rehearse, device, STEPS["autotune"] - 15)}
+STEP_FUNCTIONS = {"environment": environment, "kernel-tests": kernel_tests, "checks": checks,
+                  "headline": headline, "e2e": e2e,
+                  "autotune": lambda out, rehearse, device: autotune(out, rehearse, device,
+                                                                      STEPS["autotune"] - 15)}
 
 
 def main(argv=None) -> int:
