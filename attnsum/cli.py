@@ -29,7 +29,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _number(kind, low=None, high=None, low_open: bool = False, what: str = ""):
-    """An argparse type: `kind` ("int" or "float") within [low, high] (low excluded when
+    """An argparse type: `kind` (int or float) within [low, high] (low excluded when
     `low_open`), so a mistyped option is one line of argparse's, not a failure later."""
 
     def parse(text: str):

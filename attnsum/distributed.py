@@ -37,15 +37,18 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def process_group(backend: str | None = None):
-    """`init_distributed` for the length of a with block, the group destroyed on the way out:
-    a group left to the interpreter's exit can abort the process ("terminate called without an
-    active exception": its threads are still joinable when they are destroyed)."""
+    """`init_distributed` for the length of a with block, the group it made destroyed on the
+    way out (one a caller made is left to the caller): a group left to the interpreter's exit
+    can abort the process ("terminate called without an active exception": its threads are
+    still joinable when they are destroyed)."""
+    made = False
+    if world()[1] > 1:
+        import torch.distributed as dist
+
+        made = not dist.is_initialized()
     rank, size = init_distributed(backend)
     try:
         yield rank, size
     finally:
-        if size > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        if made and dist.is_initialized():
+            dist.destroy_process_group()

@@ -62,7 +62,7 @@ def time_inference(model: SummarizerModel, examples, precision: Precision, devic
     batches = [b.to(device) for _, b in length_batches(examples, batch_size)]
 
     def run(bs):
-        with torch.no_grad(), precision.autocast():
+        with precision.autocast():
             for b in bs:
                 sentence_logits(model, b)
         if torch.device(device).type == "cuda":

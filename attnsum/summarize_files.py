@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .data import DataError
-from .distributed import local_device, process_group
+from .distributed import process_group
 from .distributed import world as distributed_world
 from .io import atomic_write_json
 from .precision import DEFAULT_PRECISION
@@ -306,8 +306,6 @@ def summarize_command(checkpoint: str | None, inputs: list[str], out_path: str |
     rank, world = distributed_world()
     if world > 1 and not out_path:
         raise DataError("under torchrun, write to a file: --out PATH")
-    if world > 1 and device is None:
-        device = str(local_device())
     for spec in inputs:  # a missing input is reported before the model loads
         if spec != "-":
             input_files(spec)
