@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .attention import HeadPlan, PatternContext, PatternError, PlanInputs, apply_plan, patterned_attention
-from .attention.hf import drop_synth_projections
+from .attention.hf import drop_synth_projections, group_heads
 from .preprocess import MAX_LEN, load_tokenizer, minilm_dir
 from .settings import POOLINGS, PRESET_SHAPES, ConfigError
 
@@ -273,6 +273,11 @@ class SummarizerModel(nn.Module):
 
     def set_backend(self, backend: str) -> None:
         self.backend = backend
+
+    def group_heads(self) -> None:
+        """For inference: each layer's heads of one spec made consecutive (hf.py
+        `group_heads`); the same function, in a layout its checkpoint does not load into."""
+        self.encoder_plan = group_heads(self.encoder, self.encoder_plan)
 
     def drop_synth_projections(self) -> int:
         """For inference: stop computing the q and k that synthesized heads ignore (hf.py).

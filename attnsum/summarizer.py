@@ -15,9 +15,12 @@ sentences are not candidates. ``max_len`` may go up to the model's position coun
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -31,13 +34,36 @@ from .preprocess import Example, PreprocessConfig, build_example, filter_sentenc
 from .sentences import split_sentences
 
 
+@lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc serve large blocks from its heap and keep what is freed, instead of
+    mapping each block of 128 KiB or more afresh and unmapping it when freed (its defaults).
+    A model's activations are such blocks, freed and asked for again on every call; a fresh
+    mapping costs a page fault per 4 KiB on first touch, which made the elementwise ops of a
+    batch of 32 documents (GELU, LayerNorm, dtype casts) several times slower than the same ops
+    on reused memory (bench/bench_students.py, docs/results.md). The process keeps its peak
+    memory instead of returning it. Process-wide, once; False where the C library has no
+    `mallopt` (not glibc)."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    limit = 2**31 - 1  # the largest int: blocks below it come from the heap, which never shrinks
+    return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))
+
+
 def prepare_for_serving(model: SummarizerModel, device, precision: Precision,
                         backend: str = "auto") -> SummarizerModel:
     """The model as it is served (and as bench/bench_students.py times it): on `device`, in eval
-    mode, the q and k projections that synthesized heads ignore cut (attention/hf.py), and the
-    encoder's Linear weights cast to the inference precision once, instead of by autocast on
-    every call (the same rounding; no per-call copies of the weights)."""
+    mode, each layer's heads of one pattern made consecutive and the q and k projections that
+    synthesized heads ignore cut (attention/hf.py), and the encoder's Linear weights cast to
+    the inference precision once, instead of by autocast on every call (the same rounding; no
+    per-call copies of the weights); on CPU, freed memory kept for reuse (`keep_freed_memory`)."""
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
     model.to(device).eval().set_backend(backend)
+    model.group_heads()
     model.drop_synth_projections()
     if precision.dtype is not None:
         for m in model.encoder.modules():

@@ -89,3 +89,26 @@ def test_errors_for_a_plan_that_does_not_fit_or_a_missing_context():
         model(ids, attention_mask=am)
     with pytest.raises(PatternError, match="layer 0 has patterned heads: PlanInputs needs ctx"):
         model(ids, attention_mask=am, attnsum=PlanInputs(plan))
+
+
+def test_grouped_heads_compute_the_same_function():
+    from attnsum.attention.hf import drop_synth_projections, group_heads
+
+    model = tiny_bert()
+    ids, am = _batch(2000)
+    # interleaved specs in layer 0 (two groups of two heads), layer 1 already grouped
+    plan = HeadPlan.parse("0:0,2=sent/mask; 0:1,3=next/synth; 1:2,3=prev/synth", 2, 4)
+    apply_plan(model, plan)
+    ctx = PatternContext.from_bertsum(ids, am, cls_id=CLS_ID)
+    with torch.no_grad():
+        want = model(ids, attention_mask=am, attnsum=PlanInputs(plan, ctx)).last_hidden_state
+        v0 = model.encoder.layer[0].attention.self.value.weight.clone()
+        grouped = group_heads(model, plan)
+        drop_synth_projections(model, grouped)
+        got = model(ids, attention_mask=am, attnsum=PlanInputs(grouped, ctx)).last_hidden_state
+    assert [str(s) for s in grouped.layer(0)] == ["sent/mask"] * 2 + ["next/synth"] * 2
+    assert grouped.layer(1) == plan.layer(1)
+    # value rows moved with their heads: 0, 2, 1, 3
+    v = model.encoder.layer[0].attention.self.value.weight
+    assert torch.equal(v, torch.cat([v0[:16], v0[32:48], v0[16:32], v0[48:]]))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

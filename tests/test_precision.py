@@ -63,3 +63,29 @@ def test_bf16_autocast_scores_stay_close_to_fp32(plan, inject):
     diffs = [abs(a - b) for x, y in zip(fp32, bf16, strict=True) for a, b in zip(x, y, strict=True)]
     assert max(diffs) < 0.02
     assert sum(diffs) / len(diffs) < 0.005
+
+
+def test_served_models_reuse_freed_memory_without_page_faults():
+    # A fresh process: the malloc setting is process-wide. Each round allocates and writes
+    # 64 MiB (a batch's activations); with glibc's defaults every round maps it afresh and
+    # faults on every page, with `keep_freed_memory` only the first round does.
+    import subprocess
+    import sys
+
+    code = """
+import resource, torch
+from attnsum.summarizer import keep_freed_memory
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(4):
+        torch.ones(16 * 2**20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+default = faults()
+assert keep_freed_memory()
+faults()  # the heap grows once
+print(default, faults())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    default, kept = map(int, out.stdout.split())
+    assert default > 4 * 16_000 * 0.9  # 4 rounds x 16k pages of 4 KiB
+    assert kept < default / 20

@@ -123,6 +123,33 @@ def drop_synth_projections(model, plan: HeadPlan) -> int:
     return cut
 
 
+def group_heads(model, plan: HeadPlan) -> HeadPlan:
+    """For inference: reorder each layer's heads so that heads of one spec are consecutive, in
+    the order each spec first appears (the PyTorch path then takes a group as a view instead
+    of gathering it, torch_path.py). The query, key and value rows and the output projection's
+    columns move with their heads, so the model computes the same function (the model no
+    longer matches its checkpoint's layout). Returns the plan in the new order."""
+    rows = list(plan.heads)
+    for m in model.modules():
+        attn, out = getattr(m, "self", None), getattr(m, "output", None)
+        if not (hasattr(attn, "layer_idx") and hasattr(attn, "query") and hasattr(out, "dense")):
+            continue
+        layer = plan.layer(attn.layer_idx)
+        order = sorted(range(len(layer)), key=lambda h: (layer.index(layer[h]), h))
+        if order == list(range(len(layer))):
+            continue
+        d = attn.attention_head_size
+        idx = torch.cat([torch.arange(h * d, (h + 1) * d) for h in order]).to(out.dense.weight.device)
+        with torch.no_grad():
+            for lin in (attn.query, attn.key, attn.value):
+                lin.weight.copy_(lin.weight[idx])
+                if lin.bias is not None:
+                    lin.bias.copy_(lin.bias[idx])
+            out.dense.weight.copy_(out.dense.weight[:, idx])
+        rows[attn.layer_idx] = tuple(layer[h] for h in order)
+    return HeadPlan(plan.num_layers, plan.num_heads, tuple(rows))
+
+
 def register() -> None:
     """Register the attention function and its mask function (without the latter transformers
     would drop the padding mask) under the name ``attnsum``."""

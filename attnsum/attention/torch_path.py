@@ -1,6 +1,6 @@
 """The fast PyTorch path of one layer under a head plan (CPU, and GPUs without Triton): learned
 heads through SDPA, synthesized heads by prefix sums (no q, k), masked heads as dense attention
-within the segments of their range tables (the range idea: attnsum/attention/__init__.py).
+within windows or segments of their range tables (the range idea: attnsum/attention/__init__.py).
 Same contract as reference.py: (B, H, N, D) in and out."""
 
 from __future__ import annotations
@@ -38,9 +38,15 @@ def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.reshape(B * M, h, D).index_select(0, flat.flatten()).view(B, -1, h, D)
 
 
-def _synthesize(v: torch.Tensor, r: Ranges) -> torch.Tensor:
-    """Mean of v (B, N, h, D) over each range, without q or k: differences of fp64 prefix sums."""
-    if r.perm is None and not bool(r.exclude_self.any()) and bool(((r.hi - r.lo) <= 1).all()):
+def _single_key(r: Ranges) -> bool:
+    """Every row attends at most one key, in natural order (next / previous token)."""
+    return r.perm is None and not bool(r.exclude_self.any()) and bool(((r.hi - r.lo) <= 1).all())
+
+
+def _synthesize(v: torch.Tensor, r: Ranges, single: bool) -> torch.Tensor:
+    """Mean of v (B, N, h, D) over each range, without q or k: differences of fp64 prefix sums
+    (`single`: `_single_key(r)`, known once per batch)."""
+    if single:
         # One key or none per row (next / previous token): a row gather, no prefix sums.
         return _rows(v, r.lo.long()) * (r.hi > r.lo)[:, :, None, None].to(v.dtype)
     # fp64 prefix sums: a difference of fp32 sums loses the low bits of values far from zero
@@ -55,6 +61,134 @@ def _synthesize(v: torch.Tensor, r: Ranges) -> torch.Tensor:
 
 
 @dataclass
+class _FullRows:
+    """Rows of a masked head that attend every valid key (matching token with no match, under
+    fallback "full"): one dense SDPA over those rows only."""
+
+    rows: torch.Tensor  # (B, m) original positions, the full rows first
+    real: torch.Tensor  # indices (into B * m) of the real full rows
+    dest: torch.Tensor  # flat (b * N + n) index each real full row's output goes to
+    keys: torch.Tensor  # (B, 1, 1, N) bool, the valid keys
+
+
+def _build_full_rows(r: Ranges, perm: torch.Tensor) -> _FullRows | None:
+    if r.full is None or not bool(r.full.any()):
+        return None
+    B, N = perm.shape
+    dev = perm.device
+    m = min(N, _coarse(int(r.full.sum(1).max().item())))  # rows past the full ones unused
+    ordered = torch.argsort((~r.full).int(), dim=1, stable=True)[:, :m]  # full rows first
+    rows = torch.gather(perm, 1, ordered)
+    real = torch.gather(r.full, 1, ordered).flatten().nonzero(as_tuple=True)[0]
+    n_valid = r.hi.max(dim=1).values  # a full row's range is the valid prefix of the order
+    valid = torch.zeros(B, N, dtype=torch.bool, device=dev)
+    valid.scatter_(1, perm, torch.arange(N, device=dev)[None, :] < n_valid[:, None])
+    dest = (rows + N * torch.arange(B, device=dev)[:, None]).flatten()[real]
+    return _FullRows(rows, real, dest, valid[:, None, None, :])
+
+
+def _full_rows_attention(out, q, k, v, f: _FullRows | None, scale: float) -> torch.Tensor:
+    """`out` (B, N, h, D) with the full rows' outputs written in."""
+    if f is None:
+        return out
+    B, N, h, D = q.shape
+    o = F.scaled_dot_product_attention(_rows(q, f.rows).transpose(1, 2), k.transpose(1, 2),
+                                       v.transpose(1, 2), attn_mask=f.keys, scale=scale)
+    rows = o.transpose(1, 2).reshape(-1, h, D).index_select(0, f.real)
+    return out.reshape(B * N, h, D).index_copy(0, f.dest, rows.to(out.dtype)).view(B, N, h, D)
+
+
+def _order(r: Ranges, N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(perm, banded): the ranges' order as (B, N) positions, and the ordered rows that a
+    segment or window answers (some key, not a full row)."""
+    B = r.lo.shape[0]
+    perm = r.perm if r.perm is not None else torch.arange(N, device=r.lo.device).expand(B, N)
+    banded = r.counts() > 0
+    if r.full is not None:
+        banded = banded & ~r.full
+    return perm, banded
+
+
+def _coarse(n: int) -> int:
+    """n rounded up to a multiple of 2^(floor(log2 n) - 2): at most 25% more, four sizes per
+    octave, so that batches repeat shapes (the CPU's bf16 matmuls keep one compiled kernel per
+    shape: a service that saw every size once would keep growing)."""
+    step = 1 << max(0, n.bit_length() - 3)
+    return -(-n // step) * step
+
+
+# Two index plans for masked heads, both built once per batch and shared by every layer; the
+# first costs a handful of ops whatever the batch, the second does no work outside the pattern
+# but its padding. `WINDOW_ROWS` is where they cross on the CPU (a batch of B x N tokens):
+# the released architecture timed both ways (docs/kernels.md).
+WINDOW_ROWS = 4096
+CHUNK = 32  # queries per window (ordered positions)
+
+
+@dataclass
+class _Windows:
+    """The ordered queries (the ranges' order) in chunks of `CHUNK`; every chunk attends one
+    window of `width` consecutive ordered keys that holds the ranges of all its rows, so a
+    masked head is one SDPA over (chunks, CHUNK queries, width keys): work ~ N x width instead
+    of N^2. Ranges are contiguous in their order (an intra-sentence span, a group of equal
+    tokens), so a chunk's rows need few keys: in a batch of 32 real CNN articles of ~500 word
+    pieces the widest window held 149 keys for intra-sentence heads and 66 for matching token.
+    """
+
+    q_idx: torch.Tensor  # (B * nC * CHUNK,) flat (b * N + n) index of each ordered query slot
+    k_idx: torch.Tensor  # (B * nC * width,) flat index of each window's keys
+    mask: torch.Tensor  # (B * nC, 1, CHUNK, width) bool, the allowed keys
+    live: torch.Tensor  # (B, N, 1, 1) bool, natural order: rows the windows answer
+    width: int
+    full: _FullRows | None
+
+
+def _build_windows(r: Ranges, N: int) -> _Windows:
+    B = r.lo.shape[0]
+    dev = r.lo.device
+    perm, banded = _order(r, N)
+    nC = -(-N // CHUNK)
+    pad = nC * CHUNK - N
+    lo = F.pad(torch.where(banded, r.lo.long(), N), (0, pad), value=N).view(B, nC, CHUNK)
+    hi = F.pad(torch.where(banded, r.hi.long(), 0), (0, pad), value=0).view(B, nC, CHUNK)
+    start = lo.amin(-1)  # (B, nC) first key of each chunk's window
+    width = min(N, _coarse(max(1, int((hi.amax(-1) - start).max().item()))))
+    start = start.clamp(max=N - width).clamp_min(0)
+    kpos = start[..., None] + torch.arange(width, device=dev)  # (B, nC, width) ordered keys
+    qpos = torch.arange(nC * CHUNK, device=dev).view(1, nC, CHUNK).expand(B, nC, CHUNK)
+    allowed = (kpos[:, :, None, :] >= lo[..., None]) & (kpos[:, :, None, :] < hi[..., None])
+    ex = F.pad(r.exclude_self, (0, pad)).view(B, nC, CHUNK)
+    allowed &= ~(ex[..., None] & (kpos[:, :, None, :] == qpos[..., None]))
+    # rows with no key (padding, full rows, chunk tails) attend the whole window, harmlessly:
+    # `live` zeroes their output
+    allowed |= ~allowed.any(-1, keepdim=True)
+    base = N * torch.arange(B, device=dev)
+    q_idx = base[:, None] + torch.gather(perm, 1, qpos.reshape(B, -1).clamp_max(N - 1))
+    k_idx = base[:, None] + torch.gather(perm, 1, kpos.view(B, -1))
+    live = torch.zeros(B, N, dtype=torch.bool, device=dev).scatter_(1, perm, banded)
+    return _Windows(q_idx.flatten(), k_idx.flatten(), allowed.view(B * nC, 1, CHUNK, width),
+                    live[:, :, None, None], width, _build_full_rows(r, perm))
+
+
+def _masked_windows(q, k, v, w: _Windows, scale: float) -> torch.Tensor:
+    """Softmax attention restricted to the ranges, one window of keys per chunk of queries.
+    q, k, v: (B, N, h, D)."""
+    B, N, h, D = q.shape
+    nC = w.mask.shape[0] // B
+    xq, xk, xv = (x.reshape(B * N, h, D) for x in (q, k, v))
+    qs = xq.index_select(0, w.q_idx).view(B * nC, CHUNK, h, D).transpose(1, 2)
+    ks = xk.index_select(0, w.k_idx).view(B * nC, w.width, h, D).transpose(1, 2)
+    vs = xv.index_select(0, w.k_idx).view(B * nC, w.width, h, D).transpose(1, 2)
+    o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=w.mask, scale=scale)
+    o = o.transpose(1, 2).reshape(B, nC * CHUNK, h, D)[:, :N]
+    # back to natural order: ordered slot p of document b holds token perm[b, p]
+    out = o.new_zeros(B * N, h, D).index_copy(0, w.q_idx.view(B, -1)[:, :N].flatten(),
+                                              o.reshape(B * N, h, D))
+    out = out.view(B, N, h, D) * w.live.to(o.dtype)
+    return _full_rows_attention(out, q, k, v, w.full, scale).to(q.dtype)
+
+
+@dataclass
 class _Bucket:
     """`S` segments padded to `bq` query slots and `bk` key slots."""
 
@@ -66,42 +200,26 @@ class _Bucket:
 
 @dataclass
 class _Segments:
-    """Index plan of a masked head group for one batch, shared by every layer.
-
-    Consecutive rows (in the ranges' order) with the same range form a segment: its queries
-    attend the same keys (an intra-sentence span, a group of equal tokens, one row of an offset).
-    Segments are bucketed by padded (queries, keys) sizes, powers of two, so each bucket is
-    one batched dense attention with no work outside the pattern but the padding.
+    """Consecutive rows (in the ranges' order) with the same range form a segment: its queries
+    attend the same keys (an intra-sentence span, a group of equal tokens, one row of an
+    offset). Segments are bucketed by padded (queries, keys) sizes, powers of two, so each
+    bucket is one batched dense attention with no work outside the pattern but the padding.
     """
 
     buckets: list[_Bucket]
     q_idx: torch.Tensor  # flat (b * N + n) index of every query slot of every bucket
     k_idx: torch.Tensor  # flat index of every key slot
-    dest: torch.Tensor  # flat index each real query's output goes to, buckets then full rows
-    full_rows: torch.Tensor | None  # (B, m) original positions of rows attending every key
-    full_real: torch.Tensor | None  # indices (into B * m) of the real full rows
-    full_keys: torch.Tensor | None  # (B, 1, 1, N) bool, the valid keys
+    dest: torch.Tensor  # flat index each real query's output goes to, bucket by bucket
+    full: _FullRows | None
 
 
 def _pow2(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x <= 1, torch.ones_like(x), 2 ** torch.ceil(torch.log2(x.double())).long())
 
 
-def _coarse(n: int) -> int:
-    """n rounded up to a multiple of 2^(floor(log2 n) - 2): at most 25% more, four sizes per
-    octave, so that batches repeat shapes (the CPU's bf16 matmuls keep one compiled kernel per
-    shape: a service that saw every size once would keep growing)."""
-    step = 1 << max(0, n.bit_length() - 3)
-    return -(-n // step) * step
-
-
 def _build_segments(r: Ranges, N: int) -> _Segments:
-    B = r.lo.shape[0]
     dev = r.lo.device
-    perm = r.perm if r.perm is not None else torch.arange(N, device=dev).expand(B, N)
-    banded = r.counts() > 0
-    if r.full is not None:
-        banded = banded & ~r.full
+    perm, banded = _order(r, N)
     b, p = banded.nonzero(as_tuple=True)  # rows in (b, p) order
     lo, hi, ex = r.lo[b, p].long(), r.hi[b, p].long(), r.exclude_self[b, p]
     change = torch.ones_like(p, dtype=torch.bool)
@@ -132,22 +250,10 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
         q_idx.append(q_flat)
         k_idx.append(k_flat)
         dest.append(q_flat[rows])
-    full_rows = full_real = full_keys = None
-    if r.full is not None and bool(r.full.any()):
-        m = min(N, _coarse(int(r.full.sum(1).max().item())))  # rows past the full ones unused
-        ordered = torch.argsort((~r.full).int(), dim=1, stable=True)[:, :m]  # full rows first
-        full_rows = torch.gather(perm, 1, ordered)
-        full_real = torch.gather(r.full, 1, ordered).flatten().nonzero(as_tuple=True)[0]
-        n_valid = r.hi.max(dim=1).values  # a full row's range is the valid prefix of the order
-        valid = torch.zeros(B, N, dtype=torch.bool, device=dev)
-        valid.scatter_(1, perm, torch.arange(N, device=dev)[None, :] < n_valid[:, None])
-        full_keys = valid[:, None, None, :]
-        flat = full_rows + N * torch.arange(B, device=dev)[:, None]
-        dest.append(flat.flatten()[full_real])
     empty = torch.zeros(0, dtype=torch.long, device=dev)
     return _Segments(buckets, torch.cat(q_idx) if q_idx else empty,
                      torch.cat(k_idx) if k_idx else empty, torch.cat(dest) if dest else empty,
-                     full_rows, full_real, full_keys)
+                     _build_full_rows(r, perm))
 
 
 def _masked_segments(q, k, v, seg: _Segments, scale: float) -> torch.Tensor:
@@ -168,16 +274,10 @@ def _masked_segments(q, k, v, seg: _Segments, scale: float) -> torch.Tensor:
         scores = torch.matmul(qs, ks.transpose(-1, -2)) * scale + bk.bias.to(q.dtype)
         o = torch.matmul(torch.softmax(scores, dim=-1), vs)  # (S, h, bq, D)
         rows.append(o.transpose(1, 2).reshape(S * bk.bq, h, D).index_select(0, bk.rows))
-    if seg.full_rows is not None:  # rows that attend every key (matching token with no match)
-        m = seg.full_rows.shape[1]
-        qf = _rows(q, seg.full_rows)
-        of = F.scaled_dot_product_attention(qf.transpose(1, 2), k.transpose(1, 2),
-                                            v.transpose(1, 2), attn_mask=seg.full_keys, scale=scale)
-        rows.append(of.transpose(1, 2).reshape(B * m, h, D).index_select(0, seg.full_real))
     out = q.new_zeros(B * N, h, D)
     if rows:
         out = out.index_copy(0, seg.dest, torch.cat(rows).to(q.dtype))
-    return out.view(B, N, h, D)
+    return _full_rows_attention(out.view(B, N, h, D), q, k, v, seg.full, scale).to(q.dtype)
 
 
 class _SplitHeads(torch.autograd.Function):
@@ -218,7 +318,7 @@ class _MergeHeads(torch.autograd.Function):
 def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None
                     ) -> torch.Tensor:
     """Fast PyTorch path: learned heads through SDPA, synthesized heads by prefix sums (no q, k),
-    masked heads as dense attention within the segments of their ranges; patterns without
+    masked heads as dense attention within windows or segments of their ranges; patterns without
     ranges fall back to the dense reference for their heads. Differentiable by autograd."""
     check_inputs(q, k, v, plan, ctx)
     q, k, v = clear_padding(q, k, v, ctx)
@@ -226,13 +326,22 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
     groups: dict[object, list[int]] = {}
     for h, spec in enumerate(plan):
         groups.setdefault(spec, []).append(h)
-    # Work in (B, N, H, D), one tensor per group of heads sharing a spec.
-    index = [torch.tensor(heads, device=q.device) for heads in groups.values()]
+    # Work in (B, N, H, D), one tensor per group of heads sharing a spec: views when each
+    # group's heads are consecutive (as `group_heads` in hf.py arranges a served model), else
+    # gathered copies.
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    if len(index) > 1:
-        qs, ks, vs = (_SplitHeads.apply(x, *index) for x in (q, k, v))
-    else:
+    heads = [h for hs in groups.values() for h in hs]
+    consecutive = heads == list(range(len(plan)))
+    if len(groups) == 1:
         qs, ks, vs = (q,), (k,), (v,)
+    elif consecutive:
+        sizes = [len(hs) for hs in groups.values()]
+        qs, ks, vs = (x.split(sizes, dim=2) for x in (q, k, v))
+    else:
+        index = [torch.tensor(hs, device=q.device) for hs in groups.values()]
+        qs, ks, vs = (_SplitHeads.apply(x, *index) for x in (q, k, v))
+    B, N = ctx.shape
+    windows = B * N <= WINDOW_ROWS
     outs = []
     for spec, qh, kh, vh in zip(groups, qs, ks, vs, strict=True):
         if spec is None:
@@ -243,11 +352,22 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
                               layer_allowed(sub, ctx), synth_flags(sub, q.device),
                               scale)[0].transpose(1, 2)
         elif spec.mode == "synth":
-            o = _synthesize(vh, ctx.ranges(spec.pat))
+            r = ctx.ranges(spec.pat)
+            o = _synthesize(vh, r, ctx.memo(("single", spec.pattern), lambda r=r: _single_key(r)))
         else:
-            seg = ctx.memo(("segments", spec.pattern),
-                           lambda p=spec.pat, n=q.shape[1]: _build_segments(ctx.ranges(p), n))
-            o = _masked_segments(qh, kh, vh, seg, scale)
+            if windows:
+                win = ctx.memo(("windows", spec.pattern),
+                               lambda p=spec.pat: _build_windows(ctx.ranges(p), N))
+                o = _masked_windows(qh, kh, vh, win, scale)
+            else:
+                seg = ctx.memo(("segments", spec.pattern),
+                               lambda p=spec.pat: _build_segments(ctx.ranges(p), N))
+                o = _masked_segments(qh, kh, vh, seg, scale)
         outs.append(o.to(q.dtype))
-    out = _MergeHeads.apply(tuple(index), *outs) if len(outs) > 1 else outs[0]
+    if len(outs) == 1:
+        out = outs[0]
+    elif consecutive:
+        out = torch.cat(outs, dim=2)
+    else:
+        out = _MergeHeads.apply(tuple(index), *outs)
     return out.transpose(1, 2)
