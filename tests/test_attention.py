@@ -14,7 +14,6 @@ from attnsum.attention import (
     patterned_attention,
     reference_attention,
     torch_attention,
-    torch_path,
 )
 from attnsum.attention.patterns import PatternError
 from attnsum.attention.plan import HeadPlan
@@ -58,12 +57,7 @@ def test_reference_against_per_element_loop():
     "*:0=window:2/mask; *:1=window:5/synth; *:2=sent-cls/synth; *:3=sent-cls/mask; "
     "*:4=offset:-2/synth",  # the other built-ins (and learned heads)
 ])
-@pytest.mark.parametrize("window_rows", [
-    0,      # every batch through segment buckets (what large batches take)
-    10**9,  # every batch through windows of keys (what small batches take)
-])
-def test_fast_path_matches_reference_forward_and_backward(N, plan_text, window_rows, monkeypatch):
-    monkeypatch.setattr(torch_path, "WINDOW_ROWS", window_rows)
+def test_fast_path_matches_reference_forward_and_backward(N, plan_text):
     q, k, v, ctx = make_batch(3, N)
     plan = HeadPlan.parse(plan_text, 1, 9).layer(0)
     for t in (q, k, v):

@@ -330,12 +330,14 @@ def test_service_deadline_covers_preparation_and_drops_the_work(summarizer, monk
     """Heavy requests in parallel past a short deadline: each answered 504 near the deadline,
     their remaining documents never prepared and none scored; the service then answers a
     light request as before."""
+    import attnsum.summarizer as summarizer_module
+
     prepared, scored = [], []
-    example, score = summarizer._example, summarizer.score
+    split, score = summarizer_module.split_sentences, summarizer.score
     # 50 ms a document: a preparation slow enough for the deadline to fall inside it (splitting
     # and tokenizing a 17,000-character document take a few ms)
-    monkeypatch.setattr(summarizer, "_example",
-                        lambda t: prepared.append(1) or time.sleep(0.05) or example(t))
+    monkeypatch.setattr(summarizer_module, "split_sentences",
+                        lambda t: prepared.append(1) or time.sleep(0.05) or split(t))
     monkeypatch.setattr(summarizer, "score", lambda docs, *a: scored.extend(docs) or score(docs, *a))
     heavy = " ".join(f"Sentence number {i} of this long report talks about topic {i} here."
                      for i in range(250))  # about 17,000 characters

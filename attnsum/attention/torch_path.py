@@ -1,6 +1,6 @@
 """The fast PyTorch path of one layer under a head plan (CPU, and GPUs without Triton): learned
 heads through SDPA, synthesized heads by prefix sums (no q, k), masked heads as dense attention
-within windows or segments of their range tables (the range idea: attnsum/attention/__init__.py).
+within the segments of their range tables (the range idea: attnsum/attention/__init__.py).
 Same contract as reference.py: (B, H, N, D) in and out."""
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _full_rows_attention(out, q, k, v, f: _FullRows | None, scale: float) -> tor
 
 def _order(r: Ranges, N: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(perm, banded): the ranges' order as (B, N) positions, and the ordered rows that a
-    segment or window answers (some key, not a full row)."""
+    segment answers (some key, not a full row)."""
     B = r.lo.shape[0]
     perm = r.perm if r.perm is not None else torch.arange(N, device=r.lo.device).expand(B, N)
     banded = r.counts() > 0
@@ -115,77 +115,6 @@ def _coarse(n: int) -> int:
     shape: a service that saw every size once would keep growing)."""
     step = 1 << max(0, n.bit_length() - 3)
     return -(-n // step) * step
-
-
-# Two index plans for masked heads, both built once per batch and shared by every layer; the
-# first costs a handful of ops whatever the batch, the second does no work outside the pattern
-# but its padding. `WINDOW_ROWS` is where they cross on the CPU (a batch of B x N tokens):
-# the released architecture timed both ways (docs/kernels.md).
-WINDOW_ROWS = 4096
-CHUNK = 32  # queries per window (ordered positions)
-
-
-@dataclass
-class _Windows:
-    """The ordered queries (the ranges' order) in chunks of `CHUNK`; every chunk attends one
-    window of `width` consecutive ordered keys that holds the ranges of all its rows, so a
-    masked head is one SDPA over (chunks, CHUNK queries, width keys): work ~ N x width instead
-    of N^2. Ranges are contiguous in their order (an intra-sentence span, a group of equal
-    tokens), so a chunk's rows need few keys: in a batch of 32 real CNN articles of ~500 word
-    pieces the widest window held 149 keys for intra-sentence heads and 66 for matching token.
-    """
-
-    q_idx: torch.Tensor  # (B * nC * CHUNK,) flat (b * N + n) index of each ordered query slot
-    k_idx: torch.Tensor  # (B * nC * width,) flat index of each window's keys
-    mask: torch.Tensor  # (B * nC, 1, CHUNK, width) bool, the allowed keys
-    live: torch.Tensor  # (B, N, 1, 1) bool, natural order: rows the windows answer
-    width: int
-    full: _FullRows | None
-
-
-def _build_windows(r: Ranges, N: int) -> _Windows:
-    B = r.lo.shape[0]
-    dev = r.lo.device
-    perm, banded = _order(r, N)
-    nC = -(-N // CHUNK)
-    pad = nC * CHUNK - N
-    lo = F.pad(torch.where(banded, r.lo.long(), N), (0, pad), value=N).view(B, nC, CHUNK)
-    hi = F.pad(torch.where(banded, r.hi.long(), 0), (0, pad), value=0).view(B, nC, CHUNK)
-    start = lo.amin(-1)  # (B, nC) first key of each chunk's window
-    width = min(N, _coarse(max(1, int((hi.amax(-1) - start).max().item()))))
-    start = start.clamp(max=N - width).clamp_min(0)
-    kpos = start[..., None] + torch.arange(width, device=dev)  # (B, nC, width) ordered keys
-    qpos = torch.arange(nC * CHUNK, device=dev).view(1, nC, CHUNK).expand(B, nC, CHUNK)
-    allowed = (kpos[:, :, None, :] >= lo[..., None]) & (kpos[:, :, None, :] < hi[..., None])
-    ex = F.pad(r.exclude_self, (0, pad)).view(B, nC, CHUNK)
-    allowed &= ~(ex[..., None] & (kpos[:, :, None, :] == qpos[..., None]))
-    # rows with no key (padding, full rows, chunk tails) attend the whole window, harmlessly:
-    # `live` zeroes their output
-    allowed |= ~allowed.any(-1, keepdim=True)
-    base = N * torch.arange(B, device=dev)
-    q_idx = base[:, None] + torch.gather(perm, 1, qpos.reshape(B, -1).clamp_max(N - 1))
-    k_idx = base[:, None] + torch.gather(perm, 1, kpos.view(B, -1))
-    live = torch.zeros(B, N, dtype=torch.bool, device=dev).scatter_(1, perm, banded)
-    return _Windows(q_idx.flatten(), k_idx.flatten(), allowed.view(B * nC, 1, CHUNK, width),
-                    live[:, :, None, None], width, _build_full_rows(r, perm))
-
-
-def _masked_windows(q, k, v, w: _Windows, scale: float) -> torch.Tensor:
-    """Softmax attention restricted to the ranges, one window of keys per chunk of queries.
-    q, k, v: (B, N, h, D)."""
-    B, N, h, D = q.shape
-    nC = w.mask.shape[0] // B
-    xq, xk, xv = (x.reshape(B * N, h, D) for x in (q, k, v))
-    qs = xq.index_select(0, w.q_idx).view(B * nC, CHUNK, h, D).transpose(1, 2)
-    ks = xk.index_select(0, w.k_idx).view(B * nC, w.width, h, D).transpose(1, 2)
-    vs = xv.index_select(0, w.k_idx).view(B * nC, w.width, h, D).transpose(1, 2)
-    o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=w.mask, scale=scale)
-    o = o.transpose(1, 2).reshape(B, nC * CHUNK, h, D)[:, :N]
-    # back to natural order: ordered slot p of document b holds token perm[b, p]
-    out = o.new_zeros(B * N, h, D).index_copy(0, w.q_idx.view(B, -1)[:, :N].flatten(),
-                                              o.reshape(B * N, h, D))
-    out = out.view(B, N, h, D) * w.live.to(o.dtype)
-    return _full_rows_attention(out, q, k, v, w.full, scale).to(q.dtype)
 
 
 @dataclass
@@ -318,7 +247,7 @@ class _MergeHeads(torch.autograd.Function):
 def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None
                     ) -> torch.Tensor:
     """Fast PyTorch path: learned heads through SDPA, synthesized heads by prefix sums (no q, k),
-    masked heads as dense attention within windows or segments of their ranges; patterns without
+    masked heads as dense attention within the segments of their ranges; patterns without
     ranges fall back to the dense reference for their heads. Differentiable by autograd."""
     check_inputs(q, k, v, plan, ctx)
     q, k, v = clear_padding(q, k, v, ctx)
@@ -340,8 +269,7 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
     else:
         index = [torch.tensor(hs, device=q.device) for hs in groups.values()]
         qs, ks, vs = (_SplitHeads.apply(x, *index) for x in (q, k, v))
-    B, N = ctx.shape
-    windows = B * N <= WINDOW_ROWS
+    N = ctx.shape[1]
     outs = []
     for spec, qh, kh, vh in zip(groups, qs, ks, vs, strict=True):
         if spec is None:
@@ -355,14 +283,9 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
             r = ctx.ranges(spec.pat)
             o = _synthesize(vh, r, ctx.memo(("single", spec.pattern), lambda r=r: _single_key(r)))
         else:
-            if windows:
-                win = ctx.memo(("windows", spec.pattern),
-                               lambda p=spec.pat: _build_windows(ctx.ranges(p), N))
-                o = _masked_windows(qh, kh, vh, win, scale)
-            else:
-                seg = ctx.memo(("segments", spec.pattern),
-                               lambda p=spec.pat: _build_segments(ctx.ranges(p), N))
-                o = _masked_segments(qh, kh, vh, seg, scale)
+            seg = ctx.memo(("segments", spec.pattern),
+                           lambda p=spec.pat: _build_segments(ctx.ranges(p), N))
+            o = _masked_segments(qh, kh, vh, seg, scale)
         outs.append(o.to(q.dtype))
     if len(outs) == 1:
         out = outs[0]
