@@ -35,6 +35,8 @@ from .model import ModelConfig, SummarizerModel
 from .preprocess import minilm_dir
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+# config.json's "model_type", the key Hugging Face tools read first (the settings are under "attnsum")
+MODEL_TYPE = "attnsum"
 OPTIMIZER_FILE, TRAINER_FILE, METRICS_FILE = "optimizer.safetensors", "trainer.json", "metrics.jsonl"
 LAST = "last"
 
@@ -58,7 +60,8 @@ def save_model(model: SummarizerModel, folder: str | Path, extra: dict | None = 
     folder = Path(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write_bytes(folder / WEIGHTS_FILE, save(state))
-    atomic_write_json(folder / CONFIG_FILE, {"attnsum": config_record(model.cfg), **(extra or {})})
+    atomic_write_json(folder / CONFIG_FILE, {"model_type": MODEL_TYPE, "attnsum": config_record(model.cfg),
+                                             **(extra or {})})
 
 
 def read_json(path: Path):
@@ -137,7 +140,7 @@ def read_training_summary(folder: str | Path) -> dict:
     """What training recorded beside the model config (settings, schedule, precision, step);
     empty for a checkpoint saved outside training."""
     data = read_json(Path(folder) / CONFIG_FILE)
-    return {k: v for k, v in data.items() if k != "attnsum"}
+    return {k: v for k, v in data.items() if k not in ("model_type", "attnsum")}
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -229,8 +232,8 @@ def save_release(model: SummarizerModel, folder: str | Path, extra: dict) -> int
              for k, v in state.items()}
     data = save(state)
     atomic_write_bytes(folder / WEIGHTS_FILE, data)
-    atomic_write_json(folder / CONFIG_FILE, {"attnsum": config_record(model.cfg), **extra,
-                                             "release": release})
+    atomic_write_json(folder / CONFIG_FILE, {"model_type": MODEL_TYPE, "attnsum": config_record(model.cfg),
+                                             **extra, "release": release})
     return len(data)
 
 

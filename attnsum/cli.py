@@ -291,7 +291,7 @@ def _summarize_options(p: argparse.ArgumentParser) -> None:
                    help=".txt files (one document each), .jsonl(.gz) files, folders of them; "
                         "- or nothing: stdin")
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint or run folder (default: the released news model in models/)")
+                   help="checkpoint or run folder (default: the released news model in attnsum/models/)")
     p.add_argument("--field", default="text", help="the text field of JSON Lines input")
     p.add_argument("--jsonl", action="store_true", help="stdin is JSON Lines")
     p.add_argument("--format", default="jsonl", choices=["jsonl", "text"],
@@ -323,7 +323,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     d = ServeConfig()
 
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint or run folder (default: the released news model in models/)")
+                   help="checkpoint or run folder (default: the released news model in attnsum/models/)")
     p.add_argument("--host", default=d.host,
                    help="bind address; the default answers this machine only")
     p.add_argument("--port", type=_port, default=d.port, help="TCP port")
@@ -505,7 +505,7 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
 
 def _release_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (or checkpoint)")
-    p.add_argument("--out", required=True, help="release folder, e.g. models/NAME")
+    p.add_argument("--out", required=True, help="release folder, e.g. attnsum/models/NAME")
     p.add_argument("--notes", default=None, help="Markdown file appended to the card")
     p.set_defaults(func=cmd_release)
 

@@ -1,7 +1,7 @@
 """Released models: a training run's best checkpoint made small for git (checkpoints.save_release)
 with a card (README.md) that says what it is, how it was trained and how it scores, in
-``models/<name>/`` of the repository. `DEFAULT_MODEL` is what summarize, serve and the Python API
-load when no checkpoint is named."""
+``attnsum/models/<name>/``: package data, so an installed attnsum has them as a clone does.
+`DEFAULT_MODEL` is what summarize, serve and the Python API load when no checkpoint is named."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 from .checkpoints import METRICS_FILE, load_model, read_training_summary, resolve_checkpoint, save_release
 from .io import atomic_write_text
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-DEFAULT_MODEL = "news-paper3-tx-lr2e-4"  # the released news summarizer (its card: models/<name>/README.md)
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL = "news-paper3-tx-lr2e-4"  # the released news summarizer (card: MODELS_DIR/<name>/README.md)
 
 
 def default_checkpoint() -> Path:
@@ -21,7 +21,7 @@ def default_checkpoint() -> Path:
     folder = MODELS_DIR / DEFAULT_MODEL
     if not (folder / "config.json").is_file():
         raise RuntimeError(f"no --checkpoint given and the released model {folder} is not here "
-                           "(it comes with a clone of the repository); name a checkpoint")
+                           "(it comes with the package and with a clone); name a checkpoint")
     return folder
 
 
@@ -45,11 +45,27 @@ def validation_curve(run: Path) -> list[dict]:
     return [r for r in rows if "val" in r]
 
 
+# Hub datasets of the corpora `--dataset` names (data.py), for the card's metadata
+HUB_DATASETS = {"cnn_dailymail": "abisee/cnn_dailymail", "cnndm": "abisee/cnn_dailymail",
+                "embedded": "aclsum"}
+
+
+def card_metadata(dataset: str | None) -> list[str]:
+    """The YAML block that opens a card, in the Hugging Face model card's keys. Scores go in by
+    hand under `model-index` once measured (the released model's card has them)."""
+    lines = ["---", "license: apache-2.0", "language:", "- en", "library_name: attnsum",
+             "pipeline_tag: summarization", "tags:", "- extractive-summarization",
+             "- attention-patterns"]
+    if dataset in HUB_DATASETS:
+        lines += ["datasets:", f"- {HUB_DATASETS[dataset]}"]
+    return lines + ["metrics:", "- rouge", "---", ""]
+
+
 def card(name: str, run: Path, ckpt: Path, trained: dict, size: int, notes: str = "") -> str:
     """The release's README.md; `trained` is what training recorded with `ckpt`."""
     t = trained.get("train", {})
     batch = t.get("batch_size", 0) * t.get("accum", 1)
-    lines = [f"# {name}", "",
+    lines = [*card_metadata(t.get("dataset")), f"# {name}", "",
              f"An extractive summarizer released by attnsum: preset `{t.get('preset')}`, plan "
              f"`{t.get('plan')}`, classifier `{t.get('classifier')}` over "
              f"{'mean-pooled' if t.get('pooling') == 'mean' else '[CLS]'} sentence vectors, inputs of "
@@ -79,11 +95,11 @@ def card(name: str, run: Path, ckpt: Path, trained: dict, size: int, notes: str 
         if "rouge1" in v:
             lines.append(f"| {r['step']} | {r['step'] * batch:,} | {v['rouge1']:.2f} | "
                          f"{v['rouge2']:.2f} | {v['rougeLsum']:.2f} |")
-    lines += ["", "## Use", "", f"`attnsum summarize --checkpoint models/{name} FILE`, "
-              f"`attnsum serve --checkpoint models/{name}` or "
-              f"`Summarizer.from_pretrained(\"models/{name}\")` (without a checkpoint where "
+    lines += ["", "## Use", "", f"`attnsum summarize --checkpoint attnsum/models/{name} FILE`, "
+              f"`attnsum serve --checkpoint attnsum/models/{name}` or "
+              f"`Summarizer.from_pretrained(\"attnsum/models/{name}\")` (without a checkpoint where "
               f"`DEFAULT_MODEL` in attnsum/release.py names it); continue training with "
-              f"`attnsum train --init-from models/{name} ...`.", ""]
+              f"`attnsum train --init-from attnsum/models/{name} ...`.", ""]
     if notes:
         lines += [notes.rstrip(), ""]
     return "\n".join(lines)

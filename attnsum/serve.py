@@ -91,7 +91,7 @@ class Batcher:
             while n < self.cfg.max_batch:
                 try:
                     item = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
-                except (asyncio.TimeoutError, ValueError):
+                except (TimeoutError, ValueError):
                     break
                 items.append(item)
                 n += len(item[0])
@@ -190,7 +190,7 @@ def create_app(summarizer: Summarizer, cfg: ServeConfig):
         try:
             try:
                 summaries = await asyncio.wait_for(work(request, cancelled), cfg.timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 cancelled.set()  # stops its preparation at the next document
                 raise HTTPError(504, f"the request took longer than {cfg.timeout_s} s") from None
         except HTTPError as e:

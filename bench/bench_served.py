@@ -1,7 +1,7 @@
 """End to end as a user gets it: raw articles through the Python API and `attnsum summarize`,
 against the model alone on the same documents, with the time split into its stages.
 
-    python bench/bench_served.py [--docs 256] [--checkpoint models/NAME] [--precision auto]
+    python bench/bench_served.py [--docs 256] [--checkpoint attnsum/models/NAME] [--precision auto]
 
 Documents: the first --docs raw articles of ../shared/data/cnndm/val-original-1000.jsonl.gz when
 it is there, else the embedded corpus's validation papers (text). The released model by default,

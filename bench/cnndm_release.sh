@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The released news model (models/$NAME) and its dense twin, on CPU, from the shared
+# The released news model (attnsum/models/$NAME) and its dense twin, on CPU, from the shared
 # CNN/DailyMail files: a 3-layer student of MiniLM's width started from the pretrained MiniLM's
 # layers 1, 3, 5 with its word embeddings frozen (so that a release stores none of them),
 # oracle labels, 8 documents a step drawn from the whole training split, peak rate LR (2e-4),
@@ -15,7 +15,7 @@
 # Environment: DATA (../shared/data/cnndm), BLIND (../shared/data/cnndm-blind/test-articles.jsonl.gz),
 # OUT (runs/news), STEPS (3000), TIME_LIMIT (minutes, none by default), NAME
 # (news-paper3-tx-lr2e-4), TWIN (news-dense3-tx-lr2e-4), INIT (minilm; a released model to
-# continue from, e.g. models/news-paper3-tx-lr2e-4), SEED (0; another seed draws other documents
+# continue from, e.g. attnsum/models/news-paper3-tx-lr2e-4), SEED (0; another seed draws other documents
 # when continuing), CLASSIFIER (transformer, or linear), LR (peak rate, 2e-4). The defaults are
 # the recipe of the released model; the earlier releases and the levers that chose these settings:
 # bench/results/cnndm/levers.md.
@@ -57,7 +57,7 @@ wait $a || true
 wait $b || true
 [ -f "$OUT/$NAME/done" ] && [ -f "$OUT/$TWIN/done" ] || { echo "== training not finished: run again"; exit 3; }
 
-[ -f "models/$NAME/config.json" ] || $ATTNSUM release "$OUT/$NAME" --out "models/$NAME"
+[ -f "attnsum/models/$NAME/config.json" ] || $ATTNSUM release "$OUT/$NAME" --out "attnsum/models/$NAME"
 [ -f "$OUT/release/$TWIN/config.json" ] || $ATTNSUM release "$OUT/$TWIN" --out "$OUT/release/$TWIN"
 
 evaluate() {  # name, then evaluate flags
@@ -68,7 +68,7 @@ evaluate() {  # name, then evaluate flags
   touch "$OUT/eval/$name/done"
 }
 evaluate lead3 --system lead3
-evaluate "$NAME" --system "" --checkpoint "models/$NAME"
+evaluate "$NAME" --system "" --checkpoint "attnsum/models/$NAME"
 evaluate "$TWIN" --system "" --checkpoint "$OUT/release/$TWIN"
 python bench/cnndm_table.py "$OUT/eval" --first 500 0 --pairs "$NAME:lead3" "$NAME:$TWIN" \
   "$TWIN:lead3" > "$RESULTS/$NAME.validation.md"
@@ -80,7 +80,7 @@ blind() {  # name, checkpoint
   $ATTNSUM summarize --checkpoint "$2" "$BLIND" --field article --out "$OUT/$1.blind.jsonl"
   python bench/cnndm_blind.py convert "$OUT/$1.blind.jsonl" "$file"
 }
-blind "$NAME" "models/$NAME"
+blind "$NAME" "attnsum/models/$NAME"
 blind "$TWIN" "$OUT/release/$TWIN"
 
 # The card gains the whole-split validation table and the blind-test files.
@@ -100,5 +100,5 @@ blind "$TWIN" "$OUT/release/$TWIN"
   printf '`bench/results/cnndm/%s.test.jsonl.gz`, the twin'"'"'s `bench/results/cnndm/%s.test.jsonl.gz`.\n' \
     "$NAME" "$TWIN"
 } > "$OUT/$NAME.notes.md"
-$ATTNSUM release "$OUT/$NAME" --out "models/$NAME" --notes "$OUT/$NAME.notes.md"
+$ATTNSUM release "$OUT/$NAME" --out "attnsum/models/$NAME" --notes "$OUT/$NAME.notes.md"
 echo "== done ($(date -u +%H:%M:%S))"

@@ -140,7 +140,7 @@ def test_a_checkpoint_without_a_recorded_length_takes_its_training_length(run, t
 
 def test_tracked_tree_travels_to_a_gpu_machine():
     """The tracked tree stays under 40 MiB (a device call carries 64 MiB with what it builds
-    there; bench/gpu_session.py): one released model's weights in models/, the rest cards."""
+    there; bench/gpu_session.py): one released model's weights in attnsum/models/, the rest cards."""
     import subprocess
     from pathlib import Path
 
