@@ -72,17 +72,24 @@ def _trigrams(sentence: str) -> set[tuple[str, ...]]:
 
 
 def select_top_k(scores: Sequence[float], sentences: Sequence[str], k: int = 3,
-                 trigram_blocking: bool = True) -> list[int]:
+                 trigram_blocking: bool = True, max_words: int | None = None) -> list[int]:
     """Indices (in document order) of the `k` best-scored sentences; with trigram blocking a
-    sentence sharing a trigram with one already chosen is passed over (BERTSum)."""
+    sentence sharing a trigram with one already chosen is passed over (BERTSum), and with
+    `max_words` one that would take the summary past that many words (the first pick is kept
+    whatever its length)."""
     chosen: list[int] = []
     seen: set = set()
+    words = 0
     for i in sorted(range(len(scores)), key=lambda j: (-scores[j], j)):
         tri = _trigrams(sentences[i])
         if trigram_blocking and tri & seen:
             continue
+        n = len(sentences[i].split())
+        if max_words is not None and chosen and words + n > max_words:
+            continue
         chosen.append(i)
         seen |= tri
+        words += n
         if len(chosen) == k:
             break
     return sorted(chosen)

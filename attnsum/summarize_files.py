@@ -25,7 +25,7 @@ from .distributed import world as distributed_world
 from .io import atomic_write_json
 from .precision import DEFAULT_PRECISION
 from .preprocess import MAX_CHARS
-from .summarizer import InputError, Summarizer
+from .summarizer import DocumentError, Summarizer
 
 
 def input_files(spec: str) -> list[Path]:
@@ -137,19 +137,22 @@ def _prepare_chunk(summarizer: Summarizer, docs: list[tuple[str, str]],
                    max_chars: int = MAX_CHARS) -> tuple[list, list]:
     """The model inputs of the documents that can be summarized, as (position, prepared), and
     the error records of those that cannot, in their places (None elsewhere)."""
-    good, out = [], [None] * len(docs)
+    todo, out = [], [None] * len(docs)
     for i, (doc_id, text) in enumerate(docs):
         if isinstance(text, Unreadable):
             out[i] = {"id": doc_id, "error": str(text)}
-            continue
-        if isinstance(text, str) and len(text) > max_chars:
+        elif isinstance(text, str) and len(text) > max_chars:
             out[i] = {"id": doc_id, "error": f"{len(text)} characters, over the limit of "
                                              f"{max_chars} (--max-chars)"}
-            continue
-        try:
-            good.append((i, summarizer.prepare([text])[0]))
-        except InputError as e:
-            out[i] = {"id": doc_id, "error": str(e).removeprefix("document 0: ")}
+        else:
+            todo.append(i)
+    good = []
+    for i, p in zip(todo, summarizer.prepare([docs[i][1] for i in todo], errors="return"),
+                    strict=True):
+        if isinstance(p, DocumentError):
+            out[i] = {"id": docs[i][0], **p.to_dict()}
+        else:
+            good.append((i, p))
     return good, out
 
 

@@ -76,6 +76,19 @@ class InputError(ValueError):
     """A document cannot be summarized (empty, not text, no usable sentence)."""
 
 
+ERRORS = ("raise", "return")  # what `Summarizer.prepare` and `summarize` do with a bad document
+
+
+@dataclass
+class DocumentError:
+    """In place of a summary: why the document could not be summarized."""
+
+    error: str
+
+    def to_dict(self) -> dict:
+        return {"error": self.error}
+
+
 @dataclass
 class Summary:
     sentences: list[str]  # the chosen sentences, in document order
@@ -100,13 +113,6 @@ def check_text(text) -> str:
     if printable < 0.9 * len(text):
         raise InputError("the document does not look like text (too many control characters)")
     return text
-
-
-def _checked(text, i: int) -> str:
-    try:
-        return check_text(text)
-    except InputError as e:
-        raise InputError(f"document {i}: {e}") from None
 
 
 class Summarizer:
@@ -140,26 +146,38 @@ class Summarizer:
         length = model.cfg.input_length(max_len)
         return cls(prepare_for_serving(model, dev, prec, backend), dev, length, prec)
 
-    def prepare(self, texts: Sequence[str], cancelled: threading.Event | None = None
-                ) -> list[tuple[Example, list[str], list[int]]]:
+    def prepare(self, texts: Sequence[str], cancelled: threading.Event | None = None,
+                errors: str = "raise") -> list[tuple[Example, list[str], list[int]] | DocumentError]:
         """For each of `texts`: its model input, its sentences, and the indices of the
-        candidates. Raises InputError naming the first unusable document, and TimeoutError
-        between documents once `cancelled` is set (the service's deadline)."""
-        split = []
+        candidates. A document that cannot be summarized raises InputError naming it
+        (``errors="raise"``) or takes a `DocumentError` in its place (``"return"``). Raises
+        TimeoutError between documents once `cancelled` is set (the service's deadline)."""
+        if errors not in ERRORS:
+            raise InputError(f"errors must be one of {', '.join(ERRORS)}, got {errors!r}")
+        split: list[tuple[list[str], list] | DocumentError] = []
         for i, t in enumerate(texts):
             if cancelled is not None and cancelled.is_set():
                 raise TimeoutError("preparation cancelled")
-            sentences = split_sentences(_checked(t, i))
-            kept = filter_sentences(sentences, self.cfg)
-            if not kept:
-                raise InputError(f"document {i}: no sentence longer than 5 words to choose from")
-            split.append((sentences, kept))
+            try:
+                sentences = split_sentences(check_text(t))
+                kept = filter_sentences(sentences, self.cfg)
+                if not kept:
+                    raise InputError("no sentence longer than 5 words to choose from")
+                split.append((sentences, kept))
+            except InputError as e:
+                if errors == "raise":
+                    raise InputError(f"document {i}: {e}") from None
+                split.append(DocumentError(str(e)))
         # one tokenizer call for the sentences of every document: 256 raw CNN articles took
         # 0.27 s so against 0.41-0.46 s a document at a time (bench/bench_served.py's documents)
-        flat = [s for _, kept in split for _, s in kept]
+        flat = [s for d in split if not isinstance(d, DocumentError) for _, s in d[1]]
         pieces = iter(self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
         prepared = []
-        for sentences, kept in split:
+        for d in split:
+            if isinstance(d, DocumentError):
+                prepared.append(d)
+                continue
+            sentences, kept = d
             chosen = [s for _, s in kept]
             ex = build_example("", chosen, [], [next(pieces) for _ in kept], self.cfg,
                                self.tokenizer.cls_token_id, self.tokenizer.sep_token_id)
@@ -167,29 +185,48 @@ class Summarizer:
         return prepared
 
     @torch.no_grad()
-    def score(self, prepared, k: int = 3, trigram_blocking: bool = True,
-              batch_size: int = 16) -> list[Summary]:
-        """Summaries of prepared documents, in their order (batches grouped by length)."""
+    def score(self, prepared, k: int = 3, trigram_blocking: bool = True, batch_size: int = 16,
+              max_words: int | None = None, ratio: float | None = None
+              ) -> list[Summary | DocumentError]:
+        """Summaries of prepared documents, in their order (batches grouped by length);
+        `DocumentError` entries stay in their places. Budgets: `summarize`."""
         if k < 1:
             raise InputError("k must be at least 1")
-        out: list[Summary | None] = [None] * len(prepared)
-        for chunk, batch in length_batches([p[0] for p in prepared], batch_size, self.PAD_TO,
-                                           self.cfg.max_len):
+        if max_words is not None and ratio is not None:
+            raise InputError("give max_words or ratio, not both")
+        if max_words is not None and max_words < 1:
+            raise InputError(f"max_words must be at least 1, got {max_words}")
+        if ratio is not None and not 0 < ratio <= 1:
+            raise InputError(f"ratio must be in (0, 1], got {ratio}")
+        out: list[Summary | DocumentError | None] = [
+            p if isinstance(p, DocumentError) else None for p in prepared]
+        docs = [i for i, p in enumerate(prepared) if not isinstance(p, DocumentError)]
+        for chunk, batch in length_batches([prepared[i][0] for i in docs], batch_size,
+                                           self.PAD_TO, self.cfg.max_len):
             with self.precision.autocast():
                 logits = sentence_logits(self.model, batch.to(self.device))
             probs = torch.sigmoid(logits.float()).cpu()
-            for row, i in enumerate(chunk):
+            for row, j in enumerate(chunk):
+                i = docs[j]
                 ex, sentences, idx = prepared[i]
                 scores = probs[row, :len(ex.sentences)].tolist()
-                chosen = select_top_k(scores, ex.sentences, k, trigram_blocking)
-                out[i] = Summary([sentences[idx[j]] for j in chosen], [idx[j] for j in chosen],
-                                 [scores[j] for j in chosen])
+                budget = max_words
+                if ratio is not None:
+                    budget = max(1, round(ratio * sum(len(t.split()) for t in sentences)))
+                chosen = select_top_k(scores, ex.sentences, k, trigram_blocking, budget)
+                out[i] = Summary([sentences[idx[c]] for c in chosen], [idx[c] for c in chosen],
+                                 [scores[c] for c in chosen])
         return out
 
     def summarize(self, texts: str | Sequence[str], k: int = 3, trigram_blocking: bool = True,
-                  batch_size: int = 16) -> list[Summary]:
-        """Summaries of `texts` (one string or a list), in input order. Raises InputError
-        naming the first document that cannot be summarized."""
+                  batch_size: int = 16, errors: str = "raise", max_words: int | None = None,
+                  ratio: float | None = None) -> list[Summary | DocumentError]:
+        """Summaries of `texts` (one string or a list), in input order: at most `k` sentences,
+        and with a budget at most `max_words` words, or `ratio` of the document's words (the
+        best-scored sentence is kept even when it alone is longer). A document that cannot be
+        summarized raises InputError naming it (``errors="raise"``) or gets a `DocumentError`
+        in its place (``"return"``)."""
         if isinstance(texts, str):
             texts = [texts]
-        return self.score(self.prepare(texts), k, trigram_blocking, batch_size)
+        return self.score(self.prepare(texts, errors=errors), k, trigram_blocking, batch_size,
+                          max_words, ratio)

@@ -44,6 +44,17 @@ def test_select_top_k_with_trigram_blocking():
     assert select_top_k([0.1], ["only one"], k=3) == [0]
 
 
+def test_select_top_k_within_a_word_budget():
+    sents = [" ".join(["a"] * 10), " ".join(["b"] * 30), " ".join(["c"] * 5), "d d"]
+    scores = [0.9, 0.8, 0.7, 0.1]
+    # 10 words, then 30 do not fit in 20 and are passed over, 5 and 2 do
+    assert select_top_k(scores, sents, k=4, max_words=20) == [0, 2, 3]
+    assert select_top_k(scores, sents, k=2, max_words=20) == [0, 2]
+    # the first pick stays whatever its length; nothing else fits in 5 words
+    assert select_top_k(scores, sents, k=4, max_words=5) == [0]
+    assert select_top_k(scores, sents, k=4, max_words=None) == [0, 1, 2, 3]
+
+
 def test_evaluate_command_on_embedded_test(tmp_path):
     assert main(["evaluate", "--system", "lead3,oracle", "--out", str(tmp_path)]) == 0
     lead = json.loads((tmp_path / "lead3.scores.json").read_text())

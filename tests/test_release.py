@@ -15,7 +15,7 @@ from attnsum.model import SummarizerModel, model_config
 from attnsum.precision import resolve_precision
 from attnsum.release import DEFAULT_MODEL, MODELS_DIR
 from attnsum.settings import ConfigError, TrainConfig
-from attnsum.summarizer import Summarizer
+from attnsum.summarizer import DocumentError, InputError, Summarizer
 from attnsum.train import train
 
 
@@ -80,6 +80,34 @@ def test_the_released_news_model_summarizes_by_default():
     assert s.cfg.max_len == 512  # from its training record: the release predates the field
     [summary] = s.summarize(text)
     assert len(summary.sentences) == 3 and all(x in text for x in summary.sentences)
+
+
+def test_the_api_gives_errors_in_place_and_keeps_a_length_budget():
+    text = ("The city council approved a new budget for public schools on Tuesday night. "
+            "Teachers had asked for smaller classes and better equipment for many years. "
+            "The mayor said the plan would be paid for by a small rise in property taxes. "
+            "Some residents argued that the rise would hurt families with low incomes. "
+            "The budget also includes money for three new libraries across the city.")
+    s = Summarizer.from_pretrained(precision="fp32")
+    out = s.summarize([text, "   ", "Too short here.", text], errors="return")
+    assert out[1] == DocumentError("empty document")
+    assert out[2].to_dict() == {"error": "no sentence longer than 5 words to choose from"}
+    assert out[0] == out[3] == s.summarize(text)[0]  # the bad ones change nothing for the rest
+    with pytest.raises(InputError, match="document 1: empty document"):
+        s.summarize([text, "   "])
+    # budgets: the best-scored sentences that fit (evaluate.select_top_k, tested apart)
+    [full] = s.summarize(text, k=5)
+    assert len(full.sentences) == 5
+    words = [len(x.split()) for x in full.sentences]
+    [short] = s.summarize(text, k=5, max_words=30)
+    assert sum(len(x.split()) for x in short.sentences) <= 30 and len(short.sentences) == 2
+    assert set(short.indices) < set(full.indices)
+    assert s.summarize(text, k=5, ratio=0.4) == s.summarize(text, k=5,
+                                                            max_words=round(0.4 * sum(words)))
+    for bad, match in [({"max_words": 0}, "max_words"), ({"ratio": 1.5}, "ratio"),
+                       ({"ratio": 0.5, "max_words": 9}, "not both"), ({"errors": "skip"}, "errors")]:
+        with pytest.raises(InputError, match=match):
+            s.summarize(text, **bad)
 
 
 def test_a_moved_run_folder_is_used_from_another_directory(run, tmp_path, monkeypatch):
