@@ -259,12 +259,14 @@ def cmd_summarize(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from .serve import ServeConfig, serve
+    from .serve import TOKEN_ENV, ServeConfig, serve
 
     cfg = ServeConfig(host=args.host, port=args.port, max_body=args.max_body,
                       max_docs=args.max_docs, max_chars=args.max_chars, max_batch=args.max_batch,
                       max_wait_ms=args.max_wait_ms, timeout_s=args.timeout,
-                      header_timeout_s=args.header_timeout)
+                      header_timeout_s=args.header_timeout, max_queue=args.max_queue,
+                      api_token=args.api_token or os.environ.get(TOKEN_ENV) or None,
+                      cors_origins=tuple(args.cors_origin))
     serve(args.checkpoint, cfg, args.device, args.precision, args.max_len)
 
 
@@ -318,7 +320,7 @@ def _summarize_options(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
-    from .serve import ServeConfig
+    from .serve import TOKEN_ENV, ServeConfig
 
     d = ServeConfig()
 
@@ -343,6 +345,15 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
                    default=d.header_timeout_s,
                    help="seconds a client has to send a request's headers (the connection is "
                         "closed beyond)")
+    p.add_argument("--max-queue", dest="max_queue", type=_positive_int, default=d.max_queue,
+                   help="most documents accepted and not yet answered (429 with Retry-After "
+                        "beyond)")
+    p.add_argument("--api-token", dest="api_token", default=None,
+                   help=f"require 'Authorization: Bearer TOKEN' on /summarize (default: the "
+                        f"environment variable {TOKEN_ENV}; none: open)")
+    p.add_argument("--cors-origin", dest="cors_origin", action="append", default=[],
+                   help="a browser origin allowed to call the service (repeatable; none by "
+                        "default)")
     _add_max_len_arg(p)
     _add_device_arg(p)
     _add_precision_arg(p)
@@ -523,7 +534,8 @@ def _experiment_options(p: argparse.ArgumentParser) -> None:
 
 COMMANDS = {  # name: (one line of help, its options)
     "summarize": ("summaries of files, folders, stdin or JSON Lines", _summarize_options),
-    "serve": ("HTTP service: POST /summarize, GET /health", _serve_options),
+    "serve": ("HTTP service: POST /summarize; GET /health, /ready, /metrics, /openapi.json, /docs",
+              _serve_options),
     "evaluate": ("ROUGE of baselines (lead3, oracle), a checkpoint or sentence scores",
                  _evaluate_options),
     "train": ("train a summarizer: a teacher, or a student with a head plan", _train_options),

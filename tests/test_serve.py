@@ -229,6 +229,14 @@ def server(summarizer):
         yield port
 
 
+def _wait_ready(port, limit_s=60):
+    """Until /ready answers 200 (the warm-up call done)."""
+    deadline = time.time() + limit_s
+    while _request(port, "GET", "/ready")[0] != 200:
+        assert time.time() < deadline, "the service never became ready"
+        time.sleep(0.05)
+
+
 def _request(port, method, path, body=None, headers=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
@@ -344,6 +352,10 @@ def test_service_deadline_covers_preparation_and_drops_the_work(summarizer, monk
     timeout = 0.3
     with _serving(summarizer, max_docs=8, max_chars=20_000, max_body=400_000,
                   timeout_s=timeout) as port:
+        _wait_ready(port)
+        prepared.clear()  # the warm-up's document
+        scored.clear()
+
         def post(_):
             t0 = time.perf_counter()
             status, payload = _request(port, "POST", "/summarize", {"texts": [heavy] * 8})
@@ -537,3 +549,88 @@ def test_the_progress_total_is_counted_before_summarizing(tmp_path):
     assert count_documents([str(tmp_path)]) == 9 == len(list(iter_documents([str(tmp_path)])))
     assert count_documents([str(tmp_path)], limit=4) == 4
     assert count_documents(["-"]) is None
+
+
+def test_service_schema_probes_and_metrics(summarizer, monkeypatch):
+    """The OpenAPI schema made from the request and response models, its interactive page,
+    readiness only after the warm-up call, and Prometheus metrics that count what was served."""
+    gate = threading.Event()
+    real = summarizer.summarize
+
+    def held(*a, **kw):  # the warm-up waits for the test
+        gate.wait(30)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(summarizer, "summarize", held)
+    with _serving(summarizer, max_wait_ms=1) as port:
+        assert _request(port, "GET", "/ready") == (503, {"status": "warming up"})
+        assert _request(port, "GET", "/health")[0] == 200  # alive meanwhile
+        gate.set()
+        _wait_ready(port)
+        status, schema = _request(port, "GET", "/openapi.json")
+        assert status == 200 and schema["openapi"].startswith("3.")
+        post = schema["paths"]["/summarize"]["post"]
+        body = post["requestBody"]["content"]["application/json"]["schema"]
+        assert set(body["properties"]) == {"text", "texts", "k", "trigram_blocking"}
+        assert body["properties"]["k"]["maximum"] == 100
+        assert {"200", "400", "413", "422", "429", "504"} <= set(post["responses"])
+        summary = schema["components"]["schemas"]["Summary"]
+        assert set(summary["properties"]) == {"sentences", "indices", "scores"}
+        assert {"/health", "/ready"} <= set(schema["paths"])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/docs")
+        page = conn.getresponse()
+        assert page.status == 200 and b"/openapi.json" in page.read()
+        for _ in range(3):
+            assert _request(port, "POST", "/summarize", {"texts": [ARTICLE, ARTICLE]})[0] == 200
+        assert _request(port, "POST", "/summarize", {"text": ""})[0] == 422
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    assert values['attnsum_requests_total{status="200"}'] == 3
+    assert values['attnsum_requests_total{status="422"}'] == 1
+    assert values["attnsum_request_seconds_count"] == 4
+    assert values["attnsum_documents_total"] == 6
+    assert values["attnsum_queue_documents"] == 0
+    # one model call per request, sent one after another (the warm-up is no request's batch)
+    assert values["attnsum_batch_documents_count"] == 3
+    assert values["attnsum_batch_documents_sum"] == 6
+
+
+def test_service_queue_bound_token_and_cors(summarizer):
+    with _serving(summarizer, max_queue=2, api_token="s3cret",
+                  cors_origins=("https://news.example",)) as port:
+        auth = {"Content-Type": "application/json", "Authorization": "Bearer s3cret"}
+        for headers in (None, {"Content-Type": "application/json", "Authorization": "Bearer x"}):
+            status, body = _request(port, "POST", "/summarize", {"text": ARTICLE}, headers)
+            assert status == 401 and "Bearer" in body["error"]
+        assert _request(port, "POST", "/summarize", {"text": ARTICLE}, auth)[0] == 200
+        assert _request(port, "GET", "/health")[0] == 200  # probes stay open
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/summarize", json.dumps({"texts": [ARTICLE] * 3}), auth)
+        over = conn.getresponse()
+        assert over.status == 429 and over.getheader("Retry-After") == "1"
+        assert "limit is 2" in json.loads(over.read())["error"]
+        for origin, allowed in (("https://news.example", True), ("https://elsewhere.example", False)):
+            conn.request("OPTIONS", "/summarize", headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,authorization"})
+            pre = conn.getresponse()
+            pre.read()
+            assert (pre.status == 200) == allowed
+            assert (pre.getheader("Access-Control-Allow-Origin") == origin) == allowed
+        conn.close()
+    with _serving(summarizer) as port:  # no token, no CORS: open, and no CORS headers
+        assert _request(port, "POST", "/summarize", {"text": ARTICLE})[0] == 200
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("OPTIONS", "/summarize", headers={
+            "Origin": "https://news.example", "Access-Control-Request-Method": "POST"})
+        pre = conn.getresponse()
+        pre.read()
+        assert pre.status == 405 and pre.getheader("Access-Control-Allow-Origin") is None
+        conn.close()
