@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -143,11 +144,32 @@ def read_training_summary(folder: str | Path) -> dict:
     return {k: v for k, v in data.items() if k not in ("model_type", "attnsum")}
 
 
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # "owner/name" of a Hugging Face Hub repository
+
+
+def hub_checkpoint(repo_id: str, download: bool = False) -> Path:
+    """The folder of Hub repository `repo_id` in the local Hugging Face cache (HF_HUB_CACHE);
+    fetched first only with `download` (the Python API's choice: nothing is fetched otherwise)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, "*.md"],
+                                        local_files_only=not download))
+    except LocalEntryNotFoundError:
+        raise RuntimeError(f"{repo_id}: no such checkpoint (no file or folder, nor a repository "
+                           f"in the Hugging Face cache; fetch one once with `hf download "
+                           f"{repo_id}` or Summarizer.from_pretrained({repo_id!r}, "
+                           f"download=True))") from None
+    return resolve_checkpoint(folder)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint folder that `path` names, for every command and the Python API: a weights
-    file (``model.safetensors``), a checkpoint folder, or a run folder (its best checkpoint,
-    else its last). A run folder works wherever it was made or moved to: trainer.json names its
-    checkpoints relative to the run folder."""
+    file (``model.safetensors``), a checkpoint folder, a run folder (its best checkpoint, else
+    its last), or a Hub repository id ("owner/name") already in the local Hugging Face cache
+    (`hub_checkpoint`). A run folder works wherever it was made or moved to: trainer.json names
+    its checkpoints relative to the run folder."""
     path = Path(path)
     if path.name == WEIGHTS_FILE and path.is_file():
         path = path.parent
@@ -158,6 +180,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         best = read_json(last / TRAINER_FILE).get("best", [])
         # older runs wrote the path as made ("runs/x/best-2"): its last part names the folder
         return path / Path(best[0]["path"]).name if best else last
+    if not path.exists() and HUB_ID.fullmatch(str(path)):
+        return hub_checkpoint(str(path))
     if not path.exists():
         raise RuntimeError(f"{path}: no such checkpoint (no file or folder)")
     raise RuntimeError(f"{path}: not an attnsum checkpoint (expected {CONFIG_FILE} and "

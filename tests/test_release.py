@@ -180,3 +180,31 @@ def test_tracked_tree_travels_to_a_gpu_machine():
     assert sum(p.stat().st_size for p in files if p.is_file()) < 40 * 2**20
     weights = [p for p in files if p.name == "model.safetensors" and p.parts[-3] == "models"]
     assert [p.parent.name for p in weights] == [DEFAULT_MODEL]
+
+
+def test_a_hub_id_loads_from_the_local_cache_only(tmp_path, monkeypatch):
+    """"owner/name" resolves to its snapshot in the Hugging Face cache, offline; a repository
+    not in the cache is one clear error, and nothing is fetched."""
+    import shutil
+
+    from attnsum.checkpoints import resolve_checkpoint
+
+    cache = tmp_path / "hub"
+    snap = cache / "models--acme--news-summarizer" / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors", "README.md"):
+        shutil.copy(MODELS_DIR / DEFAULT_MODEL / f, snap / f)
+    (cache / "models--acme--news-summarizer" / "refs").mkdir()
+    (cache / "models--acme--news-summarizer" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_checkpoint("acme/news-summarizer") == snap
+    from_hub = Summarizer.from_pretrained("acme/news-summarizer", precision="fp32")
+    here = Summarizer.from_pretrained(precision="fp32")
+    text = ("The council approved the new budget for the city's schools on Tuesday night. "
+            "Teachers had asked for smaller classes for years, the union said. The mayor said "
+            "a small rise in property taxes would pay for the plan next year.")
+    assert from_hub.summarize(text) == here.summarize(text)
+    with pytest.raises(RuntimeError, match="nor a repository in the Hugging Face cache"):
+        resolve_checkpoint("acme/not-there")
