@@ -196,8 +196,11 @@ def test_a_hub_id_loads_from_the_local_cache_only(tmp_path, monkeypatch):
         shutil.copy(MODELS_DIR / DEFAULT_MODEL / f, snap / f)
     (cache / "models--acme--news-summarizer" / "refs").mkdir()
     (cache / "models--acme--news-summarizer" / "refs" / "main").write_text("0123abcd")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    # huggingface_hub reads its environment once, at import: set what it read
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.chdir(tmp_path)
     assert resolve_checkpoint("acme/news-summarizer") == snap
     from_hub = Summarizer.from_pretrained("acme/news-summarizer", precision="fp32")
