@@ -267,7 +267,7 @@ def cmd_serve(args) -> None:
                       header_timeout_s=args.header_timeout, max_queue=args.max_queue,
                       api_token=args.api_token or os.environ.get(TOKEN_ENV) or None,
                       cors_origins=tuple(args.cors_origin))
-    serve(args.checkpoint, cfg, args.device, args.precision, args.max_len)
+    serve(args.checkpoint, cfg, args.device, args.precision, args.max_len, args.workers)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -345,6 +345,9 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
                    default=d.header_timeout_s,
                    help="seconds a client has to send a request's headers (the connection is "
                         "closed beyond)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes serving the port, each with its own model (memory: one model "
+                        "each)")
     p.add_argument("--max-queue", dest="max_queue", type=_positive_int, default=d.max_queue,
                    help="most documents accepted and not yet answered (429 with Retry-After "
                         "beyond)")

@@ -28,6 +28,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -56,7 +57,7 @@ class ServeConfig:
     timeout_s: float = 30.0
     header_timeout_s: float = 10.0  # a connection's request headers, whole, within this
     prep_threads: int = 2  # threads that split and tokenize documents
-    max_queue: int = 256  # documents accepted and not yet answered (429 beyond)
+    max_queue: int = 256  # documents accepted and not yet answered, per process (429 beyond)
     api_token: str | None = None  # required as a Bearer token on /summarize when set
     cors_origins: tuple[str, ...] = field(default_factory=tuple)  # browser origins allowed
 
@@ -376,20 +377,57 @@ def create_app(summarizer: "Summarizer", cfg: ServeConfig):
     return app
 
 
+WORKER_ENV = "ATTNSUM_SERVE_WORKER"  # what each `--workers` process builds its app from (JSON)
+
+
 def serve(checkpoint: str | None, cfg: ServeConfig, device: str | None = None,
-          precision: str = DEFAULT_PRECISION, max_len: int | None = None) -> None:
+          precision: str = DEFAULT_PRECISION, max_len: int | None = None,
+          workers: int = 1) -> None:
+    """Run the service; with `workers` > 1, that many processes share the port (uvicorn's
+    supervisor), each with its own model and batcher, built by `worker_app`."""
     import uvicorn
 
     from .summarizer import Summarizer
 
     summarizer = Summarizer.from_pretrained(checkpoint, device=device, precision=precision,
                                             max_len=max_len)
-    print(f"checkpoint {summarizer.checkpoint}; {summarizer.precision.describe()}",
-          file=sys.stderr)
+    print(f"checkpoint {summarizer.checkpoint}; {summarizer.precision.describe()}"
+          + (f"; {workers} worker processes" if workers > 1 else ""), file=sys.stderr)
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the service is reachable beyond this machine", cfg.host)
-    uvicorn.run(create_app(summarizer, cfg), host=cfg.host, port=cfg.port, log_level="info",
-                timeout_graceful_shutdown=int(cfg.timeout_s), http=http_protocol(cfg))
+    common = dict(host=cfg.host, port=cfg.port, log_level="info",
+                  timeout_graceful_shutdown=int(cfg.timeout_s))
+    if workers == 1:
+        uvicorn.run(create_app(summarizer, cfg), http=http_protocol(cfg), **common)
+        return
+    # the workers load what this process checked (the checkpoint it resolved), then it lets go
+    spec = {"checkpoint": str(summarizer.checkpoint), "device": device, "precision": precision,
+            "max_len": max_len, "cfg": {**cfg.__dict__, "cors_origins": list(cfg.cors_origins)}}
+    del summarizer
+    os.environ[WORKER_ENV] = json.dumps(spec)  # spawned workers inherit the environment
+    uvicorn.run("attnsum.serve:worker_app", factory=True, workers=workers,
+                http="attnsum.serve:WorkerProtocol", **common)
+
+
+def _worker_spec() -> tuple[dict, ServeConfig]:
+    spec = json.loads(os.environ[WORKER_ENV])
+    return spec, ServeConfig(**{**spec["cfg"], "cors_origins": tuple(spec["cfg"]["cors_origins"])})
+
+
+def worker_app():
+    """The app of one `--workers` process (uvicorn imports this factory by name)."""
+    from .summarizer import Summarizer
+
+    spec, cfg = _worker_spec()
+    summarizer = Summarizer.from_pretrained(spec["checkpoint"], device=spec["device"],
+                                            precision=spec["precision"], max_len=spec["max_len"])
+    return create_app(summarizer, cfg)
+
+
+def __getattr__(name):  # `WorkerProtocol`: the bounded-headers protocol of a worker, by name
+    if name == "WorkerProtocol":
+        return http_protocol(_worker_spec()[1])
+    raise AttributeError(name)
 
 
 def http_protocol(cfg: ServeConfig):

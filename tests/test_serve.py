@@ -634,3 +634,53 @@ def test_service_queue_bound_token_and_cors(summarizer):
         pre.read()
         assert pre.status == 405 and pre.getheader("Access-Control-Allow-Origin") is None
         conn.close()
+
+
+def test_workers_share_the_port(ckpt):
+    """`--workers 2`: two worker processes answer on one port; SIGTERM stops them all."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "attnsum", "serve", "--checkpoint", str(ckpt),
+                             "--port", str(port), "--workers", "2"],
+                            cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def workers() -> list[int]:
+        found = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == proc.pid:
+                        found.append(int(d.name))
+        return found
+
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None and time.time() < deadline, "the service did not start"
+            with contextlib.suppress(OSError):
+                if _request(port, "GET", "/ready")[0] == 200:
+                    break
+            time.sleep(0.3)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: _request(port, "POST", "/summarize",
+                                                       {"text": ARTICLE}), range(8)))
+        assert all(s == 200 for s, _ in answers)
+        assert len({json.dumps(b) for _, b in answers}) == 1  # one model, one answer
+        kids = [k for k in workers() if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()]
+        assert len(kids) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        deadline = time.time() + 10
+        while any(os.path.exists(f"/proc/{k}") for k in kids):
+            assert time.time() < deadline, "a worker outlived the service"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
