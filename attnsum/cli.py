@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .data import DataError, Fields, check_dataset, format_skips
+from .extras import need
 from .preprocess import MAX_CHARS, MAX_LEN
 
 
@@ -599,6 +600,10 @@ def _parse_plan(args) -> None:
 # variables"), as PYTEST_ADDOPTS does for pytest; tests/test_docs.py runs the documented commands
 # with small settings this way.
 ADDOPTS_ENV = "ATTNSUM_ADDOPTS"
+# The extras a command needs whatever its options (attnsum/extras.py); a corpus's own extra is
+# checked where it is read (data.py).
+COMMAND_EXTRAS = {"serve": ("serve",), "evaluate": ("eval",), "train": ("eval",),
+                  "pipeline": ("eval",), "experiment": ("eval",)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -607,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
     try:
+        for extra in COMMAND_EXTRAS.get(args.command, ()):  # before any work
+            need(extra, f"attnsum {args.command}")
         _load_pattern_files(args)
         _parse_plan(args)
         return args.func(args) or 0

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .extras import need
 from .sentences import split_sentences
 
 SPLITS = ("train", "validation", "test")
@@ -160,6 +161,7 @@ def _read_json_array(path: Path) -> Iterator[tuple[str, object]]:
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, object]]:
+    need("data", "reading Parquet")
     import pyarrow.parquet as pq
 
     try:
@@ -215,14 +217,14 @@ def _split_files(path: Path, split: str) -> list[Path]:
 
 
 def _aclsum_dir() -> Path:
-    try:
-        import aclsum
-    except ImportError:
-        raise DataError("the embedded corpus needs the package aclsum: pip install aclsum") from None
+    need("embedded", "the embedded corpus")
+    import aclsum
+
     return Path(aclsum.__file__).parent / "dataset"
 
 
 def _embedded_documents(split: str) -> Iterator[Document]:
+    need("data", "the embedded corpus")
     import datasets
 
     name = {"train": "train", "validation": "val", "test": "test"}[split]
@@ -259,6 +261,7 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 def _cnndm_documents(split: str) -> Iterator[Document]:
+    need("data", "CNN/DailyMail from the hub")
     import datasets
 
     if not _hub_reachable():

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .extras import need
 from .io import atomic_write_json, atomic_write_text
 from .preprocess import Example
 
@@ -25,6 +26,7 @@ METRICS = ("rouge1", "rouge2", "rougeLsum")
 
 
 def _scorer():
+    need("eval", "ROUGE scoring")
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)

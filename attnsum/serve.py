@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .extras import need
 from .precision import DEFAULT_PRECISION
 from .preprocess import MAX_CHARS
 
@@ -235,6 +236,7 @@ def create_app(summarizer: "Summarizer", cfg: ServeConfig):
     # `request: Request` annotations, and Request is imported here, not at module level)
     from contextlib import asynccontextmanager
 
+    need("serve", "the service")
     from fastapi import FastAPI, Request
     from starlette.exceptions import HTTPException
     from starlette.middleware.cors import CORSMiddleware
@@ -385,6 +387,7 @@ def serve(checkpoint: str | None, cfg: ServeConfig, device: str | None = None,
           workers: int = 1) -> None:
     """Run the service; with `workers` > 1, that many processes share the port (uvicorn's
     supervisor), each with its own model and batcher, built by `worker_app`."""
+    need("serve", "attnsum serve")
     import uvicorn
 
     from .summarizer import Summarizer

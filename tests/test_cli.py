@@ -2,6 +2,7 @@
 default, --version, inputs checked before a model loads, counts in words."""
 
 import argparse
+import sys
 
 import pytest
 
@@ -144,3 +145,18 @@ def test_every_mistyped_option_is_one_line(argv, says, capsys):
     assert rc == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"attnsum {argv[0]}: error: ") and says in last, err
+
+
+@pytest.mark.parametrize("blocked, argv, extra", [
+    ("fastapi", ["serve", "--port", "8123"], "serve"),
+    ("rouge_score", ["evaluate", "--dataset", "embedded", "--split", "test", "--limit", "2",
+                     "--system", "lead3"], "eval"),
+    ("aclsum", ["evaluate", "--dataset", "embedded", "--split", "test", "--limit", "2",
+                "--system", "lead3"], "embedded"),
+])
+def test_a_missing_extra_is_one_line_naming_it(blocked, argv, extra, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, blocked, None)  # `import blocked` raises ImportError
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"pip install 'attnsum[{extra}]'" in err[0], err
+    assert "Traceback" not in err[0]
