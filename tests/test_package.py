@@ -1,6 +1,6 @@
 """attnsum as a user installs it: the wheel, installed into a fresh virtual environment outside
 the checkout, summarizes with the released model it carries, serves a request and imports the
-Python API, with no source tree on the path."""
+Python API, with no source tree on the path; without its extras it still summarizes."""
 
 import json
 import os
@@ -89,3 +89,22 @@ def test_the_wheel_carries_the_model_and_runs_outside_the_checkout(tmp_path):
         server.terminate()
         server.wait(timeout=30)
         server.stderr.close()
+
+    # The lean core: with every extra's modules unimportable in the environment, summarizing
+    # still works and serving is one line naming its extra.
+    from attnsum.extras import EXTRAS
+
+    blocked = sorted({m for mods in EXTRAS.values() for m in mods} | {"starlette"})
+    [site] = venv.glob("lib/python*/site-packages")
+    (site / "zz_block_extras.pth").write_text(
+        f"import sys; sys.modules.update(dict.fromkeys({blocked!r}))\n")
+    check = _run([str(py), "-c", "import sys; print(sys.modules['fastapi'])"],
+                 work, env)
+    assert check.stdout.strip() == "None"  # the block is in force
+    lean = _run([str(cli), "summarize", "article.txt", "--format", "text", "-k", "2"], work, env)
+    assert lean.returncode == 0 and lean.stdout == summary.stdout, lean.stderr[-2000:]
+    refused = _run([str(cli), "serve", "--port", str(free_port())], work, env)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "attnsum serve: error: attnsum serve needs the 'serve' extra (fastapi is not installed): "
+        "pip install 'attnsum[serve]'"]
