@@ -160,16 +160,30 @@ def _read_json_array(path: Path) -> Iterator[tuple[str, object]]:
         yield f"{path}[{i}]", rec
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[str, object]]:
+def parquet_rows(path: Path) -> int:
+    """A Parquet file's row count, from its footer."""
     need("data", "reading Parquet")
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        return pq.ParquetFile(path).metadata.num_rows
     except Exception as e:  # pyarrow raises several types for a bad file
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    for i, rec in enumerate(table.to_pylist()):
-        yield f"{path}[row {i}]", rec
+
+
+def read_parquet(path: Path) -> Iterator[tuple[str, object]]:
+    """The rows of a Parquet file, a record batch at a time (memory: one batch, not the file)."""
+    need("data", "reading Parquet")
+    import pyarrow.parquet as pq
+
+    i = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for rec in batch.to_pylist():
+                yield f"{path}[row {i}]", rec
+                i += 1
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
 
 
 def local_files(path: Path) -> list[Path]:
@@ -189,7 +203,7 @@ def _local_documents(files: list[Path], fields: Fields) -> Iterator[Document]:
     index = 0
     for path in files:
         if path.name.endswith(".parquet"):
-            records = _read_parquet(path)
+            records = read_parquet(path)
         elif path.name.endswith((".json", ".json.gz")):
             records = _read_json_array(path)
         else:

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .data import DataError
+from .data import DataError, parquet_rows, read_parquet
 from .distributed import process_group
 from .distributed import world as distributed_world
 from .io import atomic_write_json
@@ -27,16 +27,17 @@ from .precision import DEFAULT_PRECISION
 from .preprocess import MAX_CHARS
 from .summarizer import DocumentError, Summarizer
 
+SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")  # what a folder's files are read from
+
 
 def input_files(spec: str) -> list[Path]:
-    """The files of one input (a file, or a folder's .txt and .jsonl(.gz) files); a DataError
-    for a missing path or a folder without them."""
+    """The files of one input (a file, or a folder's .txt, .jsonl(.gz) and .parquet files); a
+    DataError for a missing path or a folder without them."""
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file()
-                       and p.name.endswith((".txt", ".jsonl", ".jsonl.gz")))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
         if not files:
-            raise DataError(f"{path}: folder holds no .txt or .jsonl file")
+            raise DataError(f"{path}: folder holds no .txt, .jsonl or .parquet file")
         return files
     if path.is_file():
         return [path]
@@ -66,6 +67,8 @@ def iter_documents(inputs: list[str], field: str = "text", jsonl_stdin: bool = F
                 opener = gzip.open if f.name.endswith(".gz") else open
                 with opener(f, "rb") as stream:
                     yield from _jsonl_lines(stream, str(f), field)
+            elif f.name.endswith(".parquet"):
+                yield from _parquet_documents(f, field)
             else:
                 yield str(f), _read_text(f.read_bytes)
 
@@ -111,15 +114,32 @@ def _jsonl_lines(stream, name: str, field: str) -> Iterator[tuple[str, str]]:
         yield str(rec.get("id", where)), rec[field]
 
 
+def _parquet_documents(path: Path, field: str) -> Iterator[tuple[str, str]]:
+    """The documents of a Parquet file (its `field` column; ids from an "id" column when there
+    is one); a row without the field is an Unreadable in its place."""
+    for where, rec in read_parquet(path):
+        if not isinstance(rec, dict) or rec.get(field) is None:
+            yield where, Unreadable(f"{where.rsplit('[', 1)[1][:-1]}: no field {field!r} "
+                                    "(choose it with --field)")
+            continue
+        yield str(rec.get("id") or where), rec[field]
+
+
 def count_documents(inputs: list[str], limit: int | None = None) -> int | None:
     """How many documents `iter_documents` will yield, counted cheaply (lines of JSON Lines
-    files, one per .txt file) for the progress bar; None when it cannot be known (stdin)."""
+    files, a Parquet file's row count, one per .txt file) for the progress bar; None when it
+    cannot be known (stdin)."""
     total = 0
     for spec in inputs or ["-"]:
         if spec == "-":
             return None
         for f in input_files(spec):
-            if f.name.endswith((".jsonl", ".jsonl.gz")):
+            if f.name.endswith(".parquet"):
+                try:
+                    total += parquet_rows(f)
+                except DataError:  # reading it will say what is wrong, in its place
+                    return None
+            elif f.name.endswith((".jsonl", ".jsonl.gz")):
                 opener = gzip.open if f.name.endswith(".gz") else open
                 try:
                     with opener(f, "rb") as stream:

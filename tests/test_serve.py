@@ -115,6 +115,39 @@ def test_batch_command_files_folder_jsonl_and_text(tmp_path, ckpt, capsys):
     assert capsys.readouterr().out.strip().count("\n") == 1  # two sentences, one per line
 
 
+def test_summarize_reads_parquet_like_json_lines(tmp_path, ckpt, summarizer):
+    """A Parquet file (and a folder holding one) gives the records a JSON Lines file of the same
+    rows gives: ids from its id column, the --field column summarized, a row without the field
+    an error record in its place; the progress total is its row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from attnsum.summarize_files import count_documents
+
+    rows = {"id": ["p1", "p2", "p3"], "body": [ARTICLE, None, ARTICLE.replace("Tuesday", "Friday")]}
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    pq.write_table(pa.table(rows), folder / "part-0.parquet", row_group_size=2)
+    (tmp_path / "same.jsonl").write_text("".join(
+        json.dumps({"id": i, "body": b} if b is not None else {"id": i}) + "\n"
+        for i, b in zip(rows["id"], rows["body"], strict=True)))
+    outs = {}
+    for name, src in (("parquet", folder), ("jsonl", tmp_path / "same.jsonl")):
+        outs[name] = tmp_path / f"{name}.out.jsonl"
+        assert main(["summarize", "--checkpoint", str(ckpt), str(src), "--field", "body",
+                     "--out", str(outs[name])]) == 0
+    got, want = ([json.loads(line) for line in outs[n].read_text().splitlines()]
+                 for n in ("parquet", "jsonl"))
+    # as for JSON Lines, a row that cannot be read is named by its place
+    assert [r["id"] for r in got] == ["p1", f"{folder / 'part-0.parquet'}[row 1]", "p3"]
+    assert got[0]["summary"] == want[0]["summary"] and got[2]["summary"] == want[2]["summary"]
+    assert "no field 'body'" in got[1]["error"] and "no field 'body'" in want[1]["error"]
+    assert count_documents([str(folder)]) == 3
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    assert main(["summarize", "--checkpoint", str(ckpt), str(tmp_path / "bad.parquet"),
+                 "--out", str(tmp_path / "bad.out.jsonl")]) == 2
+
+
 def test_batch_stdin_streams_in_order(summarizer):
     lines = "".join(json.dumps({"text": ARTICLE, "id": str(i)}) + "\n" for i in range(7))
     out = io.StringIO()
