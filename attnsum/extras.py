@@ -11,6 +11,7 @@ EXTRAS = {  # extra: the modules it provides
     "eval": ("rouge_score",),
     "data": ("datasets", "pyarrow"),
     "embedded": ("aclsum",),
+    "ray": ("ray.data",),
 }
 
 
