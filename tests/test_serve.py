@@ -262,12 +262,17 @@ def server(summarizer):
         yield port
 
 
-def _wait_ready(port, limit_s=60):
-    """Until /ready answers 200 (the warm-up call done)."""
+def _wait_ready(port, path="/ready", proc=None, limit_s=60):
+    """Until `path` answers 200 (/ready: the warm-up call done); `proc`, a server process that
+    must stay up meanwhile."""
     deadline = time.time() + limit_s
-    while _request(port, "GET", "/ready")[0] != 200:
-        assert time.time() < deadline, "the service never became ready"
-        time.sleep(0.05)
+    while True:
+        assert proc is None or proc.poll() is None, "the server exited"
+        assert time.time() < deadline, f"{path} never answered 200"
+        with contextlib.suppress(OSError):  # refused until the server listens
+            if _request(port, "GET", path)[0] == 200:
+                return
+        time.sleep(0.1)
 
 
 def _request(port, method, path, body=None, headers=None):
@@ -537,13 +542,7 @@ def test_the_server_stops_within_its_grace_even_mid_preparation(ckpt, tmp_path):
                              "--port", str(port), "--timeout", "10"], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None and time.time() < deadline, "the server did not start"
-            with contextlib.suppress(OSError):
-                if _request(port, "GET", "/health")[0] == 200:
-                    break
-            time.sleep(0.2)
+        _wait_ready(port, "/health", proc, 120)
         body = json.dumps({"texts": ["Hi?! " * 20_000] * 4}).encode()
 
         def post():
@@ -692,13 +691,7 @@ def test_workers_share_the_port(ckpt):
         return found
 
     try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None and time.time() < deadline, "the service did not start"
-            with contextlib.suppress(OSError):
-                if _request(port, "GET", "/ready")[0] == 200:
-                    break
-            time.sleep(0.3)
+        _wait_ready(port, "/ready", proc, 180)
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda _: _request(port, "POST", "/summarize",
                                                        {"text": ARTICLE}), range(8)))
