@@ -291,7 +291,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def _summarize_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*",
-                   help=".txt files (one document each), .jsonl(.gz) files, folders of them; "
+                   help=".txt files (one document each), .jsonl(.gz) and .parquet files, "
+                        "folders of them, dataset:NAME:SPLIT (a corpus as evaluate reads it); "
                         "- or nothing: stdin")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint or run folder (default: the released news model in attnsum/models/)")

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .data import DataError, parquet_rows, read_parquet
+from .data import DataError, check_dataset, load_corpus, parquet_rows, read_parquet
 from .distributed import process_group
 from .distributed import world as distributed_world
 from .io import atomic_write_json
@@ -28,11 +28,26 @@ from .preprocess import MAX_CHARS
 from .summarizer import DocumentError, Summarizer
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")  # what a folder's files are read from
+# An input naming a corpus as evaluate's --dataset does: "dataset:cnn_dailymail:test"
+DATASET_PREFIX = "dataset:"
+
+
+def dataset_input(spec: str) -> tuple[str, str] | None:
+    """(dataset, split) of a "dataset:NAME[:SPLIT]" input (split "test" by default), else None."""
+    if not spec.startswith(DATASET_PREFIX):
+        return None
+    name, _, split = spec[len(DATASET_PREFIX):].partition(":")
+    return name, split or "test"
 
 
 def input_files(spec: str) -> list[Path]:
-    """The files of one input (a file, or a folder's .txt, .jsonl(.gz) and .parquet files); a
-    DataError for a missing path or a folder without them."""
+    """The files of one input (a file, or a folder's .txt, .jsonl(.gz) and .parquet files; none
+    for a named corpus, `dataset_input`); a DataError for a missing path or a folder without
+    them."""
+    named = dataset_input(spec)
+    if named is not None:
+        check_dataset(named[0])
+        return []
     path = Path(spec)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
@@ -61,6 +76,11 @@ def iter_documents(inputs: list[str], field: str = "text", jsonl_stdin: bool = F
                 yield from _jsonl_lines(stream, "<stdin>", field)
             else:
                 yield "<stdin>", _read_text(stream.read)
+            continue
+        named = dataset_input(spec)
+        if named is not None:  # documents as evaluate reads them, their sentences joined
+            for doc in load_corpus(*named).documents:
+                yield doc.id, " ".join(doc.sentences)
             continue
         for f in input_files(spec):
             if f.name.endswith((".jsonl", ".jsonl.gz")):
@@ -131,7 +151,7 @@ def count_documents(inputs: list[str], limit: int | None = None) -> int | None:
     cannot be known (stdin)."""
     total = 0
     for spec in inputs or ["-"]:
-        if spec == "-":
+        if spec == "-" or dataset_input(spec) is not None:
             return None
         for f in input_files(spec):
             if f.name.endswith(".parquet"):
@@ -283,10 +303,12 @@ def run_manifest(inputs: list[str], options: dict) -> dict:
     and the options that shape the output. A resumed run must match it."""
     files = []
     for spec in inputs or ["-"]:
-        for f in ([spec] if spec == "-" else input_files(spec)):
-            st = None if f == "-" else Path(f).stat()
-            files.append(["-", None, None] if st is None
-                         else [str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
+        if spec == "-" or dataset_input(spec):  # stdin or a named corpus: recorded by name
+            files.append([spec, None, None])
+            continue
+        for f in input_files(spec):
+            st = f.stat()
+            files.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
     return {"inputs": files, "options": options}
 
 

@@ -710,3 +710,19 @@ def test_workers_share_the_port(ckpt):
             proc.kill()
         proc.wait()
         proc.stderr.close()
+
+
+def test_summarize_reads_a_named_corpus_as_evaluate_does(tmp_path, ckpt, summarizer):
+    """`dataset:NAME:SPLIT` reads what `evaluate --dataset NAME --split SPLIT` reads (here the
+    embedded corpus): its ids, its documents' sentences joined, resumable like a file."""
+    from attnsum.data import load_corpus
+
+    out = tmp_path / "s.jsonl"
+    assert main(["summarize", "--checkpoint", str(ckpt), "dataset:embedded:val", "--limit", "3",
+                 "--out", str(out)]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    docs = load_corpus("embedded", "val", limit=3).documents
+    assert [r["id"] for r in recs] == [d.id for d in docs]
+    want = summarizer.summarize([" ".join(d.sentences) for d in docs])
+    assert [r["summary"] for r in recs] == [w.sentences for w in want]
+    assert main(["summarize", "--checkpoint", str(ckpt), "dataset:nowhere:val"]) == 2
