@@ -6,8 +6,9 @@ batch 1 (latency p50 and p95) and at batch 32 (throughput), and peak memory, per
     python bench/bench_students.py --quick                         # seconds: the check CI runs
 
 Models (random weights: speed does not depend on them), each as `Summarizer` serves it
-(`prepare_for_serving` in attnsum/summarizer.py: synthesized heads' q and k rows cut, the
-encoder's Linear weights cast to the precision once): the teacher (`minilm`, 6
+(`prepare_for_serving` in attnsum/summarizer.py: each layer's heads of one pattern made
+consecutive, synthesized heads' q and k rows cut, the encoder's Linear weights cast to the
+precision once, freed memory kept by malloc): the teacher (`minilm`, 6
 layers), `student-mini-3` dense, with the `paper` plan, and with the plan and BERTSum's
 inter-sentence transformer as its sentence classifier (`-tx`), `student-mini-2` with the `paper`
 plan. Every (model, length, batch) runs in a process of its own, so its peak memory is its own:
