@@ -61,63 +61,6 @@ def _synthesize(v: torch.Tensor, r: Ranges, single: bool) -> torch.Tensor:
 
 
 @dataclass
-class _FullRows:
-    """Rows of a masked head that attend every valid key (matching token with no match, under
-    fallback "full"): one dense SDPA over those rows only."""
-
-    rows: torch.Tensor  # (B, m) original positions, the full rows first
-    real: torch.Tensor  # indices (into B * m) of the real full rows
-    dest: torch.Tensor  # flat (b * N + n) index each real full row's output goes to
-    keys: torch.Tensor  # (B, 1, 1, N) bool, the valid keys
-
-
-def _build_full_rows(r: Ranges, perm: torch.Tensor) -> _FullRows | None:
-    if r.full is None or not bool(r.full.any()):
-        return None
-    B, N = perm.shape
-    dev = perm.device
-    m = min(N, _coarse(int(r.full.sum(1).max().item())))  # rows past the full ones unused
-    ordered = torch.argsort((~r.full).int(), dim=1, stable=True)[:, :m]  # full rows first
-    rows = torch.gather(perm, 1, ordered)
-    real = torch.gather(r.full, 1, ordered).flatten().nonzero(as_tuple=True)[0]
-    n_valid = r.hi.max(dim=1).values  # a full row's range is the valid prefix of the order
-    valid = torch.zeros(B, N, dtype=torch.bool, device=dev)
-    valid.scatter_(1, perm, torch.arange(N, device=dev)[None, :] < n_valid[:, None])
-    dest = (rows + N * torch.arange(B, device=dev)[:, None]).flatten()[real]
-    return _FullRows(rows, real, dest, valid[:, None, None, :])
-
-
-def _full_rows_attention(out, q, k, v, f: _FullRows | None, scale: float) -> torch.Tensor:
-    """`out` (B, N, h, D) with the full rows' outputs written in."""
-    if f is None:
-        return out
-    B, N, h, D = q.shape
-    o = F.scaled_dot_product_attention(_rows(q, f.rows).transpose(1, 2), k.transpose(1, 2),
-                                       v.transpose(1, 2), attn_mask=f.keys, scale=scale)
-    rows = o.transpose(1, 2).reshape(-1, h, D).index_select(0, f.real)
-    return out.reshape(B * N, h, D).index_copy(0, f.dest, rows.to(out.dtype)).view(B, N, h, D)
-
-
-def _order(r: Ranges, N: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(perm, banded): the ranges' order as (B, N) positions, and the ordered rows that a
-    segment answers (some key, not a full row)."""
-    B = r.lo.shape[0]
-    perm = r.perm if r.perm is not None else torch.arange(N, device=r.lo.device).expand(B, N)
-    banded = r.counts() > 0
-    if r.full is not None:
-        banded = banded & ~r.full
-    return perm, banded
-
-
-def _coarse(n: int) -> int:
-    """n rounded up to a multiple of 2^(floor(log2 n) - 2): at most 25% more, four sizes per
-    octave, so that batches repeat shapes (the CPU's bf16 matmuls keep one compiled kernel per
-    shape: a service that saw every size once would keep growing)."""
-    step = 1 << max(0, n.bit_length() - 3)
-    return -(-n // step) * step
-
-
-@dataclass
 class _Bucket:
     """`S` segments padded to `bq` query slots and `bk` key slots."""
 
@@ -129,26 +72,42 @@ class _Bucket:
 
 @dataclass
 class _Segments:
-    """Consecutive rows (in the ranges' order) with the same range form a segment: its queries
-    attend the same keys (an intra-sentence span, a group of equal tokens, one row of an
-    offset). Segments are bucketed by padded (queries, keys) sizes, powers of two, so each
-    bucket is one batched dense attention with no work outside the pattern but the padding.
+    """Index plan of a masked head group for one batch, shared by every layer.
+
+    Consecutive rows (in the ranges' order) with the same range form a segment: its queries
+    attend the same keys (an intra-sentence span, a group of equal tokens, one row of an offset).
+    Segments are bucketed by padded (queries, keys) sizes, powers of two, so each bucket is
+    one batched dense attention with no work outside the pattern but the padding.
     """
 
     buckets: list[_Bucket]
     q_idx: torch.Tensor  # flat (b * N + n) index of every query slot of every bucket
     k_idx: torch.Tensor  # flat index of every key slot
-    dest: torch.Tensor  # flat index each real query's output goes to, bucket by bucket
-    full: _FullRows | None
+    dest: torch.Tensor  # flat index each real query's output goes to, buckets then full rows
+    full_rows: torch.Tensor | None  # (B, m) original positions of rows attending every key
+    full_real: torch.Tensor | None  # indices (into B * m) of the real full rows
+    full_keys: torch.Tensor | None  # (B, 1, 1, N) bool, the valid keys
 
 
 def _pow2(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x <= 1, torch.ones_like(x), 2 ** torch.ceil(torch.log2(x.double())).long())
 
 
+def _coarse(n: int) -> int:
+    """n rounded up to a multiple of 2^(floor(log2 n) - 2): at most 25% more, four sizes per
+    octave, so that batches repeat shapes (the CPU's bf16 matmuls keep one compiled kernel per
+    shape: a service that saw every size once would keep growing)."""
+    step = 1 << max(0, n.bit_length() - 3)
+    return -(-n // step) * step
+
+
 def _build_segments(r: Ranges, N: int) -> _Segments:
+    B = r.lo.shape[0]
     dev = r.lo.device
-    perm, banded = _order(r, N)
+    perm = r.perm if r.perm is not None else torch.arange(N, device=dev).expand(B, N)
+    banded = r.counts() > 0
+    if r.full is not None:
+        banded = banded & ~r.full
     b, p = banded.nonzero(as_tuple=True)  # rows in (b, p) order
     lo, hi, ex = r.lo[b, p].long(), r.hi[b, p].long(), r.exclude_self[b, p]
     change = torch.ones_like(p, dtype=torch.bool)
@@ -179,10 +138,22 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
         q_idx.append(q_flat)
         k_idx.append(k_flat)
         dest.append(q_flat[rows])
+    full_rows = full_real = full_keys = None
+    if r.full is not None and bool(r.full.any()):
+        m = min(N, _coarse(int(r.full.sum(1).max().item())))  # rows past the full ones unused
+        ordered = torch.argsort((~r.full).int(), dim=1, stable=True)[:, :m]  # full rows first
+        full_rows = torch.gather(perm, 1, ordered)
+        full_real = torch.gather(r.full, 1, ordered).flatten().nonzero(as_tuple=True)[0]
+        n_valid = r.hi.max(dim=1).values  # a full row's range is the valid prefix of the order
+        valid = torch.zeros(B, N, dtype=torch.bool, device=dev)
+        valid.scatter_(1, perm, torch.arange(N, device=dev)[None, :] < n_valid[:, None])
+        full_keys = valid[:, None, None, :]
+        flat = full_rows + N * torch.arange(B, device=dev)[:, None]
+        dest.append(flat.flatten()[full_real])
     empty = torch.zeros(0, dtype=torch.long, device=dev)
     return _Segments(buckets, torch.cat(q_idx) if q_idx else empty,
                      torch.cat(k_idx) if k_idx else empty, torch.cat(dest) if dest else empty,
-                     _build_full_rows(r, perm))
+                     full_rows, full_real, full_keys)
 
 
 def _masked_segments(q, k, v, seg: _Segments, scale: float) -> torch.Tensor:
@@ -203,10 +174,16 @@ def _masked_segments(q, k, v, seg: _Segments, scale: float) -> torch.Tensor:
         scores = torch.matmul(qs, ks.transpose(-1, -2)) * scale + bk.bias.to(q.dtype)
         o = torch.matmul(torch.softmax(scores, dim=-1), vs)  # (S, h, bq, D)
         rows.append(o.transpose(1, 2).reshape(S * bk.bq, h, D).index_select(0, bk.rows))
+    if seg.full_rows is not None:  # rows that attend every key (matching token with no match)
+        m = seg.full_rows.shape[1]
+        qf = _rows(q, seg.full_rows)
+        of = F.scaled_dot_product_attention(qf.transpose(1, 2), k.transpose(1, 2),
+                                            v.transpose(1, 2), attn_mask=seg.full_keys, scale=scale)
+        rows.append(of.transpose(1, 2).reshape(B * m, h, D).index_select(0, seg.full_real))
     out = q.new_zeros(B * N, h, D)
     if rows:
         out = out.index_copy(0, seg.dest, torch.cat(rows).to(q.dtype))
-    return _full_rows_attention(out.view(B, N, h, D), q, k, v, seg.full, scale).to(q.dtype)
+    return out.view(B, N, h, D)
 
 
 class _SplitHeads(torch.autograd.Function):
@@ -269,7 +246,6 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
     else:
         index = [torch.tensor(hs, device=q.device) for hs in groups.values()]
         qs, ks, vs = (_SplitHeads.apply(x, *index) for x in (q, k, v))
-    N = ctx.shape[1]
     outs = []
     for spec, qh, kh, vh in zip(groups, qs, ks, vs, strict=True):
         if spec is None:
@@ -284,7 +260,7 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
             o = _synthesize(vh, r, ctx.memo(("single", spec.pattern), lambda r=r: _single_key(r)))
         else:
             seg = ctx.memo(("segments", spec.pattern),
-                           lambda p=spec.pat: _build_segments(ctx.ranges(p), N))
+                           lambda p=spec.pat, n=q.shape[1]: _build_segments(ctx.ranges(p), n))
             o = _masked_segments(qh, kh, vh, seg, scale)
         outs.append(o.to(q.dtype))
     if len(outs) == 1:
