@@ -147,6 +147,11 @@ def read_training_summary(folder: str | Path) -> dict:
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # "owner/name" of a Hugging Face Hub repository
 
 
+def hub_id(path: str | Path) -> str | None:
+    """`path` as a Hub repository id where it names no file or folder here and has that form."""
+    return str(path) if not Path(path).exists() and HUB_ID.fullmatch(str(path)) else None
+
+
 def hub_checkpoint(repo_id: str, download: bool = False) -> Path:
     """The folder of Hub repository `repo_id` in the local Hugging Face cache (HF_HUB_CACHE);
     fetched first only with `download` (the Python API's choice: nothing is fetched otherwise)."""
@@ -180,8 +185,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         best = read_json(last / TRAINER_FILE).get("best", [])
         # older runs wrote the path as made ("runs/x/best-2"): its last part names the folder
         return path / Path(best[0]["path"]).name if best else last
-    if not path.exists() and HUB_ID.fullmatch(str(path)):
-        return hub_checkpoint(str(path))
+    if hub_id(path):
+        return hub_checkpoint(hub_id(path))
     if not path.exists():
         raise RuntimeError(f"{path}: no such checkpoint (no file or folder)")
     raise RuntimeError(f"{path}: not an attnsum checkpoint (expected {CONFIG_FILE} and "

@@ -20,6 +20,8 @@ from __future__ import annotations
 from .extras import need
 from .precision import DEFAULT_PRECISION
 
+COLUMNS = {"summary": "sentences", "indices": "indices", "scores": "scores", "error": "error"}
+
 
 class SummarizerActor:
     """One model, loaded once per actor; called on a pandas batch of rows."""
@@ -33,15 +35,11 @@ class SummarizerActor:
         self.field, self.k = field, k
 
     def __call__(self, batch):
-        from .summarizer import DocumentError
-
-        results = self.summarizer.summarize([str(t) for t in batch[self.field]], k=self.k,
-                                            errors="return")
-        ok = [not isinstance(r, DocumentError) for r in results]
-        batch["summary"] = [r.sentences if good else None for r, good in zip(results, ok, strict=True)]
-        batch["indices"] = [r.indices if good else None for r, good in zip(results, ok, strict=True)]
-        batch["scores"] = [r.scores if good else None for r, good in zip(results, ok, strict=True)]
-        batch["error"] = [None if good else r.error for r, good in zip(results, ok, strict=True)]
+        records = [r.to_dict() for r in self.summarizer.summarize(
+            [str(t) for t in batch[self.field]], k=self.k, errors="return")]
+        # a Summary's record has sentences, indices and scores; a DocumentError's, error
+        for column, key in COLUMNS.items():
+            batch[column] = [rec.get(key) for rec in records]
         return batch
 
 

@@ -137,10 +137,9 @@ def _jsonl_lines(stream, name: str, field: str) -> Iterator[tuple[str, str]]:
 def _parquet_documents(path: Path, field: str) -> Iterator[tuple[str, str]]:
     """The documents of a Parquet file (its `field` column; ids from an "id" column when there
     is one); a row without the field is an Unreadable in its place."""
-    for where, rec in read_parquet(path):
+    for row, (where, rec) in enumerate(read_parquet(path)):
         if not isinstance(rec, dict) or rec.get(field) is None:
-            yield where, Unreadable(f"{where.rsplit('[', 1)[1][:-1]}: no field {field!r} "
-                                    "(choose it with --field)")
+            yield where, Unreadable(f"row {row}: no field {field!r} (choose it with --field)")
             continue
         yield str(rec.get("id") or where), rec[field]
 

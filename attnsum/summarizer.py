@@ -139,14 +139,13 @@ class Summarizer:
         """Load a checkpoint folder (or a run folder: its best checkpoint, or a Hub repository
         id "owner/name" from the local Hugging Face cache, fetched first with `download`); by
         default the released news model (release.py)."""
-        from .checkpoints import HUB_ID, hub_checkpoint
+        from .checkpoints import hub_checkpoint, hub_id
         from .release import default_checkpoint
 
         dev = resolve_device(device)  # a device or precision mistake before the model loads
         prec = resolve_precision(precision, dev)
-        if download and folder is not None and not Path(folder).exists() \
-                and HUB_ID.fullmatch(str(folder)):
-            folder = hub_checkpoint(str(folder), download=True)
+        if download and folder is not None and hub_id(folder):
+            folder = hub_checkpoint(hub_id(folder), download=True)
         model = load_model(default_checkpoint() if folder is None else folder)
         length = model.cfg.input_length(max_len)
         return cls(prepare_for_serving(model, dev, prec, backend), dev, length, prec)
