@@ -41,9 +41,8 @@ def keep_freed_memory() -> bool:
     A model's activations are such blocks, freed and asked for again on every call; a fresh
     mapping costs a page fault per 4 KiB on first touch, which made the elementwise ops of a
     batch of 32 documents (GELU, LayerNorm, dtype casts) several times slower than the same ops
-    on reused memory (docs/results.md). The process keeps its peak
-    memory instead of returning it. Process-wide, once; False where the C library has no
-    `mallopt` (not glibc)."""
+    on reused memory (docs/results.md). The process keeps its peak memory instead of returning
+    it. Process-wide, once; False where the C library has no `mallopt` (not glibc)."""
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
     if libc is None or not hasattr(libc, "mallopt"):
