@@ -56,18 +56,23 @@ def prepare_for_serving(model: SummarizerModel, device, precision: Precision,
                         backend: str = "auto") -> SummarizerModel:
     """The model as it is served (and as bench/bench_students.py times it): on `device`, in eval
     mode, each layer's heads of one pattern made consecutive and the q and k projections that
-    synthesized heads ignore cut (attention/hf.py), and the encoder's Linear weights cast to
-    the inference precision once, instead of by autocast on every call (the same rounding; no
-    per-call copies of the weights); on CPU, freed memory kept for reuse (`keep_freed_memory`)."""
+    synthesized heads ignore cut (attention/hf.py), and the weights of every matrix product
+    (the encoder's and the sentence classifier's) cast to the inference precision once, instead
+    of by autocast on every call (the same rounding; no per-call copies of the weights); on
+    CPU, freed memory kept for reuse (`keep_freed_memory`)."""
     if torch.device(device).type == "cpu":
         keep_freed_memory()
     model.to(device).eval().set_backend(backend)
     model.group_heads()
     model.drop_synth_projections()
     if precision.dtype is not None:
-        for m in model.encoder.modules():
+        for m in model.modules():
             if isinstance(m, torch.nn.Linear):
                 m.to(precision.dtype)
+            elif isinstance(m, torch.nn.MultiheadAttention):
+                for p in (m.in_proj_weight, m.in_proj_bias):
+                    if p is not None:
+                        p.data = p.data.to(precision.dtype)
     return model
 
 

@@ -16,7 +16,8 @@ with hidden dropout only).
 
 For inference, `drop_synth_projections` cuts the Q and K projection rows that only synthesized
 heads would read (they average v over their pattern): those heads' q and k are never computed.
-The attention function then gets fewer q, k heads than v heads and puts them back in place.
+The attention function then gets fewer q, k heads than v heads and passes them on as they are
+(attention/inputs.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 
 from .dispatch import patterned_attention
 from .patterns import PatternContext, PatternError
-from .plan import HeadPlan
+from .plan import HeadPlan, qk_heads
 from .reference import reference_attention
 
 NAME = "attnsum"
@@ -65,8 +66,6 @@ def attnsum_attention(module, query, key, value, attention_mask, scaling=None, d
                            "attnsum=PlanInputs(plan, PatternContext.from_bertsum(input_ids, "
                            "attention_mask, cls_id=...))")
     heads = attnsum.plan.layer(module.layer_idx)
-    if query.shape[1] != value.shape[1]:  # projections cut by drop_synth_projections
-        query, key = (_all_heads(x, heads, value.shape[1]) for x in (query, key))
     ctx = attnsum.ctx
     if ctx is None:
         if any(s is not None for s in heads):
@@ -82,22 +81,6 @@ def attnsum_attention(module, query, key, value, attention_mask, scaling=None, d
     if attnsum.gates is not None:  # (L, H) head gates for importance analysis
         out = out * attnsum.gates[module.layer_idx].view(1, -1, 1, 1).to(out.dtype)
     return out.transpose(1, 2).contiguous(), probs
-
-
-def qk_heads(layer_plan) -> list[int]:
-    """The heads whose q and k a layer computes once `drop_synth_projections` ran: learned and
-    masked heads (at least one head: a projection of width 0 cannot be split into heads)."""
-    return [h for h, s in enumerate(layer_plan) if s is None or s.mode != "synth"] or [0]
-
-
-def _all_heads(x: torch.Tensor, layer_plan, num_heads: int) -> torch.Tensor:
-    """(B, len(qk_heads), N, D) -> (B, num_heads, N, D), zeros for the heads left out."""
-    keep = qk_heads(layer_plan)
-    if x.shape[1] != len(keep):
-        raise PatternError(f"got q/k for {x.shape[1]} heads; the plan computes {len(keep)}")
-    full = x.new_zeros(x.shape[0], num_heads, *x.shape[2:])
-    full[:, keep] = x
-    return full
 
 
 def drop_synth_projections(model, plan: HeadPlan) -> int:

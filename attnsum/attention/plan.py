@@ -52,6 +52,13 @@ class HeadSpec:
 LayerPlan = tuple[HeadSpec | None, ...]  # one entry per head of a layer; None: learned
 
 
+def qk_heads(layer_plan: LayerPlan) -> list[int]:
+    """The heads that read q and k: learned and masked heads (synthesized heads average v over
+    their pattern). At least one head: a projection of width 0 cannot be split into heads, so a
+    layer of synthesized heads only keeps head 0's (`drop_synth_projections` in hf.py)."""
+    return [h for h, s in enumerate(layer_plan) if s is None or s.mode != "synth"] or [0]
+
+
 def _indices(text: str, n: int, what: str) -> list[int]:
     text = text.strip()
     if text == "*":

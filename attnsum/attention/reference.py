@@ -15,7 +15,7 @@ import torch
 
 from attnsum.kernels.reference import dense_masked_attention
 
-from .inputs import check_inputs, clear_padding
+from .inputs import all_heads, check_inputs, clear_padding
 from .patterns import PatternContext, dense_mask
 from .plan import LayerPlan
 
@@ -44,6 +44,7 @@ def reference_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: fl
                         upcast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense reference: (out (B, H, N, D), probs (B, H, N, N), fp32 if upcast)."""
     check_inputs(q, k, v, plan, ctx)
+    q, k = all_heads(q, k, plan, v.shape[1])
     q, k, v = clear_padding(q, k, v, ctx)
     return dense_masked_attention(q, k, v, layer_allowed(plan, ctx), synth_flags(plan, q.device), scale,
                          upcast)

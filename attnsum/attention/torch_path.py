@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from attnsum.kernels.reference import dense_masked_attention
 
-from .inputs import check_inputs, clear_padding
+from .inputs import all_heads, check_inputs, clear_padding
 from .patterns import PatternContext, Ranges
 from .plan import LayerPlan
 from .reference import layer_allowed, synth_flags
@@ -86,7 +86,7 @@ class _Segments:
     dest: torch.Tensor  # flat index each real query's output goes to, buckets then full rows
     full_rows: torch.Tensor | None  # (B, m) original positions of rows attending every key
     full_real: torch.Tensor | None  # indices (into B * m) of the real full rows
-    full_keys: torch.Tensor | None  # (B, 1, 1, N) bool, the valid keys
+    full_bias: torch.Tensor | None  # (B, 1, 1, N) 0 at the valid keys, -inf elsewhere
 
 
 def _pow2(x: torch.Tensor) -> torch.Tensor:
@@ -116,29 +116,44 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
     first = change.nonzero(as_tuple=True)[0]
     n_rows = torch.diff(first, append=torch.tensor([len(p)], device=dev))
     sb, sp, slo, sk, sex = b[first], p[first], lo[first], (hi - lo)[first], ex[first]
-    bq_all, bk_all = _pow2(n_rows), _pow2(sk)
-    buckets, q_idx, k_idx, dest = [], [], [], []
-    for bq, bk in torch.unique(torch.stack([bq_all, bk_all], 1), dim=0).tolist():
-        sel = ((bq_all == bq) & (bk_all == bk)).nonzero(as_tuple=True)[0]
-        n_real = len(sel)  # padding segments repeat the first one; their rows are never read back
-        sel = torch.cat([sel, sel[:1].expand(_coarse(n_real) - n_real)])
-        S = len(sel)
-        tq, tk = torch.arange(bq, device=dev), torch.arange(bk, device=dev)
-        qpos = sp[sel, None] + tq  # (S, bq) ordered positions
-        kpos = slo[sel, None] + tk  # (S, bk)
-        bidx = sb[sel, None]
-        q_flat = (bidx * N + perm[bidx, qpos.clamp_max(N - 1)]).flatten()
-        k_flat = (bidx * N + perm[bidx, kpos.clamp_max(N - 1)]).flatten()
-        allowed = (tk < sk[sel, None])[:, None, :] & ~(
-            sex[sel, None, None] & (qpos[:, :, None] == kpos[:, None, :]))
-        bias = torch.zeros(S, 1, bq, bk, device=dev).masked_fill(~allowed[:, None], float("-inf"))
-        real = torch.arange(S, device=dev)[:, None] < n_real
-        rows = ((tq < n_rows[sel, None]) & real).flatten().nonzero(as_tuple=True)[0]
-        buckets.append(_Bucket(bias, rows, bq, bk))
-        q_idx.append(q_flat)
-        k_idx.append(k_flat)
-        dest.append(q_flat[rows])
-    full_rows = full_real = full_keys = None
+    pairs, bucket, counts = torch.unique(torch.stack([_pow2(n_rows), _pow2(sk)], 1), dim=0,
+                                         return_inverse=True, return_counts=True)
+    # Each bucket's segments, then copies of its first up to `_coarse` of their number (padding
+    # segments: their rows are never read back), bucket after bucket; every bucket at once.
+    sizes = [_coarse(n) for n in counts.tolist()]
+    n_pad = counts.new_tensor(sizes) - counts
+    lead = torch.argsort(bucket, stable=True)[torch.cumsum(counts, 0) - counts]
+    seg = torch.cat([torch.arange(len(bucket), device=dev), lead.repeat_interleave(n_pad)])
+    of = torch.cat([bucket, torch.arange(len(sizes), device=dev).repeat_interleave(n_pad)])
+    order = torch.argsort(of, stable=True)
+    seg, of, real = seg[order], of[order], order < len(bucket)
+    bq, bk = pairs[of, 0], pairs[of, 1]
+
+    def slots(width):  # the segment of each of its `width` slots, and the slot's index in it
+        owner = torch.repeat_interleave(torch.arange(len(seg), device=dev), width)
+        return seg[owner], owner, torch.arange(len(owner), device=dev) - (torch.cumsum(width, 0)
+                                                                          - width)[owner]
+
+    s_q, o_q, tq = slots(bq)
+    qpos = sp[s_q] + tq  # ordered positions
+    q_idx = sb[s_q] * N + perm[sb[s_q], qpos.clamp_max(N - 1)]
+    s_k, _, tk = slots(bk)
+    k_idx = sb[s_k] * N + perm[sb[s_k], (slo[s_k] + tk).clamp_max(N - 1)]
+    rows = ((tq < n_rows[s_q]) & real[o_q]).nonzero(as_tuple=True)[0]
+    rows_per = torch.bincount(of[o_q][rows], minlength=len(sizes)).tolist()
+    buckets, q_start, s_start = [], 0, 0
+    for (bq_, bk_), S, b_rows in zip(pairs.tolist(), sizes, rows.split(rows_per), strict=True):
+        sel = seg[s_start:s_start + S]
+        tq_, tk_ = torch.arange(bq_, device=dev), torch.arange(bk_, device=dev)
+        allowed = (tk_ < sk[sel, None])[:, None, :] & ~(sex[sel, None, None] & (
+            (sp[sel, None] + tq_)[:, :, None] == (slo[sel, None] + tk_)[:, None, :]))
+        bias = torch.zeros(S, 1, bq_, bk_, device=dev).masked_fill(~allowed[:, None], float("-inf"))
+        buckets.append(_Bucket(bias, b_rows - q_start, bq_, bk_))
+        q_start += S * bq_
+        s_start += S
+    dest = [q_idx[rows]] if len(rows) else []
+    q_idx, k_idx = [q_idx], [k_idx]
+    full_rows = full_real = full_bias = None
     if r.full is not None and bool(r.full.any()):
         m = min(N, _coarse(int(r.full.sum(1).max().item())))  # rows past the full ones unused
         ordered = torch.argsort((~r.full).int(), dim=1, stable=True)[:, :m]  # full rows first
@@ -147,13 +162,30 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
         n_valid = r.hi.max(dim=1).values  # a full row's range is the valid prefix of the order
         valid = torch.zeros(B, N, dtype=torch.bool, device=dev)
         valid.scatter_(1, perm, torch.arange(N, device=dev)[None, :] < n_valid[:, None])
-        full_keys = valid[:, None, None, :]
+        valid |= ~valid.any(1, keepdim=True)  # a document of padding only: no row is read back
+        full_bias = torch.zeros(B, 1, 1, N, device=dev).masked_fill(~valid[:, None, None, :],
+                                                                    float("-inf"))
         flat = full_rows + N * torch.arange(B, device=dev)[:, None]
         dest.append(flat.flatten()[full_real])
     empty = torch.zeros(0, dtype=torch.long, device=dev)
     return _Segments(buckets, torch.cat(q_idx) if q_idx else empty,
                      torch.cat(k_idx) if k_idx else empty, torch.cat(dest) if dest else empty,
-                     full_rows, full_real, full_keys)
+                     full_rows, full_real, full_bias)
+
+
+def _softmax_attention(q, k, v, bias, scale: float) -> torch.Tensor:
+    """Softmax attention of q (S, m, h, D) over k, v (S, n, h, D) with an additive `bias`
+    (S, 1, m or 1, n), -inf where not allowed: (S, m, h, D). Batched matrix products with the
+    scale and bias folded into the first (on CPU faster than SDPA's fused kernel at these
+    sizes, docs/results.md), and a softmax, in the inputs' dtype."""
+    S, m, h, D = q.shape
+    n = k.shape[1]
+    q3 = q.transpose(1, 2).reshape(S * h, m, D)
+    k3 = k.permute(0, 2, 3, 1).reshape(S * h, D, n)
+    v3 = v.transpose(1, 2).reshape(S * h, n, D)
+    b3 = bias.to(q.dtype).expand(S, h, *bias.shape[2:]).reshape(S * h, *bias.shape[2:])
+    p = torch.softmax(torch.baddbmm(b3, q3, k3, alpha=scale), dim=-1)
+    return torch.bmm(p, v3).view(S, h, m, D).transpose(1, 2)
 
 
 def _masked_segments(q, k, v, seg: _Segments, scale: float) -> torch.Tensor:
@@ -168,18 +200,13 @@ def _masked_segments(q, k, v, seg: _Segments, scale: float) -> torch.Tensor:
     rows = []
     for bk, qb, kb, vb in zip(seg.buckets, qa, ka, va, strict=True):
         S = bk.bias.shape[0]
-        qs = qb.view(S, bk.bq, h, D).transpose(1, 2)  # (S, h, bq, D)
-        ks = kb.view(S, bk.bk, h, D).transpose(1, 2)
-        vs = vb.view(S, bk.bk, h, D).transpose(1, 2)
-        scores = torch.matmul(qs, ks.transpose(-1, -2)) * scale + bk.bias.to(q.dtype)
-        o = torch.matmul(torch.softmax(scores, dim=-1), vs)  # (S, h, bq, D)
-        rows.append(o.transpose(1, 2).reshape(S * bk.bq, h, D).index_select(0, bk.rows))
+        o = _softmax_attention(qb.view(S, bk.bq, h, D), kb.view(S, bk.bk, h, D),
+                               vb.view(S, bk.bk, h, D), bk.bias, scale)
+        rows.append(o.reshape(S * bk.bq, h, D).index_select(0, bk.rows))
     if seg.full_rows is not None:  # rows that attend every key (matching token with no match)
         m = seg.full_rows.shape[1]
-        qf = _rows(q, seg.full_rows)
-        of = F.scaled_dot_product_attention(qf.transpose(1, 2), k.transpose(1, 2),
-                                            v.transpose(1, 2), attn_mask=seg.full_keys, scale=scale)
-        rows.append(of.transpose(1, 2).reshape(B * m, h, D).index_select(0, seg.full_real))
+        of = _softmax_attention(_rows(q, seg.full_rows), k, v, seg.full_bias, scale)
+        rows.append(of.reshape(B * m, h, D).index_select(0, seg.full_real))
     out = q.new_zeros(B * N, h, D)
     if rows:
         out = out.index_copy(0, seg.dest, torch.cat(rows).to(q.dtype))
@@ -221,28 +248,42 @@ class _MergeHeads(torch.autograd.Function):
         return (None, *(grad.index_select(2, g) for g in ctx.groups))
 
 
+def _reads_qk(spec) -> bool:
+    return spec is None or spec.mode != "synth"
+
+
 def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None
                     ) -> torch.Tensor:
     """Fast PyTorch path: learned heads through SDPA, synthesized heads by prefix sums (no q, k),
     masked heads as dense attention within the segments of their ranges; patterns without
-    ranges fall back to the dense reference for their heads. Differentiable by autograd."""
+    ranges fall back to the dense reference for their heads. Differentiable by autograd.
+    q and k may hold only the heads that read them (inputs.py)."""
     check_inputs(q, k, v, plan, ctx)
-    q, k, v = clear_padding(q, k, v, ctx)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     groups: dict[object, list[int]] = {}
     for h, spec in enumerate(plan):
         groups.setdefault(spec, []).append(h)
-    # Work in (B, N, H, D), one tensor per group of heads sharing a spec: views when each
-    # group's heads are consecutive (as `group_heads` in hf.py arranges a served model), else
-    # gathered copies.
-    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     heads = [h for hs in groups.values() for h in hs]
+    # Each group's heads consecutive (as `group_heads` in hf.py arranges a served model): the
+    # groups are views. Else gathered copies, of every head's q and k.
     consecutive = heads == list(range(len(plan)))
+    if not consecutive:
+        q, k = all_heads(q, k, plan, v.shape[1])
+    q, k, v = clear_padding(q, k, v, ctx)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    # Work in (B, N, H, D), one tensor per group of heads sharing a spec.
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    sizes = [len(hs) for hs in groups.values()]
     if len(groups) == 1:
         qs, ks, vs = (q,), (k,), (v,)
     elif consecutive:
-        sizes = [len(hs) for hs in groups.values()]
-        qs, ks, vs = (x.split(sizes, dim=2) for x in (q, k, v))
+        vs = v.split(sizes, dim=2)
+        if q.shape[2] == len(plan):
+            qs, ks = q.split(sizes, dim=2), k.split(sizes, dim=2)
+        elif any(_reads_qk(spec) for spec in groups):  # only the heads that read q and k
+            qk_sizes = [n if _reads_qk(spec) else 0 for spec, n in zip(groups, sizes, strict=True)]
+            qs, ks = q.split(qk_sizes, dim=2), k.split(qk_sizes, dim=2)
+        else:  # synthesized heads only: q and k unused
+            qs = ks = (None,) * len(groups)
     else:
         index = [torch.tensor(hs, device=q.device) for hs in groups.values()]
         qs, ks, vs = (_SplitHeads.apply(x, *index) for x in (q, k, v))
@@ -251,18 +292,20 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
         if spec is None:
             o = _learned(qh, kh, vh, ctx.valid, scale)
         elif not spec.pat.has_ranges:
-            sub = (spec,) * qh.shape[2]
+            sub = (spec,) * vh.shape[2]
+            if qh is None or qh.shape[2] != vh.shape[2]:
+                qh = kh = torch.zeros_like(vh)  # synthesized heads do not read them
             o = dense_masked_attention(qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2),
-                              layer_allowed(sub, ctx), synth_flags(sub, q.device),
+                              layer_allowed(sub, ctx), synth_flags(sub, v.device),
                               scale)[0].transpose(1, 2)
         elif spec.mode == "synth":
             r = ctx.ranges(spec.pat)
             o = _synthesize(vh, r, ctx.memo(("single", spec.pattern), lambda r=r: _single_key(r)))
         else:
             seg = ctx.memo(("segments", spec.pattern),
-                           lambda p=spec.pat, n=q.shape[1]: _build_segments(ctx.ranges(p), n))
+                           lambda p=spec.pat, n=v.shape[1]: _build_segments(ctx.ranges(p), n))
             o = _masked_segments(qh, kh, vh, seg, scale)
-        outs.append(o.to(q.dtype))
+        outs.append(o.to(v.dtype))
     if len(outs) == 1:
         out = outs[0]
     elif consecutive:

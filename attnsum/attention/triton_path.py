@@ -7,7 +7,7 @@ import torch
 
 from attnsum.kernels.tables import RangeTables
 
-from .inputs import check_inputs, clear_padding
+from .inputs import all_heads, check_inputs, clear_padding
 from .patterns import PatternContext, PatternError
 from .plan import LayerPlan
 from .registry import get_pattern
@@ -60,6 +60,7 @@ def fused_layer_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: 
         if s is not None and not s.pat.has_ranges:
             raise PatternError(f"pattern {s.pattern!r} has no range form: use backend 'torch'")
     check_inputs(q, k, v, plan, ctx)
+    q, k = all_heads(q, k, plan, v.shape[1])
     q, k, v = clear_padding(q, k, v, ctx)
     names, tables = layer_tables(plan, ctx)
     kinds = torch.tensor([SYNTH if s is not None and s.mode == "synth" else SOFTMAX for s in plan],
