@@ -26,8 +26,9 @@ from pathlib import Path
 
 from .data import Corpus
 from .io import atomic_write_text
+from .sentences import is_boilerplate
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: boilerplate sentences are no candidates
 MAX_LEN = 512  # BERT's positions: the default input length in word pieces, everywhere
 MAX_CHARS = 100_000  # the longest document `attnsum summarize` and `attnsum serve` take, by default
 
@@ -168,11 +169,12 @@ def build_example(doc_id: str, sentences: list[str], reference: list[str], piece
 
 
 def filter_sentences(sentences: list[str], cfg: PreprocessConfig) -> list[tuple[int, str]]:
-    """(index, sentence capped at max_sentence_words) of each sentence BERTSum keeps."""
+    """(index, sentence capped at max_sentence_words) of each sentence BERTSum keeps: longer
+    than min_sentence_words and not a news page's boilerplate (sentences.is_boilerplate)."""
     kept = []
     for i, s in enumerate(sentences[:cfg.max_sentences]):
         words = s.split()
-        if len(words) > cfg.min_sentence_words:
+        if len(words) > cfg.min_sentence_words and not is_boilerplate(s):
             kept.append((i, " ".join(words[:cfg.max_sentence_words])))
     return kept
 

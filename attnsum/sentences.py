@@ -14,6 +14,12 @@ PUBLISHED: ... UPDATED: ...") is cut off before splitting. Newlines are hard bou
 Tokenized lowercased text (CNN/DailyMail's pointer-generator form, ``he said . then``) is split
 at its sentence-final tokens.
 
+Boilerplate sentences of news pages ("Click here ...", "Scroll down for video", "E-mail to a
+friend", "All rights reserved.", "The opinions expressed in this commentary are solely those of
+...", "... contributed to this report.") are kept in the split, so indices still name the
+document's sentences, and `is_boilerplate` tells them apart: they are never candidates
+(preprocess.filter_sentences, in training and serving alike).
+
 bench/splitters.py compares this splitter with pysbd and others on speed and on boundary
 accuracy against a reference segmentation (bench/results/splitters/).
 """
@@ -48,6 +54,14 @@ _DATELINE = re.compile(
     r"""|^\s*By\s\.\s[^.]{1,100}?\s\.\s(?:\|\s\.\s)?"""
     r"""(?:(?:PUBLISHED|UPDATED|Last updated)\s*:\s*\.\s[^.|]{1,60}?\s\.\s(?:\|\s\.\s)?)*""")
 _TOKENIZED_PUNCT = re.compile(r"[A-Za-z]{2,}[.?!,]")
+# Page furniture of CNN and Daily Mail articles, raw or tokenized (their most repeated sentences
+# across the shared original-text files, tests/test_data.py): matched case-insensitively.
+_BOILERPLATE = re.compile(
+    r"""\bclick\s+here\b|^\W*(?:scroll\s+down|watch\s+the\s+video|read\s+more\s*:|share\s+this\s+article"""
+    r"""|e-?mail\s+to\s+a\s+friend|follow\s+@|follow\s+us\s+on|social\s+media\s*\.?\s*$"""
+    r"""|this\s+copy\s+may\s+not\s+be|the\s+opinions\s+expressed\s+in\s+this)"""
+    r"""|\ball\s+rights\s+reserved\b|copyright\s+(?:\d{4}|\(c\)|©)|©\s*\d{4}"""
+    r"""|\bcontributed\s+to\s+this\s+(?:report|story)\b""", re.IGNORECASE)
 
 
 def looks_tokenized(text: str) -> bool:
@@ -63,6 +77,11 @@ def strip_dateline(text: str) -> str:
     "By . Daily Mail Reporter . PUBLISHED: ... | . UPDATED: ... ."); text without one as is."""
     m = _DATELINE.match(text)
     return text[m.end():] if m and m.end() < len(text) else text
+
+
+def is_boilerplate(sentence: str) -> bool:
+    """A sentence of a news page's furniture rather than of its story (module docstring)."""
+    return bool(_BOILERPLATE.search(sentence))
 
 
 def split_sentences(text: str) -> list[str]:

@@ -217,3 +217,45 @@ def test_splitting_time_grows_linearly_with_length():
 
     small, large = min(seconds(10_000) for _ in range(3)), min(seconds(100_000) for _ in range(3))
     assert large < 1.0 and large < 30 * small  # linear: ~10x; quadratic would be ~100x
+
+
+def test_news_boilerplate_is_never_a_candidate():
+    """Page furniture stays in the split (indices name the document's sentences) but is never
+    a candidate, in raw and in tokenized form; the story's sentences are."""
+    from attnsum.preprocess import PreprocessConfig, filter_sentences
+
+    story = ["Police said the man was arrested on Tuesday near the border crossing.",
+             "He faces charges of fraud and money laundering in two states."]
+    furniture = ["Scroll down for video.", "Click here to access the transcript of today's show.",
+                 "E-mail to a friend", "Copyright 2015 The Associated Press.", "All rights reserved.",
+                 "The opinions expressed in this commentary are solely those of Jane Doe.",
+                 "CNN's John Smith and Ann Lee contributed to this report.",
+                 "click here for all the latest arsenal news .", "scroll down for video ."]
+    text = "\n".join([story[0], *furniture[:5], story[1], *furniture[5:]])
+    sentences = split_sentences(text)
+    assert len(sentences) == len(story) + len(furniture)
+    kept = filter_sentences(sentences, PreprocessConfig())
+    assert [s for _, s in kept] == story
+    assert [i for i, _ in kept] == [0, 6]
+
+
+def test_shared_cnndm_boilerplate(cnndm_dir):
+    """On real raw articles: sentences holding the furniture's phrases (plain substrings, not
+    the splitter's rule) are never candidates, and the CNN stories' own highlights (what a
+    summary should read like) are almost never taken for furniture."""
+    from attnsum.preprocess import PreprocessConfig, filter_sentences
+    from attnsum.sentences import is_boilerplate
+
+    phrases = ("click here", "scroll down for video", "e-mail to a friend", "all rights reserved",
+               "contributed to this report", "the opinions expressed in this commentary")
+    corpus = load_corpus(str(cnndm_dir / "val-original-1000.jsonl.gz"), "validation", limit=400)
+    seen = 0
+    for d in corpus.documents:
+        kept = {s for _, s in filter_sentences(d.sentences, PreprocessConfig(max_sentence_words=10**6))}
+        for s in d.sentences:
+            if any(p in s.lower() for p in phrases):
+                seen += 1
+                assert s not in kept, s
+    assert seen >= 50
+    highlights = [h for d in corpus.documents for h in d.reference]
+    assert sum(map(is_boilerplate, highlights)) <= 0.01 * len(highlights)
