@@ -35,6 +35,7 @@ from .attention.registry import pattern_names
 from .attention.work import head_work
 from .batching import collate, length_batches, sentence_logits
 from .checkpoints import write_plan_file
+from .errors import ConfigError, InputError
 from .io import atomic_write_json, atomic_write_text
 from .losses import sentence_loss
 from .model import SummarizerModel
@@ -56,7 +57,7 @@ def _batches(examples: Sequence[Example], batch_size: int, desc: str | None = No
     from tqdm.auto import tqdm
 
     if not examples:
-        raise ValueError("no validation document to analyze")
+        raise InputError("no validation document to analyze")
     with tqdm(total=len(examples), desc=desc, unit="doc", disable=desc is None,
               file=sys.stderr) as bar:
         for idx, batch in length_batches(examples, batch_size):
@@ -68,7 +69,7 @@ def head_importance(model: SummarizerModel, examples: Sequence[Example], method:
                     batch_size: int = 4, progress: bool = False) -> np.ndarray:
     """(layers, heads) importance of the encoder's heads, normalised to sum to 1 per method."""
     if method not in ("taylor", "gate"):
-        raise ValueError(f"unknown importance method {method!r}: use taylor or gate")
+        raise ConfigError(f"unknown importance method {method!r}: use taylor or gate")
     mods = self_attention_modules(model.encoder)
     L, H = model.cfg.layers, model.cfg.heads
     d = model.cfg.hidden // H
@@ -225,7 +226,7 @@ def plan_costs(examples: Sequence[Example], lengths: Sequence[int] = COST_LENGTH
 
     ids = [t for ex in examples for t in ex.input_ids]
     if not ids:
-        raise ValueError("no validation document to price the plan on")
+        raise InputError("no validation document to price the plan on")
     get_pattern(WINDOW)  # a window among the choices (window:K is built on first use)
     kinds = [None] + [(name, mode) for name in pattern_names() for mode in MODES
                       if mode in get_pattern(name).modes]
@@ -290,9 +291,9 @@ def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise RuntimeError(f"cannot write the report folder {out}: {e.strerror}") from None
+        raise InputError(f"cannot write the report folder {out}: {e.strerror}") from None
     if not examples:
-        raise ValueError("the validation split is empty: nothing to analyze")
+        raise InputError("the validation split is empty: nothing to analyze")
     taylor = head_importance(model, examples, "taylor", progress=progress)
     gate = head_importance(model, examples, "gate", progress=progress)
     ps = pattern_scores(model, examples, progress=progress)

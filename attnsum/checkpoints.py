@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .attention import HeadPlan, PatternError
+from .errors import CheckpointError
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .model import ModelConfig, SummarizerModel
 from .preprocess import minilm_dir
@@ -70,7 +71,7 @@ def read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RuntimeError(f"{path}: not valid JSON ({e})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
 # The JSON types of ModelConfig's fields, by their annotations (bool is no int here).
@@ -83,13 +84,13 @@ def _check_field_types(record: dict, path: Path) -> None:
         want = _FIELD_TYPES.get(f.type)
         value = record.get(f.name)
         if f.name in record and want and (isinstance(value, bool) or not isinstance(value, want)):
-            raise RuntimeError(f"{path}: \"{f.name}\" is {value!r}, not {f.type}")
+            raise CheckpointError(f"{path}: \"{f.name}\" is {value!r}, not {f.type}")
 
 
 def read_config(folder: str | Path) -> ModelConfig:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
-        raise RuntimeError(f"{folder}: not an attnsum checkpoint (no {CONFIG_FILE})")
+        raise CheckpointError(f"{folder}: not an attnsum checkpoint (no {CONFIG_FILE})")
     data = read_json(path)
     try:
         record = dict(data["attnsum"])
@@ -100,9 +101,9 @@ def read_config(folder: str | Path) -> ModelConfig:
             record["max_len"] = data.get("train", {}).get("max_len")
         return ModelConfig(**record)
     except (KeyError, TypeError, AttributeError) as e:
-        raise RuntimeError(f"{path}: not an attnsum checkpoint config ({e})") from None
+        raise CheckpointError(f"{path}: not an attnsum checkpoint config ({e})") from None
     except ValueError as e:  # a plan naming a pattern not registered here, say
-        raise RuntimeError(f"checkpoint {folder}: {e}") from None
+        raise CheckpointError(f"checkpoint {folder}: {e}") from None
 
 
 def read_plan_file(path: str | Path) -> HeadPlan:
@@ -162,7 +163,7 @@ def hub_checkpoint(repo_id: str, download: bool = False) -> Path:
         folder = Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, "*.md"],
                                         local_files_only=not download))
     except LocalEntryNotFoundError:
-        raise RuntimeError(f"{repo_id}: no such checkpoint (no file or folder, nor a repository "
+        raise CheckpointError(f"{repo_id}: no such checkpoint (no file or folder, nor a repository "
                            f"in the Hugging Face cache; fetch one once with `hf download "
                            f"{repo_id}` or Summarizer.from_pretrained({repo_id!r}, "
                            f"download=True))") from None
@@ -188,8 +189,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if hub_id(path):
         return hub_checkpoint(hub_id(path))
     if not path.exists():
-        raise RuntimeError(f"{path}: no such checkpoint (no file or folder)")
-    raise RuntimeError(f"{path}: not an attnsum checkpoint (expected {CONFIG_FILE} and "
+        raise CheckpointError(f"{path}: no such checkpoint (no file or folder)")
+    raise CheckpointError(f"{path}: not an attnsum checkpoint (expected {CONFIG_FILE} and "
                        f"{WEIGHTS_FILE}, or a run folder with {LAST}/)")
 
 
@@ -203,7 +204,7 @@ def load_model(path: str | Path, map_location="cpu") -> SummarizerModel:
     try:
         state = load_file(str(folder / WEIGHTS_FILE), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:
-        raise RuntimeError(f"{folder}: cannot read {WEIGHTS_FILE} ({e})") from None
+        raise CheckpointError(f"{folder}: cannot read {WEIGHTS_FILE} ({e})") from None
     release = read_training_summary(folder).get("release", {})
     if release.get("word_embeddings") == "minilm" and WORD_EMBEDDINGS not in state:
         state[WORD_EMBEDDINGS] = minilm_word_embeddings()
@@ -222,18 +223,18 @@ def _check_weights(folder: Path, state: dict, want: dict) -> None:
     where = f"{folder / WEIGHTS_FILE}"
     missing = [k for k in want if k not in state]
     if missing:
-        raise RuntimeError(f"{where}: no tensor {missing[0]!r} that {CONFIG_FILE} calls for "
+        raise CheckpointError(f"{where}: no tensor {missing[0]!r} that {CONFIG_FILE} calls for "
                            f"({len(missing)} missing)")
     extra = [k for k in state if k not in want]
     if extra:
-        raise RuntimeError(f"{where}: tensor {extra[0]!r} is not in the model {CONFIG_FILE} "
+        raise CheckpointError(f"{where}: tensor {extra[0]!r} is not in the model {CONFIG_FILE} "
                            f"describes ({len(extra)} such)")
     for k, t in state.items():
         if t.shape != want[k].shape:
-            raise RuntimeError(f"{where}: {k} is {tuple(t.shape)}, {CONFIG_FILE} makes it "
+            raise CheckpointError(f"{where}: {k} is {tuple(t.shape)}, {CONFIG_FILE} makes it "
                                f"{tuple(want[k].shape)}")
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise RuntimeError(f"{where}: {k} holds NaN or infinite values")
+            raise CheckpointError(f"{where}: {k} holds NaN or infinite values")
 
 
 def minilm_word_embeddings() -> torch.Tensor:
@@ -363,7 +364,7 @@ def load_trainer_state(run: Path, optimizer) -> tuple[int, list]:
         meta = read_json(folder / TRAINER_FILE)
         tensors = load_file(str(folder / OPTIMIZER_FILE))
     except (OSError, json.JSONDecodeError, ValueError) as e:
-        raise RuntimeError(f"{folder}: cannot resume, trainer state unreadable ({e})") from None
+        raise CheckpointError(f"{folder}: cannot resume, trainer state unreadable ({e})") from None
     tensors.pop("rng.torch", None)  # written by earlier versions; steps now seed themselves
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
     return meta["step"], meta["best"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .data import DataError, Fields, check_dataset, format_skips
+from .errors import AttnsumError
 from .extras import need
 from .preprocess import MAX_CHARS, MAX_LEN
 
@@ -591,7 +592,7 @@ def _parse_plan(args) -> None:
         args.plan = read_plan_file(text)
         try:
             model_config(args.preset, args.plan, args.inject)
-        except ValueError as e:
+        except AttnsumError as e:
             raise DataError(f"plan file {text}: {e}") from None
     else:
         args.plan = parse_plan(text, args.preset, args.inject)
@@ -618,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         _load_pattern_files(args)
         _parse_plan(args)
         return args.func(args) or 0
-    except (DataError, ValueError, RuntimeError, OSError) as e:
+    except (AttnsumError, OSError) as e:  # a mistake in what was asked (errors.py), or a path
+        # the machine cannot read or write; anything else is a bug and shows its traceback
         _close_progress_bars()
         print(f"attnsum {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import AttnsumError
 from .extras import need
 from .sentences import split_sentences
 
@@ -34,7 +35,7 @@ _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
 
-class DataError(ValueError):
+class DataError(AttnsumError, ValueError):
     """A corpus could not be read; the message names the file and line and says what to do."""
 
 

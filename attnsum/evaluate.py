@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import ConfigError, InputError
 from .extras import need
 from .io import atomic_write_json, atomic_write_text
 from .preprocess import Example
@@ -56,7 +57,7 @@ class Score:
 def bootstrap(per_doc: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> dict[str, Score]:
     """Mean of each column with its 95% percentile bootstrap interval (documents resampled)."""
     if len(per_doc) == 0:
-        raise ValueError("no document to score")
+        raise InputError("no document to score")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(per_doc), size=(n_resamples, len(per_doc)))
     means = per_doc[idx].mean(axis=1)  # (n_resamples, 3)
@@ -106,7 +107,7 @@ def system_selection(system: str, ex: Example) -> list[int]:
         return list(range(min(3, len(ex.all_sentences))))
     if system == "oracle":
         return list(ex.oracle)
-    raise ValueError(f"unknown system {system!r}: use one of {', '.join(BASELINES)}")
+    raise ConfigError(f"unknown system {system!r}: use one of {', '.join(BASELINES)}")
 
 
 def evaluate_selections(examples: Sequence[Example], selections: Sequence[list[int]],

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 
+from .errors import AttnsumError
+
 EXTRAS = {  # extra: the modules it provides
     "serve": ("fastapi", "prometheus_client", "uvicorn"),
     "eval": ("rouge_score",),
@@ -15,7 +17,7 @@ EXTRAS = {  # extra: the modules it provides
 }
 
 
-class MissingExtra(RuntimeError):
+class MissingExtra(AttnsumError, RuntimeError):
     """An optional part of attnsum is not installed."""
 
 

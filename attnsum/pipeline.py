@@ -23,6 +23,7 @@ import torch
 from .attention import HeadPlan
 from .batching import length_batches, sentence_logits
 from .checkpoints import load_model, resolve_checkpoint
+from .errors import ConfigError
 from .evaluate import evaluate_system
 from .experiment import FULL, QUICK, Settings, run_system
 from .io import atomic_write_json, atomic_write_text
@@ -88,11 +89,11 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
     s = settings or replace(FULL if full else QUICK, student="student-6x12" if full else "student-mini")
     if steps is not None:
         if steps < 1:
-            raise ValueError(f"--steps {steps}: at least 1")
+            raise ConfigError(f"--steps {steps}: at least 1")
         s = replace(s, teacher_steps=steps, student_steps=steps, val_every=min(s.val_every, steps))
     if max_len is not None:
         if not 1 <= max_len <= MAX_LEN:
-            raise ValueError(f"--max-len {max_len}: 1 to {MAX_LEN} word pieces")
+            raise ConfigError(f"--max-len {max_len}: 1 to {MAX_LEN} word pieces")
         s = replace(s, max_len=max_len)
     stages = Stages(out, 8)
     base = TrainConfig(dataset=dataset, max_len=s.max_len, limit=limit, seed=seed,

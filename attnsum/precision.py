@@ -19,6 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:  # torch is imported where a precision is resolved: the CLI's help needs none
     import torch
 
@@ -82,14 +84,14 @@ def resolve_device(name: str | None = None) -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+        raise ConfigError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is not supported: use cpu, cuda or cuda:N")
+        raise ConfigError(f"device {name!r} is not supported: use cpu, cuda or cuda:N")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: this machine's torch sees no CUDA GPU; use cpu")
+            raise ConfigError(f"device {name!r}: this machine's torch sees no CUDA GPU; use cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: there are {torch.cuda.device_count()} GPUs "
+            raise ConfigError(f"device {name!r}: there are {torch.cuda.device_count()} GPUs "
                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return dev
 
@@ -102,15 +104,15 @@ def resolve_precision(name: str, device: str | torch.device) -> Precision:
 
     dev = torch.device(device).type
     if name not in PRECISIONS:
-        raise ValueError(f"unknown precision {name!r}: use one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {name!r}: use one of {', '.join(PRECISIONS)}")
     if name == "fp16" and dev != "cuda":
-        raise ValueError("fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
+        raise ConfigError("fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
     if name != "auto":
         return Precision(name, dev, "asked for")
     forced = os.environ.get(AUTO_ENV)
     if forced:
         if forced not in ("fp32", "bf16"):
-            raise ValueError(f"{AUTO_ENV}={forced!r}: use fp32 or bf16")
+            raise ConfigError(f"{AUTO_ENV}={forced!r}: use fp32 or bf16")
         return Precision(forced, dev, f"auto: {AUTO_ENV}={forced}")
     if dev == "cuda":
         if torch.cuda.is_bf16_supported():

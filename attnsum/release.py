@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from .checkpoints import METRICS_FILE, load_model, read_training_summary, resolve_checkpoint, save_release
+from .errors import CheckpointError
 from .io import atomic_write_text
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -20,7 +21,7 @@ def default_checkpoint() -> Path:
     """The released news model's folder; a clear error where the checkout does not hold it."""
     folder = MODELS_DIR / DEFAULT_MODEL
     if not (folder / "config.json").is_file():
-        raise RuntimeError(f"no --checkpoint given and the released model {folder} is not here "
+        raise CheckpointError(f"no --checkpoint given and the released model {folder} is not here "
                            "(it comes with the package and with a clone); name a checkpoint")
     return folder
 

@@ -24,12 +24,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from .errors import AttnsumError
+
 OPTIMIZERS = ("adamw", "adam-noam")
 PAPER_WARMUP = 10_000  # BERTSum's Noam warmup, kept by the paper
 PAPER_PEAK = 2e-3 * PAPER_WARMUP ** -0.5  # 2e-5: the paper's lr 2e-3 at the top of its warmup
 
 
-class ScheduleError(ValueError):
+class ScheduleError(AttnsumError, ValueError):
     """A schedule that does not fit its run."""
 
 

@@ -244,7 +244,7 @@ def create_app(summarizer: "Summarizer", cfg: ServeConfig):
 
     from . import __version__
     from .checkpoints import weights_digest
-    from .summarizer import InputError
+    from .errors import InputError
 
     SummarizeRequest, SummarizeResponse, Error, Health = _models()
     metrics = _Metrics()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from .errors import ConfigError
 from .precision import DEFAULT_PRECISION
 from .preprocess import MAX_LEN
 from .schedule import OPTIMIZERS
@@ -18,11 +19,6 @@ from .schedule import OPTIMIZERS
 if TYPE_CHECKING:
     from .attention import HeadPlan
     from .model import ModelConfig
-
-
-class ConfigError(ValueError):
-    """A model or training setting that cannot work (preset, classifier, injection, layers,
-    input length); mistakes in a head plan are `PatternError`s."""
 
 
 # The model presets' shapes (model.py makes each a ModelConfig of that name).

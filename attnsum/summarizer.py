@@ -27,6 +27,7 @@ import torch
 
 from .batching import length_batches, sentence_logits
 from .checkpoints import load_model
+from .errors import InputError
 from .evaluate import select_top_k
 from .model import SummarizerModel
 from .precision import DEFAULT_PRECISION, Precision, resolve_device, resolve_precision
@@ -74,10 +75,6 @@ def prepare_for_serving(model: SummarizerModel, device, precision: Precision,
                     if p is not None:
                         p.data = p.data.to(precision.dtype)
     return model
-
-
-class InputError(ValueError):
-    """A document cannot be summarized (empty, not text, no usable sentence)."""
 
 
 ERRORS = ("raise", "return")  # what `Summarizer.prepare` and `summarize` do with a bad document

@@ -29,13 +29,14 @@ from .checkpoints import (
 )
 from .data import DataError
 from .distributed import local_device, process_group
+from .errors import ConfigError
 from .evaluate import evaluate_model
 from .losses import distill_loss, sentence_loss
 from .model import MODEL_PRESETS, SummarizerModel, init_from_layers, model_config
 from .precision import Precision, resolve_precision
 from .preprocess import Example
 from .schedule import make_schedule
-from .settings import ConfigError, TrainConfig
+from .settings import TrainConfig
 from .shards import examples_of
 
 # --------------------------------------------------------------------------- training loop

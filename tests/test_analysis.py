@@ -19,6 +19,7 @@ from attnsum.analysis import (
 from attnsum.attention.plan import HeadPlan
 from attnsum.checkpoints import read_config, save_model
 from attnsum.cli import main
+from attnsum.errors import InputError
 from attnsum.model import SummarizerModel, model_config
 
 
@@ -132,11 +133,11 @@ def test_report_structure_and_plan_round_trip(tmp_path, examples):
 
 def test_analysis_bad_input(tmp_path, examples):
     model = _tiny()
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         analyze(model, [], tmp_path / "x")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(RuntimeError, match="cannot write the report folder"):
+    with pytest.raises(InputError, match="cannot write the report folder"):
         analyze(model, examples, blocker / "sub")
 
 

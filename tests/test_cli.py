@@ -160,3 +160,23 @@ def test_a_missing_extra_is_one_line_naming_it(blocked, argv, extra, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"pip install 'attnsum[{extra}]'" in err[0], err
     assert "Traceback" not in err[0]
+
+
+def test_only_the_projects_errors_become_one_line(tmp_path, capsys, monkeypatch):
+    """A mistake in what was asked (errors.py) is one line and exit status 2; anything else (a
+    bug, a failure of torch) keeps its traceback: the CLI does not turn it into a user error."""
+    from attnsum import summarize_files
+
+    article = tmp_path / "a.txt"
+    article.write_text("One sentence of more than five words here. Another one of many words.")
+    (tmp_path / "ckpt").mkdir()
+    assert main(["summarize", "--checkpoint", str(tmp_path / "ckpt"), str(article)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not an attnsum checkpoint" in err
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(summarize_files, "summarize_command", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(["summarize", str(article)])

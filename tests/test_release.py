@@ -11,11 +11,12 @@ from safetensors import safe_open
 from attnsum.batching import predict_scores
 from attnsum.checkpoints import WORD_EMBEDDINGS, load_model, minilm_word_embeddings
 from attnsum.cli import main
+from attnsum.errors import ConfigError, InputError
 from attnsum.model import SummarizerModel, model_config
 from attnsum.precision import resolve_precision
 from attnsum.release import DEFAULT_MODEL, MODELS_DIR
-from attnsum.settings import ConfigError, TrainConfig
-from attnsum.summarizer import DocumentError, InputError, Summarizer
+from attnsum.settings import TrainConfig
+from attnsum.summarizer import DocumentError, Summarizer
 from attnsum.train import train
 
 

@@ -16,10 +16,11 @@ from helpers import free_port
 from attnsum.checkpoints import read_training_summary, resolve_checkpoint
 from attnsum.cli import main
 from attnsum.data import DataError
+from attnsum.errors import InputError
 from attnsum.sentences import split_sentences
 from attnsum.settings import TrainConfig
 from attnsum.summarize_files import iter_documents, run_summarize
-from attnsum.summarizer import InputError, Summarizer
+from attnsum.summarizer import Summarizer
 from attnsum.train import train
 
 ARTICLE = (

@@ -12,11 +12,12 @@ from attnsum.attention.patterns import PatternError
 from attnsum.batching import collate, predict_scores
 from attnsum.checkpoints import load_model, read_config, save_model
 from attnsum.data import Corpus, Document
+from attnsum.errors import ConfigError
 from attnsum.losses import distill_loss
 from attnsum.model import SummarizerModel, init_from_layers, model_config, spread_layers
 from attnsum.precision import resolve_precision
 from attnsum.preprocess import prepare
-from attnsum.settings import ConfigError, TrainConfig
+from attnsum.settings import TrainConfig
 from attnsum.train import train
 
 FP32 = resolve_precision("fp32", "cpu")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from attnsum.errors import ConfigError
+
 from .patterns import PatternContext
 from .plan import LayerPlan
 from .reference import reference_attention
@@ -21,7 +23,7 @@ def patterned_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: fl
     PyTorch path), ``triton``, ``torch``, or ``reference`` (dense, materializes (B, H, N, N)).
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if backend == "reference":
         return reference_attention(q, k, v, plan, ctx, scale)[0]
     if backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype != torch.float32

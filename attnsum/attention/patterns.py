@@ -34,11 +34,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from attnsum.errors import AttnsumError
+
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 MODES = ("mask", "synth")
 
 
-class PatternError(ValueError):
+class PatternError(AttnsumError, ValueError):
     """A pattern, plan or context does not fit its input."""
 
 
