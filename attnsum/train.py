@@ -7,10 +7,12 @@ and optional distillation from a teacher checkpoint. The run folder's layout: ch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,7 @@ from .losses import distill_loss, sentence_loss
 from .model import MODEL_PRESETS, SummarizerModel, init_from_layers, model_config
 from .precision import Precision, resolve_precision
 from .preprocess import Example
-from .schedule import make_schedule
+from .schedule import Schedule, make_schedule
 from .settings import TrainConfig
 from .shards import examples_of
 
@@ -110,7 +112,45 @@ def train(cfg: TrainConfig, train_examples: list[Example] | None = None,
                       local_device() if device is None else device, rank, world)
 
 
+@dataclass
+class _Run:
+    """What a run's stages share: its settings, model, optimizer and where it stands."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    rank: int
+    world: int
+    precision: Precision
+    schedule: Schedule
+    summary: dict
+    model: SummarizerModel
+    train_examples: list[Example]
+    val_examples: list[Example]
+    teacher: SummarizerModel | None = None
+    opt: torch.optim.Optimizer | None = None
+    ddp: torch.nn.Module | None = None
+    step: int = 0
+    best: list = field(default_factory=list)
+
+
 def _train(cfg: TrainConfig, train_examples, val_examples, device, rank: int, world: int) -> dict:
+    run = _setup(cfg, train_examples, val_examples, device, rank, world)
+    _prepare(run)
+    run.out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # on every start: the lines of steps past the last save, and a torn line, go
+        trim_metrics(run.out, run.step)
+    with (open(run.out / METRICS_FILE, "a", encoding="utf-8") if rank == 0
+          else contextlib.nullcontext()) as metrics:
+        _loop(run, metrics)
+    return {"best": [{**e, "path": str(run.out / Path(e["path"]).name)} for e in run.best],
+            "out": str(run.out), "step": run.step, "schedule": run.schedule.describe(),
+            "precision": run.precision.describe()}
+
+
+def _setup(cfg: TrainConfig, train_examples, val_examples, device, rank: int, world: int) -> _Run:
+    """Settings resolved, seeds set, the examples (loaded unless given) and the model: resumed
+    from the run folder's last checkpoint, or new (started from `init_from`'s layers)."""
     out = Path(cfg.out)
     precision = resolve_precision(cfg.precision, device)
     schedule = make_schedule(cfg.optimizer, cfg.steps, cfg.lr, cfg.warmup,
@@ -122,9 +162,7 @@ def _train(cfg: TrainConfig, train_examples, val_examples, device, rank: int, wo
     _seed_all(cfg.seed)
     train_examples = train_examples if train_examples is not None else load_examples(cfg, cfg.train_split)
     val_examples = val_examples if val_examples is not None else load_examples(cfg, cfg.val_split)
-
-    resume = has_trainer_state(out)
-    if resume:
+    if has_trainer_state(out):
         model = load_model(last_checkpoint(out))
         want = cfg.model_config()
         if (model.cfg.preset, model.cfg.plan, model.cfg.inject) != (want.preset, want.plan,
@@ -134,70 +172,85 @@ def _train(cfg: TrainConfig, train_examples, val_examples, device, rank: int, wo
     else:
         model = SummarizerModel(cfg.model_config())
         if cfg.init_from:
-            layers = _init_layers(cfg.init_layers)
             source = _init_source(cfg)
-            summary["init_layers"] = init_from_layers(model, source, layers)
+            summary["init_layers"] = init_from_layers(model, source, _init_layers(cfg.init_layers))
             if rank == 0:
                 print(f"started from layers {summary['init_layers']} of "
                       f"{source.checkpoint or cfg.init_from}", file=sys.stderr)
-    if cfg.freeze_embeddings:
-        model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
-    model.to(device).set_backend(cfg.backend)
-    teacher = None
-    if cfg.teacher:
-        teacher = load_model(cfg.teacher).to(device).eval()
-        if rank == 0:
-            print(f"teacher {teacher.checkpoint}", file=sys.stderr)
-        teacher.set_backend(cfg.backend)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adam-noam":
-        opt = torch.optim.Adam(params, lr=schedule.peak_lr, betas=(0.9, 0.999), eps=1e-9)
-    else:
-        opt = torch.optim.AdamW(params, lr=schedule.peak_lr, weight_decay=cfg.weight_decay)
-    step, best = load_trainer_state(out, opt) if resume else (0, [])
-    ddp = model
-    if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-    out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:  # on every start: the lines of steps past the last save, and a torn line, go
-        trim_metrics(out, step)
-    metrics = open(out / METRICS_FILE, "a", encoding="utf-8") if rank == 0 else None
+    return _Run(cfg, out, device, rank, world, precision, schedule, summary, model,
+                train_examples, val_examples)
 
+
+def _prepare(run: _Run) -> None:
+    """The model on its device (embeddings frozen if asked), the teacher, the optimizer with
+    the resumed state, and DDP's wrapper on several processes."""
+    cfg = run.cfg
+    if cfg.freeze_embeddings:
+        run.model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    run.model.to(run.device).set_backend(cfg.backend)
+    if cfg.teacher:
+        run.teacher = load_model(cfg.teacher).to(run.device).eval()
+        if run.rank == 0:
+            print(f"teacher {run.teacher.checkpoint}", file=sys.stderr)
+        run.teacher.set_backend(cfg.backend)
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam-noam":
+        run.opt = torch.optim.Adam(params, lr=run.schedule.peak_lr, betas=(0.9, 0.999), eps=1e-9)
+    else:
+        run.opt = torch.optim.AdamW(params, lr=run.schedule.peak_lr, weight_decay=cfg.weight_decay)
+    if has_trainer_state(run.out):
+        run.step, run.best = load_trainer_state(run.out, run.opt)
+    run.ddp = (torch.nn.parallel.DistributedDataParallel(run.model) if run.world > 1
+               else run.model)
+
+
+def _step(run: _Run) -> tuple[float, int]:
+    """One optimizer step over `accum` batches: the step's loss and its tokens (this process)."""
+    cfg, step, rank, world = run.cfg, run.step, run.rank, run.world
+    run.model.train()
+    for g in run.opt.param_groups:
+        g["lr"] = run.schedule.lr(step + 1)
+    run.opt.zero_grad(set_to_none=True)
+    total, tokens = 0.0, 0
+    # The step's documents and dropout masks follow from (seed, step, rank) alone: a resumed
+    # run, on any number of processes, repeats the uninterrupted one exactly.
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    torch.manual_seed((cfg.seed * 1_000_003 + step) * 1_000_003 + rank)
+    for _ in range(cfg.accum):
+        docs = [run.train_examples[rng.randrange(len(run.train_examples))]
+                for _ in range(cfg.batch_size * world)][rank::world]
+        batch = collate(docs).to(run.device)
+        mask = batch.sentence_mask
+        with run.precision.autocast():
+            logits = sentence_logits(run.ddp, batch).float()
+            loss = sentence_loss(logits, batch.labels, mask)
+            if run.teacher is not None:
+                with torch.no_grad():
+                    t_logits = sentence_logits(run.teacher, batch).float()
+                loss = loss + cfg.distill_weight * distill_loss(logits, t_logits, mask)
+        # The loss sums over documents and DDP averages gradients over ranks: scaled by the
+        # world size, the update equals one process's on the whole global batch.
+        (loss * world / cfg.accum).backward()
+        total += loss.item() / cfg.accum
+        tokens += int(batch.attention_mask.sum())
+    return total, tokens
+
+
+def _loop(run: _Run, metrics) -> None:
+    """Steps to the end of the schedule or the time limit: a metrics line every `log_every`
+    steps, validation and checkpoints every `val_every`, the resume state when time is up."""
     from tqdm.auto import tqdm
 
+    cfg, rank, world = run.cfg, run.rank, run.world
     if rank == 0:
-        print(f"schedule: {schedule.describe()}\n{precision.describe()}", file=sys.stderr,
-              flush=True)
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.preset}", unit="step",
+        print(f"schedule: {run.schedule.describe()}\n{run.precision.describe()}",
+              file=sys.stderr, flush=True)
+    bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train {cfg.preset}", unit="step",
                disable=not (cfg.progress and rank == 0))
+    params = [p for g in run.opt.param_groups for p in g["params"]]
     t0, seen_tokens, running = time.time(), 0, []
-    while step < cfg.steps:
-        model.train()
-        for g in opt.param_groups:
-            g["lr"] = schedule.lr(step + 1)
-        opt.zero_grad(set_to_none=True)
-        total, tokens = 0.0, 0
-        # The step's documents and dropout masks follow from (seed, step, rank) alone: a resumed
-        # run, on any number of processes, repeats the uninterrupted one exactly.
-        rng = random.Random(cfg.seed * 1_000_003 + step)
-        torch.manual_seed((cfg.seed * 1_000_003 + step) * 1_000_003 + rank)
-        for _ in range(cfg.accum):
-            docs = [train_examples[rng.randrange(len(train_examples))]
-                    for _ in range(cfg.batch_size * world)][rank::world]
-            batch = collate(docs).to(device)
-            mask = batch.sentence_mask
-            with precision.autocast():
-                logits = sentence_logits(ddp, batch).float()
-                loss = sentence_loss(logits, batch.labels, mask)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = sentence_logits(teacher, batch).float()
-                    loss = loss + cfg.distill_weight * distill_loss(logits, t_logits, mask)
-            # The loss sums over documents and DDP averages gradients over ranks: scaled by
-            # the world size, the update equals one process's on the whole global batch.
-            (loss * world / cfg.accum).backward()
-            total += loss.item() / cfg.accum
-            tokens += int(batch.attention_mask.sum())
+    while run.step < cfg.steps:
+        total, tokens = _step(run)
         out_of_time = cfg.time_limit is not None and time.time() - t0 > 60 * cfg.time_limit
         if world > 1:  # the global batch's loss and tokens for the log; stop when any rank must
             sums = torch.tensor([total, float(tokens), float(out_of_time)])
@@ -205,36 +258,43 @@ def _train(cfg: TrainConfig, train_examples, val_examples, device, rank: int, wo
             total, tokens, out_of_time = sums[0].item(), int(sums[1].item()), bool(sums[2] > 0)
         seen_tokens += tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
+        run.opt.step()
+        run.step += 1
         running.append(total)
         bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if run.step % cfg.log_every == 0 or run.step == cfg.steps:
             rate = seen_tokens / max(time.time() - t0, 1e-9)
-            avg = sum(running) / len(running)
-            bar.set_postfix(loss=f"{avg:.3f}", tok_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{sum(running) / len(running):.3f}", tok_s=f"{rate:.0f}")
             if metrics:
-                metrics.write(json.dumps({"step": step, "loss": avg, "lr": opt.param_groups[0]["lr"],
-                                          "tokens_per_s": rate}) + "\n")
-                metrics.flush()
+                _write(metrics, {"step": run.step, "loss": sum(running) / len(running),
+                                 "lr": run.opt.param_groups[0]["lr"], "tokens_per_s": rate})
             running = []
-        if rank == 0 and (step % cfg.val_every == 0 or step == cfg.steps):
-            val = validate(model, val_examples, cfg, device, precision)
-            metrics.write(json.dumps({"step": step, "val": val}) + "\n")
-            metrics.flush()
-            best = keep_best(out, model, step, val, best, cfg.keep_best, summary)
-            save_trainer_state(out, model, opt, step, summary, best)
-        elif out_of_time and step < cfg.steps and rank == 0:
-            save_trainer_state(out, model, opt, step, summary, best)
-        if out_of_time and step < cfg.steps:
+        _checkpoint(run, metrics, out_of_time)
+        if out_of_time and run.step < cfg.steps:
             if rank == 0:
-                print(f"\nstopped at step {step} of {cfg.steps} after the time limit of "
+                print(f"\nstopped at step {run.step} of {cfg.steps} after the time limit of "
                       f"{cfg.time_limit:g} min; run the same command again to go on",
                       file=sys.stderr, flush=True)
             break
     bar.close()
-    if metrics:
-        metrics.close()
-    return {"best": [{**e, "path": str(out / Path(e["path"]).name)} for e in best],
-            "out": str(out), "step": step, "schedule": schedule.describe(),
-            "precision": precision.describe()}
+
+
+def _checkpoint(run: _Run, metrics, out_of_time: bool) -> None:
+    """Validation and the best checkpoints every `val_every` steps and at the end; the resume
+    state alone when the time limit stops the run between them (rank 0 only)."""
+    cfg = run.cfg
+    if run.rank != 0:
+        return
+    if run.step % cfg.val_every == 0 or run.step == cfg.steps:
+        val = validate(run.model, run.val_examples, cfg, run.device, run.precision)
+        _write(metrics, {"step": run.step, "val": val})
+        run.best = keep_best(run.out, run.model, run.step, val, run.best, cfg.keep_best,
+                             run.summary)
+        save_trainer_state(run.out, run.model, run.opt, run.step, run.summary, run.best)
+    elif out_of_time and run.step < cfg.steps:
+        save_trainer_state(run.out, run.model, run.opt, run.step, run.summary, run.best)
+
+
+def _write(metrics, record: dict) -> None:
+    metrics.write(json.dumps(record) + "\n")
+    metrics.flush()
