@@ -9,9 +9,9 @@ Models (random weights: speed does not depend on them), each as `Summarizer` ser
 (`prepare_for_serving` in attnsum/summarizer.py: each layer's heads of one pattern made
 consecutive, synthesized heads' q and k rows cut, the encoder's Linear weights cast to the
 precision once, freed memory kept by malloc): the teacher (`minilm`, 6
-layers), `student-mini-3` dense, with the `paper` plan, and with the plan and BERTSum's
-inter-sentence transformer as its sentence classifier (`-tx`), `student-mini-2` with the `paper`
-plan. Every (model, length, batch) runs in a process of its own, so its peak memory is its own:
+layers), `student-mini-3` dense, with the `paper` plan, each also with BERTSum's
+inter-sentence transformer as its sentence classifier (`-tx`: `student3-paper-tx` is the released
+architecture, `student3-dense-tx` its dense twin), `student-mini-2` with the `paper` plan. Every (model, length, batch) runs in a process of its own, so its peak memory is its own:
 on CPU the process's peak resident set (ru_maxrss, the Python and torch runtime included), on
 CUDA `max_memory_allocated`. Inputs: synthetic BERTSum documents of exactly N word pieces.
 
@@ -49,6 +49,7 @@ FIELDS = ["model", "plan", "N", "batch", "precision", "p50_ms", "p95_ms", "docs_
 MODELS = {  # name: (preset, plan, sentence classifier)
     "teacher": ("minilm", "none", "linear"),
     "student3-dense": ("student-mini-3", "none", "linear"),
+    "student3-dense-tx": ("student-mini-3", "none", "transformer"),  # the release's dense twin
     "student3-paper": ("student-mini-3", "paper", "linear"),
     "student3-paper-tx": ("student-mini-3", "paper", "transformer"),
     "student2-paper": ("student-mini-2", "paper", "linear"),

@@ -89,8 +89,16 @@ class _Segments:
     full_bias: torch.Tensor | None  # (B, 1, 1, N) 0 at the valid keys, -inf elsewhere
 
 
-def _pow2(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x <= 1, torch.ones_like(x), 2 ** torch.ceil(torch.log2(x.double())).long())
+# Query and key slots of a segment: a power of two, at least 16. Smaller buckets save little
+# arithmetic and cost a batched product each (one document's match heads: 3 buckets, not 6;
+# ~5% of its forward at batch 1, none at 32; docs/results.md). A rule of the segment's own
+# sizes only, so that a document's buckets, and its bf16 rounding, do not follow its batch.
+MIN_SLOTS = 16
+
+
+def _slots(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x <= MIN_SLOTS, torch.full_like(x, MIN_SLOTS),
+                       2 ** torch.ceil(torch.log2(x.double())).long())
 
 
 def _coarse(n: int) -> int:
@@ -116,7 +124,7 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
     first = change.nonzero(as_tuple=True)[0]
     n_rows = torch.diff(first, append=torch.tensor([len(p)], device=dev))
     sb, sp, slo, sk, sex = b[first], p[first], lo[first], (hi - lo)[first], ex[first]
-    pairs, bucket, counts = torch.unique(torch.stack([_pow2(n_rows), _pow2(sk)], 1), dim=0,
+    pairs, bucket, counts = torch.unique(torch.stack([_slots(n_rows), _slots(sk)], 1), dim=0,
                                          return_inverse=True, return_counts=True)
     # Each bucket's segments, then copies of its first up to `_coarse` of their number (padding
     # segments: their rows are never read back), bucket after bucket; every bucket at once.
