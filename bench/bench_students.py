@@ -11,15 +11,21 @@ consecutive, synthesized heads' q and k rows cut, the encoder's Linear weights c
 precision once, freed memory kept by malloc): the teacher (`minilm`, 6
 layers), `student-mini-3` dense, with the `paper` plan, each also with BERTSum's
 inter-sentence transformer as its sentence classifier (`-tx`: `student3-paper-tx` is the released
-architecture, `student3-dense-tx` its dense twin), `student-mini-2` with the `paper` plan. Every (model, length, batch) runs in a process of its own, so its peak memory is its own:
-on CPU the process's peak resident set (ru_maxrss, the Python and torch runtime included), on
-CUDA `max_memory_allocated`. Inputs: synthetic BERTSum documents of exactly N word pieces.
+architecture, `student3-dense-tx` its dense twin), `student-mini-2` with the `paper` plan.
+Every (model, length, batch) runs in a process of its own, so its peak memory is its own: on CPU
+the process's peak resident set (ru_maxrss, the Python and torch runtime included), on CUDA
+`max_memory_allocated`. Inputs: synthetic BERTSum documents of exactly N word pieces.
 
 Against the hardware: each row counts the FLOPs of the model's Linear layers in one call (forward
 hooks: 2 x rows x in x out) as GFLOP/s, and times the same matrix products bare (each Linear's
 shapes, in the served dtype, in the same process): `matmul_bound_fraction` is that time over the
 call's, the share of a "matrix products only" bound the model reaches (1.0: nothing but its
 products; attention, norms and the rest make up the gap).
+
+With `--rounds R` the models of each (N, batch) are measured R times in turn (each in its own
+process) and each row is its model's median round: on a shared machine whose speed drifts,
+interleaving keeps the ratios to the teacher honest where one pass read +-15% from process to
+process.
 
 CSV schema: model, plan, N, batch, precision, p50_ms, p95_ms, docs_per_s, speedup, peak_mib,
 gflop_per_s, matmul_bound_fraction, device, torch, commit (speedup: docs/s over the teacher's
@@ -152,6 +158,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--budget", type=float, default=10.0, help="seconds of timed calls per row")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every model this many times, in turn; a row is its median round")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, JSON out
@@ -176,8 +184,12 @@ def main(argv=None) -> int:
     for N in args.n:
         for B in args.batch:
             base = None
+            runs = {name: [] for name in args.models}
+            for _ in range(args.rounds):  # the models in turn, so that a slow spell of a shared
+                for name in args.models:  # machine falls on all of them
+                    runs[name].append(run_isolated(name, N, B, args))
             for name in args.models:
-                r = run_isolated(name, N, B, args)
+                r = sorted(runs[name], key=lambda x: x["p50_ms"])[len(runs[name]) // 2]
                 base = r["docs_per_s"] if name == "teacher" else base
                 speedup = r["docs_per_s"] / base if base else ""
                 rows.append({"model": name, "plan": MODELS[name][1], "N": N, "batch": B,

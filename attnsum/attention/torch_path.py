@@ -6,7 +6,7 @@ Same contract as reference.py: (B, H, N, D) in and out."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -64,10 +64,19 @@ def _synthesize(v: torch.Tensor, r: Ranges, single: bool) -> torch.Tensor:
 class _Bucket:
     """`S` segments padded to `bq` query slots and `bk` key slots."""
 
-    bias: torch.Tensor  # (S, 1, bq, bk) 0 where allowed, -inf elsewhere
+    bias: torch.Tensor  # (S, bq or 1, bk) 0 where allowed, -inf elsewhere
+    q_idx: torch.Tensor  # (S * bq,) flat (b * N + n) index of each query slot
+    k_idx: torch.Tensor  # (S * bk,) flat index of each key slot
     rows: torch.Tensor  # query slots (of this bucket) that are real queries
-    bq: int
-    bk: int
+    cache: dict = field(default_factory=dict)
+
+    def head_bias(self, h: int, dtype) -> torch.Tensor:
+        """The bias of every (head, segment) pair, (h * S, bq or 1, bk) in `dtype`: built once
+        per batch and head count, shared by every layer."""
+        if (h, dtype) not in self.cache:
+            S, bq, bk = self.bias.shape
+            self.cache[h, dtype] = self.bias.to(dtype).expand(h, S, bq, bk).reshape(h * S, bq, bk)
+        return self.cache[h, dtype]
 
 
 @dataclass
@@ -81,12 +90,8 @@ class _Segments:
     """
 
     buckets: list[_Bucket]
-    q_idx: torch.Tensor  # flat (b * N + n) index of every query slot of every bucket
-    k_idx: torch.Tensor  # flat index of every key slot
     dest: torch.Tensor  # flat index each real query's output goes to, buckets then full rows
-    full_rows: torch.Tensor | None  # (B, m) original positions of rows attending every key
-    full_real: torch.Tensor | None  # indices (into B * m) of the real full rows
-    full_bias: torch.Tensor | None  # (B, 1, 1, N) 0 at the valid keys, -inf elsewhere
+    full: _Bucket | None  # rows that attend every key: a segment a document, of m query slots
 
 
 # Query and key slots of a segment: a power of two, at least 16. Smaller buckets save little
@@ -150,18 +155,20 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
     rows = ((tq < n_rows[s_q]) & real[o_q]).nonzero(as_tuple=True)[0]
     rows_per = torch.bincount(of[o_q][rows], minlength=len(sizes)).tolist()
     buckets, q_start, s_start = [], 0, 0
-    for (bq_, bk_), S, b_rows in zip(pairs.tolist(), sizes, rows.split(rows_per), strict=True):
+    q_idx_of = q_idx.split([S * q for S, (q, _) in zip(sizes, pairs.tolist(), strict=True)])
+    k_idx_of = k_idx.split([S * k for S, (_, k) in zip(sizes, pairs.tolist(), strict=True)])
+    for (bq_, bk_), S, b_rows, b_q, b_k in zip(pairs.tolist(), sizes, rows.split(rows_per),
+                                               q_idx_of, k_idx_of, strict=True):
         sel = seg[s_start:s_start + S]
         tq_, tk_ = torch.arange(bq_, device=dev), torch.arange(bk_, device=dev)
         allowed = (tk_ < sk[sel, None])[:, None, :] & ~(sex[sel, None, None] & (
             (sp[sel, None] + tq_)[:, :, None] == (slo[sel, None] + tk_)[:, None, :]))
-        bias = torch.zeros(S, 1, bq_, bk_, device=dev).masked_fill(~allowed[:, None], float("-inf"))
-        buckets.append(_Bucket(bias, b_rows - q_start, bq_, bk_))
+        bias = torch.zeros(S, bq_, bk_, device=dev).masked_fill(~allowed, float("-inf"))
+        buckets.append(_Bucket(bias, b_q, b_k, b_rows - q_start))
         q_start += S * bq_
         s_start += S
     dest = [q_idx[rows]] if len(rows) else []
-    q_idx, k_idx = [q_idx], [k_idx]
-    full_rows = full_real = full_bias = None
+    full = None
     if r.full is not None and bool(r.full.any()):
         m = min(N, _coarse(int(r.full.sum(1).max().item())))  # rows past the full ones unused
         ordered = torch.argsort((~r.full).int(), dim=1, stable=True)[:, :m]  # full rows first
@@ -171,54 +178,44 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
         valid = torch.zeros(B, N, dtype=torch.bool, device=dev)
         valid.scatter_(1, perm, torch.arange(N, device=dev)[None, :] < n_valid[:, None])
         valid |= ~valid.any(1, keepdim=True)  # a document of padding only: no row is read back
-        full_bias = torch.zeros(B, 1, 1, N, device=dev).masked_fill(~valid[:, None, None, :],
-                                                                    float("-inf"))
-        flat = full_rows + N * torch.arange(B, device=dev)[:, None]
-        dest.append(flat.flatten()[full_real])
+        full_bias = torch.zeros(B, 1, N, device=dev).masked_fill(~valid[:, None, :], float("-inf"))
+        doc = N * torch.arange(B, device=dev)[:, None]
+        flat = (full_rows + doc).flatten()
+        full = _Bucket(full_bias, flat, (torch.arange(N, device=dev) + doc).flatten(), full_real)
+        dest.append(flat[full_real])
     empty = torch.zeros(0, dtype=torch.long, device=dev)
-    return _Segments(buckets, torch.cat(q_idx) if q_idx else empty,
-                     torch.cat(k_idx) if k_idx else empty, torch.cat(dest) if dest else empty,
-                     full_rows, full_real, full_bias)
+    return _Segments(buckets, torch.cat(dest) if dest else empty, full)
 
 
 def _softmax_attention(q, k, v, bias, scale: float) -> torch.Tensor:
-    """Softmax attention of q (S, m, h, D) over k, v (S, n, h, D) with an additive `bias`
-    (S, 1, m or 1, n), -inf where not allowed: (S, m, h, D). Batched matrix products with the
-    scale and bias folded into the first (on CPU faster than SDPA's fused kernel at these
-    sizes, docs/results.md), and a softmax, in the inputs' dtype."""
-    S, m, h, D = q.shape
-    n = k.shape[1]
-    q3 = q.transpose(1, 2).reshape(S * h, m, D)
-    k3 = k.permute(0, 2, 3, 1).reshape(S * h, D, n)
-    v3 = v.transpose(1, 2).reshape(S * h, n, D)
-    b3 = bias.to(q.dtype).expand(S, h, *bias.shape[2:]).reshape(S * h, *bias.shape[2:])
-    p = torch.softmax(torch.baddbmm(b3, q3, k3, alpha=scale), dim=-1)
-    return torch.bmm(p, v3).view(S, h, m, D).transpose(1, 2)
+    """Softmax attention of q (G, m, D) over k, v (G, n, D) with an additive `bias` (G, m or 1,
+    n), -inf where not allowed: (G, m, D). Batched products with the scale and bias folded into
+    the first (on CPU faster than SDPA's fused kernel at these sizes, docs/results.md) and a
+    softmax, in the inputs' dtype."""
+    p = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale), dim=-1)
+    return torch.bmm(p, v)
 
 
 def _masked_segments(q, k, v, seg: _Segments, scale: float) -> torch.Tensor:
-    """Softmax attention restricted to the ranges: one dense attention per segment bucket.
-    q, k, v: (B, N, h, D). Every gather is done once for all buckets (one scatter in backward)."""
+    """Softmax attention restricted to the ranges: one batched attention per bucket of
+    segments, over (head, segment) pairs. q, k, v: (B, N, h, D). Rows are gathered head-major,
+    (h, rows, D), so a gather is the bucket's batch of matrices as it is (no copies between)."""
     B, N, h, D = q.shape
-    xq, xk, xv = (x.reshape(B * N, h, D) for x in (q, k, v))
-    # split, not slicing: its backward is one cat rather than a zero-filled tensor per bucket.
-    qa = xq.index_select(0, seg.q_idx).split([b.bias.shape[0] * b.bq for b in seg.buckets])
-    nk = [b.bias.shape[0] * b.bk for b in seg.buckets]
-    ka, va = xk.index_select(0, seg.k_idx).split(nk), xv.index_select(0, seg.k_idx).split(nk)
+    # (h, B * N, D), made contiguous once: index_select copies a strided source on every call
+    xq, xk, xv = (x.reshape(B * N, h, D).transpose(0, 1).contiguous() for x in (q, k, v))
     rows = []
-    for bk, qb, kb, vb in zip(seg.buckets, qa, ka, va, strict=True):
-        S = bk.bias.shape[0]
-        o = _softmax_attention(qb.view(S, bk.bq, h, D), kb.view(S, bk.bk, h, D),
-                               vb.view(S, bk.bk, h, D), bk.bias, scale)
-        rows.append(o.reshape(S * bk.bq, h, D).index_select(0, bk.rows))
-    if seg.full_rows is not None:  # rows that attend every key (matching token with no match)
-        m = seg.full_rows.shape[1]
-        of = _softmax_attention(_rows(q, seg.full_rows), k, v, seg.full_bias, scale)
-        rows.append(of.reshape(B * m, h, D).index_select(0, seg.full_real))
-    out = q.new_zeros(B * N, h, D)
+    for bk in seg.buckets + ([seg.full] if seg.full is not None else []):
+        S, nk = bk.bias.shape[0], bk.bias.shape[2]
+        bq = len(bk.q_idx) // S
+        o = _softmax_attention(xq.index_select(1, bk.q_idx).view(h * S, bq, D),
+                               xk.index_select(1, bk.k_idx).view(h * S, nk, D),
+                               xv.index_select(1, bk.k_idx).view(h * S, nk, D),
+                               bk.head_bias(h, q.dtype), scale)
+        rows.append(o.view(h, S * bq, D).index_select(1, bk.rows))
+    out = q.new_zeros(h, B * N, D)
     if rows:
-        out = out.index_copy(0, seg.dest, torch.cat(rows).to(q.dtype))
-    return out.view(B, N, h, D)
+        out = out.index_copy(1, seg.dest, torch.cat(rows, dim=1).to(q.dtype))
+    return out.transpose(0, 1).view(B, N, h, D)
 
 
 class _SplitHeads(torch.autograd.Function):
