@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,9 +102,9 @@ class _Segments:
 MIN_SLOTS = 16
 
 
-def _slots(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x <= MIN_SLOTS, torch.full_like(x, MIN_SLOTS),
-                       2 ** torch.ceil(torch.log2(x.double())).long())
+def _slots(x: np.ndarray) -> np.ndarray:
+    return np.where(x <= MIN_SLOTS, MIN_SLOTS,
+                    2 ** np.ceil(np.log2(np.maximum(x, 1))).astype(np.int64))
 
 
 def _coarse(n: int) -> int:
@@ -115,76 +116,84 @@ def _coarse(n: int) -> int:
 
 
 def _build_segments(r: Ranges, N: int) -> _Segments:
-    B = r.lo.shape[0]
+    """The index plan, computed in numpy on the host (a few hundred small steps: numpy's cost
+    per step is a fraction of torch's, and the plan needs its sizes on the host anyway); its
+    index tensors then go to the ranges' device."""
     dev = r.lo.device
-    perm = r.perm if r.perm is not None else torch.arange(N, device=dev).expand(B, N)
-    banded = r.counts() > 0
-    if r.full is not None:
-        banded = banded & ~r.full
-    b, p = banded.nonzero(as_tuple=True)  # rows in (b, p) order
-    lo, hi, ex = r.lo[b, p].long(), r.hi[b, p].long(), r.exclude_self[b, p]
-    change = torch.ones_like(p, dtype=torch.bool)
+    lo_all, hi_all, ex_all = (t.cpu().numpy() for t in (r.lo, r.hi, r.exclude_self))
+    B = lo_all.shape[0]
+    perm = (r.perm.cpu().numpy() if r.perm is not None
+            else np.broadcast_to(np.arange(N), (B, N)))
+    full_all = r.full.cpu().numpy() if r.full is not None else None
+    banded = (hi_all - lo_all - ex_all) > 0
+    if full_all is not None:
+        banded &= ~full_all
+    b, p = banded.nonzero()  # rows in (b, p) order
+    lo, hi, ex = lo_all[b, p].astype(np.int64), hi_all[b, p].astype(np.int64), ex_all[b, p]
+    change = np.ones(len(p), dtype=bool)
     change[1:] = ((b[1:] != b[:-1]) | (p[1:] != p[:-1] + 1) | (lo[1:] != lo[:-1])
                   | (hi[1:] != hi[:-1]) | (ex[1:] != ex[:-1]))
-    first = change.nonzero(as_tuple=True)[0]
-    n_rows = torch.diff(first, append=torch.tensor([len(p)], device=dev))
+    first = change.nonzero()[0]
+    n_rows = np.diff(first, append=len(p))
     sb, sp, slo, sk, sex = b[first], p[first], lo[first], (hi - lo)[first], ex[first]
-    pairs, bucket, counts = torch.unique(torch.stack([_slots(n_rows), _slots(sk)], 1), dim=0,
-                                         return_inverse=True, return_counts=True)
+    pairs, bucket, counts = np.unique(np.stack([_slots(n_rows), _slots(sk)], 1).reshape(-1, 2),
+                                      axis=0, return_inverse=True, return_counts=True)
+    bucket = bucket.reshape(-1)
     # Each bucket's segments, then copies of its first up to `_coarse` of their number (padding
     # segments: their rows are never read back), bucket after bucket; every bucket at once.
-    sizes = [_coarse(n) for n in counts.tolist()]
-    n_pad = counts.new_tensor(sizes) - counts
-    lead = torch.argsort(bucket, stable=True)[torch.cumsum(counts, 0) - counts]
-    seg = torch.cat([torch.arange(len(bucket), device=dev), lead.repeat_interleave(n_pad)])
-    of = torch.cat([bucket, torch.arange(len(sizes), device=dev).repeat_interleave(n_pad)])
-    order = torch.argsort(of, stable=True)
+    sizes = np.array([_coarse(int(n)) for n in counts], dtype=np.int64)
+    lead = np.argsort(bucket, kind="stable")[np.cumsum(counts) - counts]
+    seg = np.concatenate([np.arange(len(bucket)), np.repeat(lead, sizes - counts)])
+    of = np.concatenate([bucket, np.repeat(np.arange(len(sizes)), sizes - counts)])
+    order = np.argsort(of, kind="stable")
     seg, of, real = seg[order], of[order], order < len(bucket)
     bq, bk = pairs[of, 0], pairs[of, 1]
 
     def slots(width):  # the segment of each of its `width` slots, and the slot's index in it
-        owner = torch.repeat_interleave(torch.arange(len(seg), device=dev), width)
-        return seg[owner], owner, torch.arange(len(owner), device=dev) - (torch.cumsum(width, 0)
-                                                                          - width)[owner]
+        owner = np.repeat(np.arange(len(seg)), width)
+        return seg[owner], owner, np.arange(len(owner)) - (np.cumsum(width) - width)[owner]
 
     s_q, o_q, tq = slots(bq)
     qpos = sp[s_q] + tq  # ordered positions
-    q_idx = sb[s_q] * N + perm[sb[s_q], qpos.clamp_max(N - 1)]
+    q_idx = sb[s_q] * N + perm[sb[s_q], np.minimum(qpos, N - 1)]
     s_k, _, tk = slots(bk)
-    k_idx = sb[s_k] * N + perm[sb[s_k], (slo[s_k] + tk).clamp_max(N - 1)]
-    rows = ((tq < n_rows[s_q]) & real[o_q]).nonzero(as_tuple=True)[0]
-    rows_per = torch.bincount(of[o_q][rows], minlength=len(sizes)).tolist()
-    buckets, q_start, s_start = [], 0, 0
-    q_idx_of = q_idx.split([S * q for S, (q, _) in zip(sizes, pairs.tolist(), strict=True)])
-    k_idx_of = k_idx.split([S * k for S, (_, k) in zip(sizes, pairs.tolist(), strict=True)])
-    for (bq_, bk_), S, b_rows, b_q, b_k in zip(pairs.tolist(), sizes, rows.split(rows_per),
-                                               q_idx_of, k_idx_of, strict=True):
-        sel = seg[s_start:s_start + S]
-        tq_, tk_ = torch.arange(bq_, device=dev), torch.arange(bk_, device=dev)
+    k_idx = sb[s_k] * N + perm[sb[s_k], np.minimum(slo[s_k] + tk, N - 1)]
+    rows = ((tq < n_rows[s_q]) & real[o_q]).nonzero()[0]
+    q_start = np.cumsum(sizes * pairs[:, 0]) - sizes * pairs[:, 0]
+    k_start = np.cumsum(sizes * pairs[:, 1]) - sizes * pairs[:, 1]
+    s_start = np.cumsum(sizes) - sizes
+    row_of = of[o_q][rows]
+
+    def tensor(x):
+        return torch.from_numpy(np.ascontiguousarray(x)).to(dev)
+
+    buckets = []
+    for j, ((bq_, bk_), S) in enumerate(zip(pairs.tolist(), sizes.tolist(), strict=True)):
+        sel = seg[s_start[j]:s_start[j] + S]
+        tq_, tk_ = np.arange(bq_), np.arange(bk_)
         allowed = (tk_ < sk[sel, None])[:, None, :] & ~(sex[sel, None, None] & (
             (sp[sel, None] + tq_)[:, :, None] == (slo[sel, None] + tk_)[:, None, :]))
-        bias = torch.zeros(S, bq_, bk_, device=dev).masked_fill(~allowed, float("-inf"))
-        buckets.append(_Bucket(bias, b_q, b_k, b_rows - q_start))
-        q_start += S * bq_
-        s_start += S
-    dest = [q_idx[rows]] if len(rows) else []
+        buckets.append(_Bucket(tensor(np.where(allowed, 0.0, -np.inf).astype(np.float32)),
+                               tensor(q_idx[q_start[j]:q_start[j] + S * bq_]),
+                               tensor(k_idx[k_start[j]:k_start[j] + S * bk_]),
+                               tensor(rows[row_of == j] - q_start[j])))
+    dest = [q_idx[rows]]
     full = None
-    if r.full is not None and bool(r.full.any()):
-        m = min(N, _coarse(int(r.full.sum(1).max().item())))  # rows past the full ones unused
-        ordered = torch.argsort((~r.full).int(), dim=1, stable=True)[:, :m]  # full rows first
-        full_rows = torch.gather(perm, 1, ordered)
-        full_real = torch.gather(r.full, 1, ordered).flatten().nonzero(as_tuple=True)[0]
-        n_valid = r.hi.max(dim=1).values  # a full row's range is the valid prefix of the order
-        valid = torch.zeros(B, N, dtype=torch.bool, device=dev)
-        valid.scatter_(1, perm, torch.arange(N, device=dev)[None, :] < n_valid[:, None])
-        valid |= ~valid.any(1, keepdim=True)  # a document of padding only: no row is read back
-        full_bias = torch.zeros(B, 1, N, device=dev).masked_fill(~valid[:, None, :], float("-inf"))
-        doc = N * torch.arange(B, device=dev)[:, None]
-        flat = (full_rows + doc).flatten()
-        full = _Bucket(full_bias, flat, (torch.arange(N, device=dev) + doc).flatten(), full_real)
+    if full_all is not None and full_all.any():
+        m = min(N, _coarse(int(full_all.sum(1).max())))  # rows past the full ones unused
+        ordered = np.argsort(~full_all, axis=1, kind="stable")[:, :m]  # full rows first
+        full_rows = np.take_along_axis(perm, ordered, 1)
+        full_real = np.take_along_axis(full_all, ordered, 1).reshape(-1).nonzero()[0]
+        n_valid = hi_all.max(axis=1)  # a full row's range is the valid prefix of the order
+        valid = np.zeros((B, N), dtype=bool)
+        np.put_along_axis(valid, perm, np.arange(N)[None, :] < n_valid[:, None], 1)
+        valid |= ~valid.any(1, keepdims=True)  # a document of padding only: no row is read back
+        doc = N * np.arange(B)[:, None]
+        flat = (full_rows + doc).reshape(-1)
+        full = _Bucket(tensor(np.where(valid, 0.0, -np.inf).astype(np.float32)[:, None, :]),
+                       tensor(flat), tensor((np.arange(N) + doc).reshape(-1)), tensor(full_real))
         dest.append(flat[full_real])
-    empty = torch.zeros(0, dtype=torch.long, device=dev)
-    return _Segments(buckets, torch.cat(dest) if dest else empty, full)
+    return _Segments(buckets, tensor(np.concatenate(dest)), full)
 
 
 def _softmax_attention(q, k, v, bias, scale: float) -> torch.Tensor:
