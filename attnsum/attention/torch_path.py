@@ -95,11 +95,12 @@ class _Segments:
     full: _Bucket | None  # rows that attend every key: a segment a document, of m query slots
 
 
-# Query and key slots of a segment: a power of two, at least 16. Smaller buckets save little
-# arithmetic and cost a batched product each (one document's match heads: 3 buckets, not 6;
-# ~5% of its forward at batch 1, none at 32; docs/results.md). A rule of the segment's own
-# sizes only, so that a document's buckets, and its bf16 rounding, do not follow its batch.
-MIN_SLOTS = 16
+# Query and key slots of a segment: a power of two, at least 8. Smaller buckets save little
+# arithmetic and cost a batched product each (one document's match heads: 4 buckets, not 6);
+# 16 padded the many pairs and fours of a batch of 32 into 16 x 16 softmaxes for no gain
+# (docs/results.md). A rule of the segment's own sizes only, so that a document's buckets,
+# and its bf16 rounding, do not follow its batch.
+MIN_SLOTS = 8
 
 
 def _slots(x: np.ndarray) -> np.ndarray:
