@@ -49,12 +49,10 @@ from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from attnsum.attention import HeadPlan  # noqa: E402
 from attnsum.attention.triton_path import layer_tables, table_of  # noqa: E402
-from attnsum.kernels import fused  # noqa: E402
+from attnsum.kernels import configs, fused  # noqa: E402
+from attnsum.kernels.configs import DTYPES, KERNEL_ROLES  # noqa: E402
 
-KERNELS = ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel")
-KERNEL_ROLE = {"_fwd_kernel": "fwd", "_bwd_dq_kernel": "dq", "_bwd_dkdv_kernel": "dkdv"}
 SHARED_LIMIT = {80: 166_912, 90: 232_448, 100: 232_448}  # bytes of shared memory per block
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 B, H, N = 4, 12, 512
 COLUMNS = ["kernel", "target", "dtype", "D", "block_m", "block_n", "num_warps", "num_stages",
            "default", "compiled", "shared_bytes", "shared_limit", "registers", "spill_bytes",
@@ -79,7 +77,7 @@ class _Recorder:
 
 
 def record_launches(dtype: torch.dtype, D: int, cc: int,
-                    config: fused.LaunchConfig | None = None) -> list[Launch]:
+                    config: configs.LaunchConfig | None = None) -> list[Launch]:
     """The three kernel launches of one forward and backward of a `paper`-plan layer (learned
     heads beside matching-token, intra-sentence and +-1 heads), as the launchers make them on a
     GPU of compute capability `cc`; `config` replaces the launcher's choice
@@ -92,9 +90,9 @@ def record_launches(dtype: torch.dtype, D: int, cc: int,
     tabs = torch.tensor([names.index(table_of(s)) for s in plan], dtype=torch.int32)
     q, k, v = (torch.zeros(B, N, H, D, dtype=dtype).transpose(1, 2) for _ in range(3))
     calls: list[Launch] = []
-    saved = {name: getattr(fused, name) for name in (*KERNELS, "_capability", "launch_config")}
+    saved = {name: getattr(fused, name) for name in (*KERNEL_ROLES, "_capability", "launch_config")}
     try:
-        for name in KERNELS:
+        for name in KERNEL_ROLES:
             setattr(fused, name, _Recorder(name, calls))
         fused._capability = lambda device: cc
         if config is not None:
@@ -145,10 +143,10 @@ def compile_launch(launch: Launch, cc: int) -> dict:
     return row
 
 
-def config_space(D: int) -> list[fused.LaunchConfig]:
+def config_space(D: int) -> list[configs.LaunchConfig]:
     """The autotune space before pruning: block sizes 32 to 128, 4 or 8 warps, 3 stages (tiles
     over 64 x 64 leave no room at D = 128)."""
-    return [fused.LaunchConfig(bm, bn, warps) for bm in (32, 64, 128) for bn in (32, 64, 128)
+    return [configs.LaunchConfig(bm, bn, warps) for bm in (32, 64, 128) for bn in (32, 64, 128)
             for warps in (4, 8) if D < 128 or bm * bn <= 64 * 64 or bn == 64]
 
 
@@ -162,9 +160,9 @@ def check(targets: list[int], dtypes: list[str], dims: list[int], space: str) ->
                     for launch in record_launches(DTYPES[dname], D, cc, config):
                         kw = launch.kwargs
                         name = launch.kernel.strip("_")
-                        used = fused.LaunchConfig(kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"],
+                        used = configs.LaunchConfig(kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"],
                                                   kw["num_stages"])
-                        default = fused.default_config(KERNEL_ROLE[launch.kernel], D, cc)
+                        default = configs.default_config(KERNEL_ROLES[launch.kernel], D, cc)
                         if config is not None and used == default:
                             continue  # already a row of the default pass
                         row = {"kernel": name, "target": f"sm_{cc}", "dtype": dname, "D": D,

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnsum.attention import PatternContext  # noqa: E402
-from attnsum.kernels.fused import LaunchConfig  # noqa: E402
+from attnsum.kernels.configs import KERNEL_ROLES, LaunchConfig, role_of  # noqa: E402
 from attnsum.release import source_commit as commit  # noqa: E402, F401  (the CSVs' commit column)
 
 # bench/aot_check.py --space all under the project's Triton (3.9), and under the GPU image's 3.6
@@ -30,7 +30,6 @@ def aot_table() -> Path:
     major_minor = ".".join(triton.__version__.split(".")[:2])
     versioned = AOT_TABLE.with_name(f"kernels-triton-{major_minor}.csv")
     return versioned if versioned.is_file() else AOT_TABLE
-KERNEL_ROLES = {"fwd_kernel": "fwd", "bwd_dq_kernel": "dq", "bwd_dkdv_kernel": "dkdv"}
 
 VOCAB = 30522  # bert-base-uncased word pieces
 FIRST_WORD = 1000  # ids below are special and unused pieces
@@ -53,7 +52,7 @@ def pruned_space(arch: str, dtype: str, D: int, table: Path | None = None
             if (r["compiled"] == "True" and int(r["spill_bytes"]) == 0
                     and int(r["shared_bytes"]) <= int(r["shared_limit"])
                     and r["tensor_core"] != "none"):
-                space[KERNEL_ROLES[r["kernel"]]].append(LaunchConfig(
+                space[role_of(r["kernel"])].append(LaunchConfig(
                     int(r["block_m"]), int(r["block_n"]), int(r["num_warps"]), int(r["num_stages"])))
     return space
 

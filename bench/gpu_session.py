@@ -45,7 +45,7 @@ from common import CLS_ID, ROOT, aot_table, pruned_space, synthetic_batch, write
 from attnsum.attention import HeadPlan, PatternContext, reference_attention  # noqa: E402
 from attnsum.attention.triton_path import fused_layer_attention, layer_tables  # noqa: E402
 from attnsum.attention.work import head_work, layer_bound  # noqa: E402
-from attnsum.kernels import fused  # noqa: E402
+from attnsum.kernels import configs, fused  # noqa: E402
 
 FLIGHT_LIMIT_S = 450  # the whole flight: one device call of at most 8 minutes, start excluded
 STEPS = {  # name: time cap in seconds, in order of value
@@ -207,17 +207,17 @@ def autotune(out: Path, rehearse: bool, device: str, limit: float) -> int:
     on this GPU, in bf16 at D = 32, 64, 128, N = 4,096, twelve heads of the `paper` plan: the
     forward kernel by the forward, dQ and dK/dV by forward and backward with the other kernels
     at their defaults, for at most `limit` seconds. The fastest go to OUT/kernel_configs.json
-    (read through ATTNSUM_KERNEL_CONFIGS, kernels/fused.py `tuned_config`), rewritten after each
+    (read through ATTNSUM_KERNEL_CONFIGS, kernels/configs.py `tuned_config`), rewritten after each
     kernel, and every timing to OUT/tuning.csv as it is measured. The rehearsal tunes two
     candidates of each from the sm_90 rows, at a small size in fp32 under the interpreter."""
     step("autotune over the AOT-pruned space")
     cc = fused._capability(torch.device(device))
-    arch = fused.arch_key(cc)
+    arch = configs.arch_key(cc)
     if rehearse:
         space_arch, dims, dtype, B, N, reps = "sm_90", (16,), torch.float32, 2, 64, 1
     else:
         space_arch, dims, dtype, B, N, reps = arch, (32, 64, 128), torch.bfloat16, 4, 4096, 10
-    dname = fused.DTYPE_NAMES[dtype]
+    dname = configs.DTYPE_NAMES[dtype]
     plan = HeadPlan.parse("paper", 1, 12).layer(0)
     ctx = synthetic_batch(B, N, device=device)
     untuned = fused.launch_config
@@ -234,7 +234,7 @@ def autotune(out: Path, rehearse: bool, device: str, limit: float) -> int:
                                            cfg if kernel == role else untuned(kernel, d, c, dt))
                     row = {"arch": arch, "dtype": dname, "D": D, "N": N, "kernel": role,
                            **cfg._asdict(), "chosen": False, "error": "",
-                           "default": cfg == fused.default_config(role, D, cc)}
+                           "default": cfg == configs.default_config(role, D, cc)}
                     try:
                         row["ms"] = _time_ms(work["fwd" if role == "fwd" else "bwd"], reps, device)
                     except Exception as e:  # a launch failure is a finding, not a crash

@@ -22,16 +22,14 @@ Layers: `@triton.jit` kernels -> launchers (`_forward`, `_backward`) -> `_Patter
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import os
-from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from .configs import launch_config
 from .tables import RangeTables
 
 SOFTMAX, SYNTH = 0, 1  # head kinds, as the `kinds` tensor holds them
@@ -248,72 +246,6 @@ def _capability(device: torch.device) -> int | None:
     return 10 * major + minor
 
 
-class LaunchConfig(NamedTuple):
-    block_m: int
-    block_n: int
-    num_warps: int
-    num_stages: int = 3
-
-
-TUNED_ENV = "ATTNSUM_KERNEL_CONFIGS"  # a JSON file of tuned configs (bench/gpu_session.py)
-DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-
-
-def arch_key(cc: int | None) -> str:
-    """The key of a compute capability in tuned-config tables: "sm_90", or "cpu" for the
-    interpreter."""
-    return "cpu" if cc is None else f"sm_{cc}"
-
-
-@functools.lru_cache(maxsize=8)
-def _tuned(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def tuned_config(kernel: str, D: int, cc: int | None, dtype: str) -> LaunchConfig | None:
-    """The configuration the GPU session's autotuning chose (bench/gpu_session.py writes
-    ``kernel_configs.json``: {arch: {dtype: {D: {kernel: [BLOCK_M, BLOCK_N, warps, stages]}}}}),
-    read from the file that ATTNSUM_KERNEL_CONFIGS names; None without one or without an entry."""
-    path = os.environ.get(TUNED_ENV)
-    if not path:
-        return None
-    entry = _tuned(path).get(arch_key(cc), {}).get(dtype, {}).get(str(D), {}).get(kernel)
-    return None if entry is None else LaunchConfig(*entry)
-
-
-def default_config(kernel: str, D: int, cc: int | None) -> LaunchConfig:
-    """The untuned choice for `kernel` ("fwd", "dq" or "dkdv") at head dimension D on compute
-    capability `cc`. Each compiles with no register spill, within shared memory, with
-    tensor-core dots for fp16 and bf16 and a software-pipelined loop (bench/aot_check.py; its
-    table: bench/results/aot/kernels.csv).
-
-    What holds the registers: the fp32 accumulators (forward: O, BLOCK_M x D; dQ: BLOCK_M x D;
-    dK/dV: two of BLOCK_N x D) and the score tile with its probabilities (BLOCK_M x BLOCK_N),
-    spread over 32 x num_warps threads. dK/dV at D > 64 holds 2 x 64 x 128 fp32 accumulators:
-    8 warps there (4 spill on sm_80). On sm_80, 64 x 64 dK/dV blocks pass 255 registers, so its
-    key blocks are 32. On sm_90 a wgmma tile has 64 rows, and dK/dV's transposed products
-    (P^T dO, dS^T Q) have BLOCK_N rows: BLOCK_N = 64 keeps every dot on wgmma. At D = 128 on
-    sm_90, 64 x 64 with 8 warps spills under Triton 3.6 (the GPU image's) and 128 x 64 does not,
-    under 3.6 or 3.9 (bench/results/aot/kernels.csv and kernels-triton-3.6.csv). Small blocks
-    under the CPU interpreter keep tests quick and give small shapes several blocks."""
-    if cc is None:
-        return LaunchConfig(16, 16, 4)
-    if kernel == "dkdv":
-        if cc < 90:
-            return LaunchConfig(64, 32, 8 if D > 64 else 4)
-        return LaunchConfig(128, 64, 8) if D > 64 else LaunchConfig(64, 64, 4)
-    return LaunchConfig(64, 64, 4) if D <= 64 else LaunchConfig(64, 32, 4)
-
-
-def launch_config(kernel: str, D: int, cc: int | None, dtype: torch.dtype) -> LaunchConfig:
-    """The tuned configuration where the GPU session chose one (`tuned_config`), else the
-    default (`default_config`)."""
-    return (tuned_config(kernel, D, cc, DTYPE_NAMES[dtype])
-            or default_config(kernel, D, cc))
-
-
-
 def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -419,7 +351,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kinds: to
         raise ValueError("the fused kernel runs on CUDA tensors (or on CPU under TRITON_INTERPRET=1)")
     if q.is_cuda and q.dtype == torch.float32:
         raise ValueError("the fused kernel takes bf16 or fp16 on a GPU (fp32 has no tensor-core "
-                         "path): use --precision bf16 or fp16, or the torch backend for fp32")
+                         "path): cast q, k and v to one of those, or run fp32 on the PyTorch path")
     if tables.perm.shape[1:] != (B, N):
         raise ValueError(f"tables are for (B, N) = {tuple(tables.perm.shape[1:])}, input is {(B, N)}")
     if kinds.shape != (H,) or table_of_head.shape != (H,):

@@ -220,22 +220,21 @@ def test_launch_configs_are_the_ones_checked_ahead_of_time(table):
     import csv
     from pathlib import Path
 
-    from attnsum.kernels.fused import LaunchConfig, default_config
+    from attnsum.kernels.configs import KERNEL_ROLES, LaunchConfig, default_config, role_of
 
     path = Path(__file__).resolve().parents[1] / "bench" / "results" / "aot" / table
     rows = [r for r in csv.DictReader(path.open()) if r["default"] == "True"]
-    role = {"fwd_kernel": "fwd", "bwd_dq_kernel": "dq", "bwd_dkdv_kernel": "dkdv"}
     seen = set()
     for r in rows:
         cc, D = int(r["target"].removeprefix("sm_")), int(r["D"])
-        assert default_config(role[r["kernel"]], D, cc) == LaunchConfig(
+        assert default_config(role_of(r["kernel"]), D, cc) == LaunchConfig(
             int(r["block_m"]), int(r["block_n"]), int(r["num_warps"]), int(r["num_stages"])), r
         assert r["compiled"] == "True" and int(r["spill_bytes"]) == 0, r
         assert int(r["shared_bytes"]) <= int(r["shared_limit"]) and r["pipelined"] == "True"
         assert r["tensor_core"] == ("wgmma" if cc == 90 else "mma"), r
         seen.add((r["kernel"], cc, r["dtype"], D))
-    assert seen == {(k, cc, dt, D) for k in role for cc in (80, 90) for dt in ("fp16", "bf16")
-                    for D in (16, 32, 64, 128)}
+    assert seen == {(k.lstrip("_"), cc, dt, D) for k in KERNEL_ROLES for cc in (80, 90)
+                    for dt in ("fp16", "bf16") for D in (16, 32, 64, 128)}
 
 
 def test_tuned_configs_replace_the_defaults_where_given(tmp_path, monkeypatch):
@@ -244,17 +243,17 @@ def test_tuned_configs_replace_the_defaults_where_given(tmp_path, monkeypatch):
     only; the kernel still agrees with the reference under it."""
     import json
 
-    from attnsum.kernels import fused
+    from attnsum.kernels import configs, fused
 
     cc = fused._capability(torch.device(DEVICE))  # None under the interpreter
-    arch, dname, other_cc = fused.arch_key(cc), fused.DTYPE_NAMES[WORK_DTYPE], 80 if cc == 90 else 90
+    arch, dname, other_cc = configs.arch_key(cc), configs.DTYPE_NAMES[WORK_DTYPE], 80 if cc == 90 else 90
     path = tmp_path / "kernel_configs.json"
     path.write_text(json.dumps({arch: {dname: {"16": {"fwd": [32, 16, 4, 2]}}}}))
-    monkeypatch.setenv(fused.TUNED_ENV, str(path))
-    assert fused.launch_config("fwd", 16, cc, WORK_DTYPE) == (32, 16, 4, 2)
-    assert fused.launch_config("dq", 16, cc, WORK_DTYPE) == fused.default_config("dq", 16, cc)
-    assert fused.launch_config("fwd", 32, cc, WORK_DTYPE) == fused.default_config("fwd", 32, cc)
-    assert fused.launch_config("fwd", 16, other_cc, torch.float16) == fused.default_config(
+    monkeypatch.setenv(configs.TUNED_ENV, str(path))
+    assert configs.launch_config("fwd", 16, cc, WORK_DTYPE) == (32, 16, 4, 2)
+    assert configs.launch_config("dq", 16, cc, WORK_DTYPE) == configs.default_config("dq", 16, cc)
+    assert configs.launch_config("fwd", 32, cc, WORK_DTYPE) == configs.default_config("fwd", 32, cc)
+    assert configs.launch_config("fwd", 16, other_cc, torch.float16) == configs.default_config(
         "fwd", 16, other_cc)
     q, k, v, ctx = _on_device(*make_batch(2, 40, D=16))
     plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
