@@ -97,14 +97,16 @@ def test_gpu_session_rehearsal(tmp_path):
 
 
 def test_students_benchmark_quick(tmp_path):
-    """bench/bench_students.py in its quick mode: the served models' rows, rates consistent with
-    their latencies, speedups against the teacher's rate of the same run."""
+    """bench/bench_students.py in its quick mode, two rounds: one row per served model (its
+    median round), rates consistent with their latencies, speedups against the teacher's rate
+    of the same run."""
     out = tmp_path / "students.csv"
-    _run("bench/bench_students.py", "--quick", "--out", str(out))
+    _run("bench/bench_students.py", "--quick", "--rounds", "2", "--out", str(out))
     students = list(csv.DictReader(open(out)))
     assert list(students[0]) == _fields("bench_students.py")
-    assert [r["model"] for r in students] == ["teacher", "student3-dense", "student3-paper",
-                                              "student3-paper-tx", "student2-paper"]
+    assert [r["model"] for r in students] == ["teacher", "student3-dense", "student3-dense-tx",
+                                              "student3-paper", "student3-paper-tx",
+                                              "student2-paper"]
     teacher = float(students[0]["docs_per_s"])
     for row in students:
         rate, p50 = float(row["docs_per_s"]), float(row["p50_ms"])
