@@ -61,6 +61,8 @@ def oracle_indices(sentences: list[str], reference: list[str], k: int = 3) -> li
     N-grams of the candidate are taken within each sentence; the reference is one word list.
     """
     ref_words = [w for s in reference for w in _clean_words(s)]
+    if not ref_words:  # nothing to match (a document served, not trained on): no sentence
+        return []
     ref = [_ngrams(ref_words, 1), _ngrams(ref_words, 2)]
     sents = [_clean_words(s) for s in sentences]
     grams = [[_ngrams(w, 1), _ngrams(w, 2)] for w in sents]
@@ -113,6 +115,7 @@ def load_tokenizer(name_or_dir: str | None = None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(name_or_dir or minilm_dir()))
+
 
 
 # --------------------------------------------------------------------------- BERTSum examples
