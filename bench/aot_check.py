@@ -155,13 +155,12 @@ def check(targets: list[int], dtypes: list[str], dims: list[int], space: str) ->
     for cc in targets:
         for dname in dtypes:
             for D in dims:
-                configs = [None] + (config_space(D) if space == "all" else [])
-                for config in configs:
+                for config in [None] + (config_space(D) if space == "all" else []):
                     for launch in record_launches(DTYPES[dname], D, cc, config):
                         kw = launch.kwargs
                         name = launch.kernel.strip("_")
-                        used = configs.LaunchConfig(kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"],
-                                                  kw["num_stages"])
+                        used = configs.LaunchConfig(kw["BLOCK_M"], kw["BLOCK_N"],
+                                                    kw["num_warps"], kw["num_stages"])
                         default = configs.default_config(KERNEL_ROLES[launch.kernel], D, cc)
                         if config is not None and used == default:
                             continue  # already a row of the default pass
