@@ -117,7 +117,6 @@ def load_tokenizer(name_or_dir: str | None = None):
     return AutoTokenizer.from_pretrained(str(name_or_dir or minilm_dir()))
 
 
-
 # --------------------------------------------------------------------------- BERTSum examples
 
 

@@ -52,11 +52,17 @@ class HeadSpec:
 LayerPlan = tuple[HeadSpec | None, ...]  # one entry per head of a layer; None: learned
 
 
+def reads_qk(spec: HeadSpec | None) -> bool:
+    """Whether a head reads q and k: learned and masked heads do, synthesized heads average v
+    over their pattern."""
+    return spec is None or spec.mode != "synth"
+
+
 def qk_heads(layer_plan: LayerPlan) -> list[int]:
-    """The heads that read q and k: learned and masked heads (synthesized heads average v over
-    their pattern). At least one head: a projection of width 0 cannot be split into heads, so a
-    layer of synthesized heads only keeps head 0's (`drop_synth_projections` in hf.py)."""
-    return [h for h, s in enumerate(layer_plan) if s is None or s.mode != "synth"] or [0]
+    """The heads that read q and k (`reads_qk`). At least one head: a projection of width 0
+    cannot be split into heads, so a layer of synthesized heads only keeps head 0's
+    (`drop_synth_projections` in hf.py)."""
+    return [h for h, s in enumerate(layer_plan) if reads_qk(s)] or [0]
 
 
 def _indices(text: str, n: int, what: str) -> list[int]:

@@ -16,7 +16,7 @@ from attnsum.kernels.reference import dense_masked_attention
 
 from .inputs import all_heads, check_inputs, clear_padding
 from .patterns import PatternContext, Ranges
-from .plan import LayerPlan
+from .plan import LayerPlan, reads_qk
 from .reference import layer_allowed, synth_flags
 
 # Inside, tensors are (B, N, h, D): the layout Hugging Face projections produce, so that the
@@ -67,7 +67,7 @@ class _Bucket:
 
     bias: torch.Tensor  # (S, bq or 1, bk) 0 where allowed, -inf elsewhere
     q_idx: torch.Tensor  # (S * bq,) flat (b * N + n) index of each query slot
-    k_idx: torch.Tensor  # (S * bk,) flat index of each key slot
+    k_idx: torch.Tensor | None  # (S * bk,) flat index of each key slot; None: every key, in order
     rows: torch.Tensor  # query slots (of this bucket) that are real queries
     cache: dict = field(default_factory=dict)
 
@@ -86,8 +86,9 @@ class _Segments:
 
     Consecutive rows (in the ranges' order) with the same range form a segment: its queries
     attend the same keys (an intra-sentence span, a group of equal tokens, one row of an offset).
-    Segments are bucketed by padded (queries, keys) sizes, powers of two, so each bucket is
-    one batched dense attention with no work outside the pattern but the padding.
+    Segments are bucketed by padded (queries, keys) sizes, powers of two of at least
+    `MIN_SLOTS`, so each bucket is one batched dense attention with no work outside the pattern
+    but the padding.
     """
 
     buckets: list[_Bucket]
@@ -192,7 +193,7 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
         doc = N * np.arange(B)[:, None]
         flat = (full_rows + doc).reshape(-1)
         full = _Bucket(tensor(np.where(valid, 0.0, -np.inf).astype(np.float32)[:, None, :]),
-                       tensor(flat), tensor((np.arange(N) + doc).reshape(-1)), tensor(full_real))
+                       tensor(flat), None, tensor(full_real))
         dest.append(flat[full_real])
     return _Segments(buckets, tensor(np.concatenate(dest)), full)
 
@@ -217,9 +218,9 @@ def _masked_segments(q, k, v, seg: _Segments, scale: float) -> torch.Tensor:
     for bk in seg.buckets + ([seg.full] if seg.full is not None else []):
         S, nk = bk.bias.shape[0], bk.bias.shape[2]
         bq = len(bk.q_idx) // S
-        o = _softmax_attention(xq.index_select(1, bk.q_idx).view(h * S, bq, D),
-                               xk.index_select(1, bk.k_idx).view(h * S, nk, D),
-                               xv.index_select(1, bk.k_idx).view(h * S, nk, D),
+        ks, vs = ((x if bk.k_idx is None else x.index_select(1, bk.k_idx)).view(h * S, nk, D)
+                  for x in (xk, xv))
+        o = _softmax_attention(xq.index_select(1, bk.q_idx).view(h * S, bq, D), ks, vs,
                                bk.head_bias(h, q.dtype), scale)
         rows.append(o.view(h, S * bq, D).index_select(1, bk.rows))
     out = q.new_zeros(h, B * N, D)
@@ -263,10 +264,6 @@ class _MergeHeads(torch.autograd.Function):
         return (None, *(grad.index_select(2, g) for g in ctx.groups))
 
 
-def _reads_qk(spec) -> bool:
-    return spec is None or spec.mode != "synth"
-
-
 def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None
                     ) -> torch.Tensor:
     """Fast PyTorch path: learned heads through SDPA, synthesized heads by prefix sums (no q, k),
@@ -294,8 +291,8 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
         vs = v.split(sizes, dim=2)
         if q.shape[2] == len(plan):
             qs, ks = q.split(sizes, dim=2), k.split(sizes, dim=2)
-        elif any(_reads_qk(spec) for spec in groups):  # only the heads that read q and k
-            qk_sizes = [n if _reads_qk(spec) else 0 for spec, n in zip(groups, sizes, strict=True)]
+        elif any(reads_qk(spec) for spec in groups):  # only the heads that read q and k
+            qk_sizes = [n if reads_qk(spec) else 0 for spec, n in zip(groups, sizes, strict=True)]
             qs, ks = q.split(qk_sizes, dim=2), k.split(qk_sizes, dim=2)
         else:  # synthesized heads only: q and k unused
             qs = ks = (None,) * len(groups)
