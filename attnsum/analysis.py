@@ -10,16 +10,17 @@ suggestion that `attnsum train --plan` accepts.
 - Head profiles, aids for naming patterns the built-ins miss: per head the histogram of the
   relative offsets j - i of its attention mass, its mass on keys of the same token, the same
   sentence, [CLS], [SEP] and punctuation, and the entropy of its rows.
-- Plan costs: the work fraction (attention/work.py) of every head kind at a few lengths, on
-  validation documents laid end to end, so the report's plan editor can price a plan.
+- Plan costs (plan_costs.py), so that the report's plan editor can price a plan.
 
 `analyze` (the ``attnsum analyze`` command) writes to its output folder: ``report.html``
-(report.py), ``analysis.json``, ``importance.csv``, ``pattern_scores.csv`` and ``plan.json``
-(for ``attnsum train --plan``).
+(report.py), ``analysis.json``, ``maps.json`` (sample attention maps; `write_report` renders the
+report again from these two, with a pipeline's results), ``importance.csv``,
+``pattern_scores.csv`` and ``plan.json`` (for ``attnsum train --plan``).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,24 +29,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attention import HeadPlan, PatternContext, get_pattern
+from .attention import HeadPlan, get_pattern
 from .attention.hf import self_attention_modules
 from .attention.patterns import dense_mask
 from .attention.registry import pattern_names
-from .attention.work import head_work
 from .batching import collate, length_batches, sentence_logits
 from .checkpoints import write_plan_file
 from .errors import ConfigError, InputError
 from .io import atomic_write_json, atomic_write_text
 from .losses import sentence_loss
 from .model import SummarizerModel
+from .plan_costs import WINDOW, measured_speeds, plan_costs
 from .preprocess import Example, load_tokenizer
 from .report import render_html
 
 # Matching token is scored on its strict form (a row with no match allows only itself), not on
 # the full-attention fallback, under which every head would score on the no-match rows.
 SCORED_PATTERNS = ("match-self", "sent", "next", "prev", "sent-cls")
-WINDOW = "window:4"  # the window the plan editor offers
 # What a head that follows one of these is given: the paper's pattern and mode. The suggestion
 # keeps to the paper's four; other scores guide a person in the report's plan editor.
 SUGGESTED = {"match-self": ("match", "mask"), "sent": ("sent", "mask"), "next": ("next", "synth"),
@@ -160,7 +160,7 @@ def pattern_scores(model: SummarizerModel, examples: Sequence[Example],
     return PatternScores(tuple(patterns), mass / rows, chance / rows)
 
 
-OFFSETS = 8  # the profile's offset histogram: j - i in -8..8, the rest in one "far" bin
+OFFSETS = 16  # the profile's offset histogram: j - i in -16..16, the rest in one "far" bin
 KEY_SETS = ("same token", "same sentence", "[CLS]", "[SEP]", "punctuation")
 
 
@@ -176,7 +176,9 @@ def _punctuation_ids() -> torch.Tensor:
 def head_profiles(model: SummarizerModel, examples: Sequence[Example],
                   batch_size: int = 4, progress: bool = False) -> dict[str, np.ndarray]:
     """Per head, averaged over valid queries: "offsets" (L, H, 2 * OFFSETS + 1), the mass at
-    j - i = -OFFSETS..OFFSETS; "far" (L, H), the rest; one (L, H) mass per `KEY_SETS` entry; and
+    j - i = -OFFSETS..OFFSETS, and "offsets_same" the part of it on keys of the query's own
+    sentence (the report's average map: a head's attention by offset and sentence, whatever the
+    documents' lengths); "far" (L, H), the rest; one (L, H) mass per `KEY_SETS` entry; and
     "entropy" (L, H) of the rows, in nats."""
     punct = _punctuation_ids()
     tokenizer = load_tokenizer()
@@ -193,16 +195,19 @@ def head_profiles(model: SummarizerModel, examples: Sequence[Example],
         valid = batch.ctx.valid.float()  # (B, N)
         tok, sid = batch.ctx.token_ids, batch.ctx.sentence_ids
         n_rows += float(valid.sum())
-        hist = []
+        same = (sid[:, :, None] == sid[:, None, :]) & (sid[:, :, None] >= 0)  # (B, N, N)
+        hist, hist_same = [], []
         for d in range(-OFFSETS, OFFSETS + 1):
             diag = torch.diagonal(probs, offset=d, dim1=-2, dim2=-1)  # query i, key i + d
             q = valid[:, max(0, -d):N - max(0, d)] if abs(d) < N else valid[:, :0]
+            in_sentence = torch.diagonal(same, offset=d, dim1=-2, dim2=-1).float()
             hist.append(torch.einsum("blhq,bq->lh", diag, q))
+            hist_same.append(torch.einsum("blhq,bq->lh", diag, q * in_sentence))
         offsets = torch.stack(hist, -1)
         add("offsets", offsets)
+        add("offsets_same", torch.stack(hist_same, -1))
         add("far", torch.einsum("blhqk,bq->lh", probs, valid) - offsets.sum(-1))
-        pair_sets = {"same token": tok[:, :, None] == tok[:, None, :],
-                     "same sentence": (sid[:, :, None] == sid[:, None, :]) & (sid[:, :, None] >= 0)}
+        pair_sets = {"same token": tok[:, :, None] == tok[:, None, :], "same sentence": same}
         for name, pairs in pair_sets.items():
             add(name, torch.einsum("blhqk,bqk,bq->lh", probs, pairs.float(), valid))
         key_sets = {"[CLS]": tok == cls_id, "[SEP]": tok == sep_id,
@@ -214,57 +219,70 @@ def head_profiles(model: SummarizerModel, examples: Sequence[Example],
     return {k: (v / max(n_rows, 1.0)).numpy() for k, v in sums.items()}
 
 
-COST_LENGTHS = (512, 4096)
+MIN_LIFT = 2.0  # suggest_plan: a pattern's mass on a head, over the chance level, to suggest it
 
 
-def plan_costs(examples: Sequence[Example], lengths: Sequence[int] = COST_LENGTHS) -> dict:
-    """The work fraction of a head of each kind ("learned", and "PATTERN/MODE" for every
-    pattern and mode registered) at each length, on validation documents laid end to end (one
-    long document of real sentences). Patterns without a range form run on the reference path:
-    work 1. {"lengths": [...], "work": {kind: [fraction per length]}}."""
-    from .attention.patterns import MODES
-
-    ids = [t for ex in examples for t in ex.input_ids]
-    if not ids:
-        raise InputError("no validation document to price the plan on")
-    get_pattern(WINDOW)  # a window among the choices (window:K is built on first use)
-    kinds = [None] + [(name, mode) for name in pattern_names() for mode in MODES
-                      if mode in get_pattern(name).modes]
-    work: dict[str, list[float]] = {"learned" if k is None else "/".join(k): [] for k in kinds}
-    for n in lengths:
-        row = torch.tensor([(ids * (n // len(ids) + 1))[:n]])
-        ctx = PatternContext.from_bertsum(row, torch.ones_like(row),
-                                          cls_id=load_tokenizer().cls_token_id)
-        ranged = [k for k in kinds if k is None or get_pattern(k[0]).has_ranges]
-        plan = HeadPlan.from_assignments(1, len(ranged), {
-            (0, h): k for h, k in enumerate(ranged) if k is not None}).layer(0)
-        fractions = head_work(plan, ctx, flex_block=None)
-        for k in kinds:
-            key = "learned" if k is None else "/".join(k)
-            work[key].append(fractions[ranged.index(k)]["work_fraction"] if k in ranged else 1.0)
-    return {"lengths": list(lengths), "work": work}
-
-
-def suggest_plan(importance: np.ndarray, scores: PatternScores, threshold: float = 0.5,
-                 min_lift: float = 2.0) -> HeadPlan:
-    """Give a head the pattern it already follows: a head whose mass on a pattern is at least
-    `threshold` and at least `min_lift` times the chance level takes that pattern (the one
-    with the highest lift if several qualify), in the paper's mode for it (mask for matching
-    token and intra-sentence, synthesize for previous/next token); only the patterns of
-    `SUGGESTED` are suggested. Ties in lift go to the less
-    important head; other heads stay learned."""
+def _followed(importance: np.ndarray, scores: PatternScores, threshold: float,
+              min_lift: float) -> dict[tuple[int, int], tuple[str, float, float]]:
+    """The heads that follow one of `SUGGESTED`'s patterns (suggest_plan's rule): (layer, head)
+    -> (pattern, score, lift)."""
     L, H, _ = scores.score.shape
     lift = scores.score / np.maximum(scores.chance, 1e-9)
-    assignments = {}
+    out = {}
     for layer in range(L):
         for h in range(H):
-            ok = [(lift[layer, h, i], -importance[layer, h], name)
+            ok = [(lift[layer, h, i], -importance[layer, h], name, scores.score[layer, h, i])
                   for i, name in enumerate(scores.patterns)
                   if name in SUGGESTED and scores.score[layer, h, i] >= threshold
                   and lift[layer, h, i] >= min_lift]
             if ok:
-                assignments[(layer, h)] = SUGGESTED[max(ok)[2]]
-    return HeadPlan.from_assignments(L, H, assignments)
+                best = max(ok)
+                out[(layer, h)] = (best[2], float(best[3]), float(best[0]))
+    return out
+
+
+def suggest_plan(importance: np.ndarray, scores: PatternScores, threshold: float = 0.5,
+                 min_lift: float = MIN_LIFT) -> HeadPlan:
+    """Give a head the pattern it already follows: a head whose mass on a pattern is at least
+    `threshold` and at least `min_lift` times the chance level takes that pattern (the one
+    with the highest lift if several qualify), in the paper's mode for it (mask for matching
+    token and intra-sentence, synthesize for previous/next token); only the patterns of
+    `SUGGESTED` are suggested. Ties in lift go to the less important head; other heads stay
+    learned."""
+    L, H, _ = scores.score.shape
+    return HeadPlan.from_assignments(L, H, {
+        key: SUGGESTED[name] for key, (name, _, _) in
+        _followed(importance, scores, threshold, min_lift).items()})
+
+
+def explain_suggestion(importance: np.ndarray, scores: PatternScores, threshold: float = 0.5,
+                       min_lift: float = MIN_LIFT, important: int = 5) -> dict:
+    """Why `suggest_plan` gives what it gives, for the report: its thresholds, each patterned
+    head with its score, lift and importance rank, and the `important` most important heads
+    left learned with the best score and lift any suggested pattern has on them."""
+    L, H, _ = scores.score.shape
+    followed = _followed(importance, scores, threshold, min_lift)
+    order = sorted(((float(importance[layer, h]), layer, h) for layer in range(L)
+                    for h in range(H)), reverse=True)
+    rank = {(layer, h): r + 1 for r, (_, layer, h) in enumerate(order)}
+    lift = scores.score / np.maximum(scores.chance, 1e-9)
+    chosen = [{"layer": layer, "head": h, "pattern": SUGGESTED[name][0], "mode": SUGGESTED[name][1],
+               "scored_as": name, "score": score, "lift": lf, "rank": rank[(layer, h)]}
+              for (layer, h), (name, score, lf) in sorted(followed.items())]
+    left = []
+    for _, layer, h in order:
+        if (layer, h) in followed:
+            continue
+        i = max((i for i, n in enumerate(scores.patterns) if n in SUGGESTED),
+                key=lambda i: scores.score[layer, h, i])
+        left.append({"layer": layer, "head": h, "rank": rank[(layer, h)],
+                     "best": scores.patterns[i], "score": float(scores.score[layer, h, i]),
+                     "lift": float(lift[layer, h, i])})
+        if len(left) == important:
+            break
+    return {"threshold": threshold, "min_lift": min_lift, "heads": L * H,
+            "suggested": {name: "/".join(spec) for name, spec in SUGGESTED.items()},
+            "chosen": chosen, "important_left": left}
 
 
 def _training_settings(model: SummarizerModel) -> dict:
@@ -300,16 +318,17 @@ def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path
     profiles = head_profiles(model, examples, progress=progress)
     costs = plan_costs(examples)
     plan = suggest_plan(taylor, ps, threshold)
+    explained = explain_suggestion(taylor, ps, threshold)
     L, H = taylor.shape
-    top = sorted(((float(taylor[layer, h]), layer, h) for layer in range(L) for h in range(H)),
-                 reverse=True)[:top_heads]
-    heads = [(layer, h) for _, layer, h in top]
-    maps = _sample_maps(model, examples[:samples], heads)
+    heads = _map_heads(taylor, top_heads, explained)
+    maps = _sample_maps(model, examples[:samples], heads, progress)
     result = {"layers": L, "heads": H, "documents": len(examples),
               "importance": {"taylor": taylor.tolist(), "gate": gate.tolist()},
               "patterns": list(ps.patterns), "pattern_scores": ps.score.tolist(),
               "chance": ps.chance.tolist(), "plan": plan.to_dict(), "plan_text": str(plan),
-              "top_heads": heads, "profiles": {k: v.tolist() for k, v in profiles.items()},
+              "map_heads": heads, "suggestion": explained, "measured": measured_speeds(),
+              "title": title or "attnsum analysis",
+              "profiles": {k: v.tolist() for k, v in profiles.items()},
               "costs": costs, "preset": model.cfg.preset, "inject": model.cfg.inject,
               "pattern_files": [str(f) for f in pattern_files],
               "trained": _training_settings(model)}
@@ -321,25 +340,61 @@ def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path
     atomic_write_text(out / "pattern_scores.csv", "layer,head,pattern,score,chance\n" + "".join(
         f"{layer},{h},{p},{ps.score[layer, h, i]:.6g},{ps.chance[i]:.6g}\n"
         for layer in range(L) for h in range(H) for i, p in enumerate(ps.patterns)))
-    atomic_write_text(out / "report.html", render_html(title or "attnsum analysis", result, maps))
+    atomic_write_text(out / "maps.json", json.dumps(maps))
+    write_report(out)
     return result
 
 
-MAX_TOKENS = 80  # tokens of each sample document shown in the heatmaps
+MAX_TOKENS = 128  # tokens of each sample document shown in the heatmaps
+MAP_HEADS = 8  # heads with sample maps: the most important, then the suggested plan's
+
+
+def _map_heads(importance: np.ndarray, top_heads: int, explained: dict) -> list[tuple[int, int]]:
+    L, H = importance.shape
+    order = sorted(((float(importance[layer, h]), layer, h) for layer in range(L)
+                    for h in range(H)), reverse=True)
+    heads = [(layer, h) for _, layer, h in order[:top_heads]]
+    for c in sorted(explained["chosen"], key=lambda c: -c["lift"]):
+        if len(heads) >= max(MAP_HEADS, top_heads):
+            break
+        if (c["layer"], c["head"]) not in heads:
+            heads.append((c["layer"], c["head"]))
+    return heads
 
 
 @torch.no_grad()
-def _sample_maps(model: SummarizerModel, examples: Sequence[Example], heads) -> list[dict]:
+def _sample_maps(model: SummarizerModel, examples: Sequence[Example], heads,
+                 progress: bool = False) -> list[dict]:
+    """Per sample document, its first `MAX_TOKENS` tokens: their text, the start of each
+    sentence, the attention of each of `heads` in thousandths of a query's mass ("attn"), and
+    the cells each scored pattern allows ("allowed": a row of "0"/"1" per query, the predicate
+    the kernels run, `dense_mask`)."""
+    from tqdm.auto import tqdm
+
     tok = load_tokenizer()
     docs = []
-    for ex in examples:
+    for ex in tqdm(examples, desc="analyze: sample maps", unit="doc", disable=not progress,
+                   file=sys.stderr):
         batch = collate([ex])
         maps = model.attention_maps(batch.input_ids, batch.segment_ids, batch.attention_mask,
                                     batch.ctx)
         n = min(MAX_TOKENS, len(ex.input_ids))
-        tokens = tok.convert_ids_to_tokens(ex.input_ids[:n])
-        docs.append({"id": ex.id, "tokens": tokens, "heads": [
-            {"layer": layer, "head": h,
-             "attn": np.round(maps[layer][0, h, :n, :n].float().numpy(), 3).tolist()}
-            for layer, h in heads]})
+        allowed = {name: dense_mask(get_pattern(name).mask_mod(batch.ctx), 1, batch.input_ids.shape[1])
+                   [0, :n, :n].int().tolist() for name in SCORED_PATTERNS}
+        docs.append({
+            "id": ex.id, "tokens": tok.convert_ids_to_tokens(ex.input_ids[:n]),
+            "sentences": [start for start, _ in ex.spans if start < n],
+            "heads": [{"layer": layer, "head": h,
+                       "attn": (maps[layer][0, h, :n, :n].float() * 1000).round().int().tolist()}
+                      for layer, h in heads],
+            "allowed": {k: ["".join(map(str, row)) for row in m] for k, m in allowed.items()}})
     return docs
+
+
+def write_report(folder: str | Path, results: dict | None = None) -> Path:
+    """(Re)write `folder`/report.html from the analysis.json and maps.json that `analyze` left
+    there, with `results` (pipeline.py: ROUGE, curves, speed) when given."""
+    folder = Path(folder)
+    result, maps = (json.loads((folder / f"{k}.json").read_text()) for k in ("analysis", "maps"))
+    atomic_write_text(folder / "report.html", render_html(result["title"], result, maps, results))
+    return folder / "report.html"

@@ -496,7 +496,8 @@ def _analyze_options(p: argparse.ArgumentParser) -> None:
     _add_dataset_args(p)
     p.set_defaults(split="val")
     p.add_argument("--top-heads", dest="top_heads", type=_positive_int, default=4,
-                   help="heads per layer the suggested plan may take over")
+                   help="most important heads shown in the attention maps (the suggested "
+                   "plan's heads are shown as well, up to 8 in all)")
     p.add_argument("--threshold", type=_fraction, default=0.5,
                    help="least attention mass on a pattern for a head to take it")
     p.add_argument("--out", default="runs/analysis",

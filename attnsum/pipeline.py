@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
+from .analysis import write_report
 from .attention import HeadPlan
 from .batching import length_batches, sentence_logits
 from .checkpoints import load_model, resolve_checkpoint
 from .errors import ConfigError
-from .evaluate import evaluate_system
+from .evaluate import METRICS, evaluate_system
 from .experiment import FULL, QUICK, Settings, run_system
 from .io import atomic_write_json, atomic_write_text
 from .model import SummarizerModel
@@ -149,7 +150,8 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
         results[name] = stages.run(name.replace("+", "_"), titles[name], trained(cfg))
 
     def baselines():
-        return {b: {m: v.mean for m, v in evaluate_system(b, examples("test")).items()}
+        return {b: {m: v.mean for m, v in
+                    evaluate_system(b, examples("test"), out / "baselines").items()}
                 for b in ("lead3", "oracle")}
 
     base_scores = stages.run("baselines", "Lead-3 and oracle on the test split", baselines)
@@ -160,8 +162,52 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
 
     speed = stages.run("timing", "time inference on the test split", timing)
     summary = _summary(out, results, base_scores, speed, analysis, s, dataset)
+    write_report(out / "analysis", report_results(out, results, speed, analysis, dataset,
+                                                  len(examples("test")), precision, s))
     stages.run("summary", "write the summary", lambda: {"path": str(out / "summary.md")})
     return summary
+
+
+def _curves(run: Path) -> dict:
+    """A run's training loss and validation score by step, from its metrics.jsonl (train.py)."""
+    loss, val, metric = [], [], "rouge1"
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in lines:
+        record = json.loads(line)
+        if "loss" in record:
+            loss.append([record["step"], record["loss"]])
+        elif "val" in record:
+            metric = "rouge1" if "rouge1" in record["val"] else "loss"
+            val.append([record["step"], record["val"][metric]])
+    return {"loss": loss, "val": val, "val_metric": metric}
+
+
+def report_results(out: Path, results: dict, speed: dict, analysis: dict, dataset: str,
+                   documents: int, precision: Precision, s: Settings) -> dict:
+    """What the report shows of a pipeline run (report.py `_results`): each system's test ROUGE
+    with its interval (the scores files evaluate.py wrote), training curves, documents per
+    second, and the plan's student against its dense twin, also as a measured speed of the plan
+    for the plan editor."""
+    def scores(path):
+        return {m: v for m, v in json.loads(path.read_text()).items() if m in METRICS}
+
+    rouge = {b: scores(out / "baselines" / f"{b}.scores.json") for b in ("lead3", "oracle")}
+    rouge.update({name: scores(Path(r["checkpoint"]).parent / "test.scores.json")
+                  for name, r in results.items()})
+    docs_s = {name: f"{v['docs_per_s']:.1f}" for name, v in speed.items()}
+    twin_speed = speed["student+patterns"]["docs_per_s"] / speed["student"]["docs_per_s"]
+    return {
+        "rouge": rouge, "speed": docs_s, "documents": documents, "dataset": dataset,
+        "timing": f"{precision.name} on {precision.device_type}, batches of 8",
+        "curves": {name: _curves(Path(r["checkpoint"]).parent) for name, r in results.items()},
+        "twin": {"rouge1": rouge["student+patterns"]["rouge1"]["mean"]
+                 - rouge["student"]["rouge1"]["mean"], "speed": twin_speed},
+        "measured": [{"source": "this pipeline's timing stage", "device": "", "commit": "",
+                      "model": f"{s.student} + plan", "plan": analysis["plan_text"],
+                      "N": s.max_len, "batch": 8, "precision": precision.name,
+                      "vs_teacher": speed["student+patterns"]["docs_per_s"]
+                      / speed["teacher"]["docs_per_s"], "vs_twin": twin_speed}]}
 
 
 def _summary(out, results, base_scores, speed, analysis, s, dataset) -> str:

@@ -11,6 +11,7 @@ from helpers import embedded_examples
 from attnsum.analysis import (
     OFFSETS,
     analyze,
+    explain_suggestion,
     head_importance,
     head_profiles,
     pattern_scores,
@@ -21,6 +22,7 @@ from attnsum.checkpoints import read_config, save_model
 from attnsum.cli import main
 from attnsum.errors import InputError
 from attnsum.model import SummarizerModel, model_config
+from attnsum.plan_costs import measured_speeds
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,19 @@ def test_a_hard_wired_head_scores_one_with_the_right_chance_level(examples):
     assert ps.chance[nxt] == pytest.approx(np.mean(rows), rel=1e-6)
     plan = suggest_plan(head_importance(model, examples), ps)
     assert str(plan.layer(0)[1]) == "sent/mask" and str(plan.layer(1)[3]) == "next/synth"
+    # The report's reasons: the same heads, each over both thresholds, and the most important
+    # of the others in order of importance, each under at least one of them.
+    imp = head_importance(model, examples)
+    why = explain_suggestion(imp, ps)
+    assert [(c["layer"], c["head"], c["pattern"], c["mode"]) for c in why["chosen"]] == [
+        (layer, h, s.pattern, s.mode) for layer, row in enumerate(plan.heads)
+        for h, s in enumerate(row) if s is not None]
+    assert all(c["score"] >= 0.5 and c["lift"] >= 2 for c in why["chosen"])
+    left = [(c["layer"], c["head"]) for c in why["important_left"]]
+    by_importance = sorted((-imp[layer, h], layer, h) for layer in range(2) for h in range(4)
+                            if (layer, h) not in {(0, 1), (1, 3)})
+    assert left == [(layer, h) for _, layer, h in by_importance][:5]
+    assert all(c["score"] < 0.5 or c["lift"] < 2 for c in why["important_left"])
 
 
 def test_head_profiles_of_hard_wired_heads(examples):
@@ -74,6 +89,12 @@ def test_head_profiles_of_hard_wired_heads(examples):
     after_cls = sum(t == 101 for doc in ids for t in doc[:-1]) / rows
     assert prof["[CLS]"][1, 3] == pytest.approx(after_cls, rel=1e-5)
     assert prof["same sentence"][0, 1] == pytest.approx(1.0, rel=1e-5)
+    # the average map: all of the intra-sentence head's mass is in its sentence, and the
+    # previous-token head's is there except at each sentence's first token
+    assert np.allclose(prof["offsets_same"][0, 1], prof["offsets"][0, 1], atol=1e-6)
+    in_sentence = sum(e - s - 1 for ex in examples for s, e in ex.spans) / rows
+    assert prof["offsets_same"][1, 3, OFFSETS - 1] == pytest.approx(in_sentence, rel=1e-5)
+    assert prof["offsets_same"][1, 3].sum() == pytest.approx(in_sentence, rel=1e-5)
     # a learned head's rows sum to one over the offset bins and the rest
     assert prof["offsets"][0, 0].sum() + prof["far"][0, 0] == pytest.approx(1.0, rel=1e-5)
     assert 0 < prof["entropy"][0, 0] <= np.log(max(map(len, ids)))
@@ -121,12 +142,20 @@ def test_report_structure_and_plan_round_trip(tmp_path, examples):
     assert {"importance", "patterns", "plan", "profiles", "heatmaps", "doc0", "plan-text",
             "download-plan", "reset-plan", "choice", "plan-cost", "analysis"} <= c.ids
     assert result["patterns"][:5] == ["match-self", "sent", "next", "prev", "sent-cls"]
-    # two importance grids, a grid per pattern, the editor's grid and cost table, the profiles
-    assert c.tables == 2 + len(result["patterns"]) + 3
+    # two importance grids, a grid per pattern, the plan's chosen and left heads, the editor's
+    # grid and cost table, the profiles, the average map
+    assert c.tables == 2 + len(result["patterns"]) + 6
+    assert "results" not in c.ids  # no pipeline results for a bare analysis
     assert c.external == []  # self-contained: no script, style or link fetched
     assert c.canvases == len(c.script_json) >= 1
     first = c.script_json[0]
-    assert len(first["heads"]) == 4 and len(first["tokens"]) == len(first["heads"][0]["attn"])
+    # the 4 most important heads, then the suggestion's heads
+    imp = np.asarray(result["importance"]["taylor"])
+    top = sorted((-imp[layer, h], layer, h) for layer in range(2) for h in range(4))[:4]
+    shown = [(h["layer"], h["head"]) for h in first["heads"]]
+    assert shown[:4] == [(layer, h) for _, layer, h in top]
+    assert set(shown[4:]) == {(1, 3)} - set(shown[:4])
+    assert len(first["tokens"]) == len(first["heads"][0]["attn"]) == len(first["allowed"]["sent"])
     for name in ("importance.csv", "pattern_scores.csv", "plan.json"):
         assert (tmp_path / "rep" / name).is_file()
 
@@ -153,7 +182,17 @@ def test_pipeline_end_to_end_and_resume(tmp_path, capsys):
         assert f"| {row} |" in text
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["speed"]["student"]["docs_per_s"] > 0
-    assert (tmp_path / "p" / "analysis" / "report.html").is_file()
+    report = (tmp_path / "p" / "analysis" / "report.html").read_text()
+    assert len(report) < 3_000_000
+    # the report holds the results: each system's ROUGE with its interval, read from the test
+    # scores files, and one loss and one validation plot with a line per trained system
+    assert 'id="results"' in report and report.count('<svg class="curve"') == 2
+    for name in ("lead3", "teacher", "student+patterns"):
+        folder = tmp_path / "p" / ("baselines" if name == "lead3" else name)
+        sc = json.loads((folder / f"{'lead3' if name == 'lead3' else 'test'}.scores.json").read_text())
+        r1 = sc["rouge1"]
+        assert f"<th>{name}</th><td>{r1['mean']:.2f} [{r1['low']:.2f}, {r1['high']:.2f}]</td>" in report
+    assert report.count('class="line"') == 2 * 4
     capsys.readouterr()
     assert run_pipeline(tmp_path / "p", limit=4, settings=s) == text  # every stage reused
     assert capsys.readouterr().out.count("done earlier, reused") == 8
@@ -176,3 +215,23 @@ def test_analysis_reports_progress_pass_by_pass(capsys):
     assert "5/5" in err
     head_importance(model, examples, "taylor")
     assert "analyze" not in capsys.readouterr().err
+
+
+def test_measured_speeds_of_a_plan(tmp_path):
+    """A students.csv of bench_students.py: the patterned rows of its last commit, each with its
+    speedup over the teacher (the file's) and over its dense twin (computed here)."""
+    head = ("model,plan,N,batch,precision,p50_ms,p95_ms,docs_per_s,speedup,gflop_per_s,"
+            "matmul_bound_fraction,peak_mib,device,torch,commit\n")
+    rows = ["teacher,none,512,1,bf16,,,10,1.0,,,,cpu-X,2,old",
+            "student3-paper-tx,paper,512,1,bf16,,,99,9.9,,,,cpu-X,2,old",
+            "teacher,none,512,1,bf16,,,10,1.0,,,,cpu-X,2,new",
+            "student3-dense-tx,none,512,1,bf16,,,16,1.6,,,,cpu-X,2,new",
+            "student3-paper-tx,paper,512,1,bf16,,,24,2.4,,,,cpu-X,2,new",
+            "student3-paper-tx,paper,512,32,bf16,,,30,2.5,,,,cpu-X,2,new"]
+    path = tmp_path / "cpu-X" / "students.csv"
+    path.parent.mkdir()
+    path.write_text(head + "\n".join(rows) + "\n")
+    got = measured_speeds([path])
+    assert [(r["batch"], r["vs_teacher"], r["vs_twin"]) for r in got] == [(1, 2.4, 1.5),
+                                                                           (32, 2.5, None)]
+    assert {r["commit"] for r in got} == {"new"} and got[0]["source"] == "cpu-X/students.csv"

@@ -218,3 +218,96 @@ def test_a_checkpoint_with_user_patterns_needs_its_file(report, capsys):
         assert "unknown pattern 'second'" in err and "--patterns" in err and str(run) in err
     finally:
         registry._REGISTRY.update(saved)
+
+
+def _select(browser, element_id, value=None, text_prefix=None):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    select = Select(browser.find_element(By.ID, element_id))
+    if value is not None:
+        select.select_by_value(value)
+    else:
+        select.select_by_index(next(i for i, o in enumerate(select.options)
+                                    if o.text.startswith(text_prefix)))
+
+
+def test_heatmaps_have_axes_a_scale_overlays_and_a_readout(report, browser):
+    """The first document's map of a head hard-wired to the intra-sentence pattern: a line and
+    label at each sentence start, the outline of the cells `sent` allows (block diagonal: its
+    squares touch at corners only, so 4 edges a token) and of `next` (isolated cells: 4 edges
+    each), drawn in the outline's colour; a cell read under the pointer; the zoom; the head's
+    average map and the pattern's score beside it."""
+    from selenium.webdriver.common.by import By
+
+    maps = json.loads((report / "rep" / "maps.json").read_text())
+    analysis = json.loads((report / "rep" / "analysis.json").read_text())
+    browser.get((report / "rep" / "report.html").as_uri())
+    doc = maps[0]
+    n = len(doc["tokens"])
+    canvas = browser.find_element(By.CSS_SELECTOR, "#doc0 canvas")
+    assert int(canvas.get_attribute("data-sentences")) == doc["tokens"].count("[CLS]")
+    assert int(canvas.get_attribute("data-outlined")) == 0
+    _select(browser, "map-head", text_prefix="L0 h1 ")
+    _select(browser, "map-overlay", value="sent")
+    assert int(canvas.get_attribute("data-outlined")) == 4 * n
+    margin = browser.execute_script("return MARGIN")
+    top_left = browser.execute_script(
+        "return Array.from(arguments[0].getContext('2d').getImageData(arguments[1] + 1, "
+        "arguments[1], 1, 1).data)", canvas, margin)
+    assert top_left[:3] == [230, 120, 0]  # the top edge of cell (0, 0), in the outline colour
+    _select(browser, "map-overlay", value="next")
+    assert int(canvas.get_attribute("data-outlined")) == 4 * (n - 1)
+    _select(browser, "map-overlay", value="sent")
+
+    zoom = int(browser.find_element(By.ID, "map-zoom").get_attribute("value"))
+    browser.execute_script(
+        "const c = arguments[0], r = c.getBoundingClientRect(), z = arguments[1], m = arguments[2];"
+        "c.dispatchEvent(new MouseEvent('mousemove', {clientX: r.left + m + z * 1 + z / 2, "
+        "clientY: r.top + m + z * 2 + z / 2}));", canvas, zoom, margin)
+    head = next(h for h in doc["heads"] if (h["layer"], h["head"]) == (0, 1))
+    text = browser.find_element(By.CSS_SELECTOR, "#doc0 .readout").text
+    assert f'query 2 "{doc["tokens"][2]}" (S1)' in text and f'key 1 "{doc["tokens"][1]}" (S1)' in text
+    assert f"{head['attn'][2][1] / 1000:.3f} of the query's attention" in text
+    assert "sent allows this cell" in text
+    assert browser.find_element(By.CSS_SELECTOR, "#doc0 .legend-max").text != ""
+
+    _select(browser, "map-zoom", value="8")
+    assert int(canvas.get_attribute("width")) == margin + 8 * n + 2
+    avg = browser.find_element(By.ID, "avg-map").find_elements(By.TAG_NAME, "tr")
+    width = len(analysis["profiles"]["offsets"][0][1])
+    assert [len(r.find_elements(By.TAG_NAME, "td")) for r in avg] == [0, width, width]
+    info = browser.find_element(By.ID, "overlay-info").text
+    score = analysis["pattern_scores"][0][1][analysis["patterns"].index("sent")]
+    assert f"sent on L0 h1: score {score:.3f}" in info and "lift" in info
+    assert browser.get_log("browser") == []
+
+
+def test_the_plan_is_explained_and_priced(report, browser):
+    """The suggestion's rule with its thresholds, the hard-wired heads chosen or not by it,
+    what the modes do; the editor shows the measured speed of a plan where the analysis found
+    one (bench/results of this checkout) and says so where it did not."""
+    from selenium.webdriver.common.by import By
+
+    analysis = json.loads((report / "rep" / "analysis.json").read_text())
+    browser.get((report / "rep" / "report.html").as_uri())
+    rule = browser.find_element(By.ID, "plan-rule").text
+    assert "at least 0.50 of its attention mass" in rule and "at least 2 times" in rule
+    chosen = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#plan-chosen tr")[1:]]
+    assert chosen[0].startswith("L1 h3 prev/synth 1.000")  # the hard-wired previous-token head
+    # Every other head stays learned, the hard-wired intra-sentence head among them: it follows
+    # its pattern exactly, but sentences fill so much of these short inputs that its lift is < 2.
+    sent = analysis["patterns"].index("sent")
+    assert analysis["pattern_scores"][0][1][sent] / analysis["chance"][sent] < 2 and len(chosen) == 1
+    modes = browser.find_element(By.ID, "plan-modes").text
+    assert "synth (synthesize): the head computes no query or key" in modes
+    measured = browser.find_element(By.ID, "plan-measured")
+    assert "No measured speed of this plan" in measured.text  # the tiny run's own plan
+    browser.execute_script("plan = plan.map(r => r.map((s, h) => PAPER[h % 4])); render();")
+    assert browser.find_element(By.ID, "plan-text").text == "paper"
+    paper = [r for r in analysis["measured"] if r["plan"] == "paper"]
+    if paper:
+        for r in paper:
+            assert r["model"] in measured.text
+    else:
+        assert "No measured speed of this plan" in measured.text
