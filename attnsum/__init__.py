@@ -2,9 +2,10 @@
 
 Packages: ``attnsum.attention`` (the attention library: patterns, plans, reference, fast paths,
 Hugging Face plug-in; its docstring holds the design notes) and ``attnsum.kernels`` (the Triton
-kernels, in the top-level folder kernels/). The rest is the summarizer: data, preprocess,
-settings, model, batching, checkpoints, train, evaluate, analysis and report, summarizer (Python
-API), summarize_files (the summarize command), serve, release, pipeline, experiment, cli.
+kernels, in the top-level folder kernels/). The rest is the summarizer: config (the
+settings), data, preprocess, model, batching, checkpoints, train, evaluate, analysis, plan_costs
+and report, summarizer (Python API), input_files and summarize_files (the summarize command),
+serve and server, release, pipeline, experiment, cli and commands.
 """
 
 from pathlib import Path as _Path

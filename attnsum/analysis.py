@@ -286,14 +286,14 @@ def explain_suggestion(importance: np.ndarray, scores: PatternScores, threshold:
 
 
 def _training_settings(model: SummarizerModel) -> dict:
-    """What the report's train command repeats of the analyzed model's own training (empty for
-    a model saved outside training)."""
+    """What the report's train command repeats of the model's training (none: saved outside)."""
     from .checkpoints import read_training_summary
 
     if model.checkpoint is None:
         return {}
     t = read_training_summary(model.checkpoint).get("train", {})
-    return {k: t[k] for k in ("dataset", "steps", "batch_size", "max_len", "lr") if k in t}
+    return {**{k: t[k] for k in ("dataset", "steps", "batch_size", "lr") if k in t},
+            **({"max_len": model.cfg.max_len} if t else {})}
 
 
 def analyze(model: SummarizerModel, examples: Sequence[Example], out: str | Path, top_heads: int = 4,

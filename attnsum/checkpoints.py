@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 
 from .attention import HeadPlan, PatternError
+from .config import MAX_LEN, ModelConfig
 from .errors import CheckpointError
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .model import ModelConfig, SummarizerModel
+from .model import SummarizerModel
 from .preprocess import minilm_dir
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -94,11 +95,13 @@ def read_config(folder: str | Path) -> ModelConfig:
     data = read_json(path)
     try:
         record = dict(data["attnsum"])
+        if record.get("max_len") is None:  # older checkpoints: the length training recorded,
+            # else their positions, at most MAX_LEN
+            record["max_len"] = (data.get("train", {}).get("max_len")
+                                 or min(record.get("max_positions", MAX_LEN), MAX_LEN))
         _check_field_types(record, path)
         if record.get("plan") is not None:  # null: every head learned (older checkpoints)
             record["plan"] = HeadPlan.from_dict(record["plan"])
-        if "max_len" not in record:  # older checkpoints: the length training recorded
-            record["max_len"] = data.get("train", {}).get("max_len")
         return ModelConfig(**record)
     except (KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path}: not an attnsum checkpoint config ({e})") from None

@@ -1,20 +1,16 @@
 """attnsum: extractive summaries with human-guided attention patterns.
 
-The command line, ``attnsum <command> ...``: argparse lives here only; each command calls a typed
-function of the package. A user mistake prints one clear ``error:`` line and exits 2.
+The command line, ``attnsum <command> ...``: argparse and dispatch only; each command's body is
+``cmd_<command>`` of commands.py, which reads the parsed options and calls the package's
+functions. A user mistake prints one clear ``error:`` line and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
 import sys
-from pathlib import Path
 
 from . import __version__
-from .data import DataError, Fields, check_dataset, format_skips
 from .errors import AttnsumError
 from .extras import need
 from .preprocess import MAX_CHARS, MAX_LEN
@@ -54,10 +50,6 @@ _nonneg_float = _number(float, 0, what="a number of at least 0")
 _fraction = _number(float, 0, 1, what="a number from 0 to 1")
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
-
-
 def _add_dataset_args(p: argparse.ArgumentParser, split: bool = True) -> None:
     p.add_argument("--dataset", default="embedded",
                    help="embedded (250 ACL papers with summaries, shipped by the aclsum package), "
@@ -84,192 +76,6 @@ def _add_precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
                    help="auto: bf16 where the GPU or CPU has it natively, else fp32; fp16 on "
                         "CUDA only")
-
-
-def _load_examples(args, model=None, need_texts: bool = True):
-    """The documents of --dataset/--split at the input length of `model` (its training length
-    unless --max-len says otherwise), or of --max-len (512 by default) without one."""
-    from .shards import examples_of
-
-    args.max_len = (model.cfg.input_length(args.max_len) if model is not None
-                    else args.max_len or MAX_LEN)
-    prepared = examples_of(args.dataset, args.split, args.max_len, args.limit,
-                           Fields(args.article_field, args.summary_field, args.id_field),
-                           need_texts=need_texts, progress=True)
-    if not prepared.examples:
-        raise DataError(f"{args.dataset}/{args.split}: no usable document")
-    return prepared
-
-
-def cmd_evaluate(args) -> None:
-    from .evaluate import BASELINES, evaluate_system, format_table
-
-    systems = [s.strip() for s in args.system.split(",") if s.strip()]
-    for s in systems:
-        if s not in BASELINES:
-            raise DataError(f"unknown system {s!r}: use one of {', '.join(BASELINES)}")
-    check_dataset(args.dataset)
-    model = None
-    if args.checkpoint:
-        from .checkpoints import load_model, read_training_summary
-        from .precision import resolve_device, resolve_precision
-
-        device = resolve_device(args.device)
-        model = load_model(args.checkpoint).to(device)
-        precision = resolve_precision(args.precision, device)
-        trained = read_training_summary(model.checkpoint)
-        schedule = trained.get("schedule", {}).get("description", "an unrecorded schedule")
-        print(f"model {model.checkpoint}: trained with {schedule}\n{precision.describe()}",
-              file=sys.stderr)
-    prepared = _load_examples(args, model)
-    out = Path(args.out)
-    extra = {"dataset": args.dataset, "split": args.split, "max_len": args.max_len,
-             "skipped": dict(prepared.skipped)}
-    rows = {s: evaluate_system(s, prepared.examples, out, extra) for s in systems}
-    if args.scores:
-        from .evaluate import evaluate_scores, read_scores
-
-        scores = read_scores(args.scores, prepared.examples)
-        rows["scores"] = evaluate_scores(prepared.examples, scores, out, "scores", args.k,
-                                         not args.no_trigram_blocking, extra)
-    if model is not None:
-        from .evaluate import evaluate_model
-
-        rows["model"] = evaluate_model(model, prepared.examples, precision, out, "model", k=args.k,
-                                       trigram_blocking=not args.no_trigram_blocking, device=device,
-                                       extra={**extra, "trained": trained}, progress=True)
-    print(f"{args.dataset}/{args.split}: {_count(len(prepared.examples), 'document')} "
-          "(ROUGE F1, mean [95% bootstrap interval])")
-    print(format_table(rows))
-    if prepared.skipped:
-        print(format_skips(prepared.skipped))
-    print(f"predictions and scores written to {out}/")
-
-
-def cmd_train(args) -> int:
-    from dataclasses import fields
-
-    from .settings import TrainConfig
-    from .train import train
-
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                         if hasattr(args, f.name)})
-    result = train(cfg)
-    stopped = result["step"] < cfg.steps
-    for e in result["best"]:
-        v = e["val"]
-        shown = (f"val loss {v['loss']:.4f}" if "loss" in v else
-                 f"val ROUGE-1/2/Lsum {v['rouge1']:.2f}/{v['rouge2']:.2f}/{v['rougeLsum']:.2f}")
-        print(f"step {e['step']}: {shown}  {e['path']}")
-    print(f"run folder: {result['out']}")
-    return 3 if stopped else 0  # 3: stopped by --time-limit, run again to go on
-
-
-def cmd_score(args) -> None:
-    from .batching import predict_scores
-    from .checkpoints import load_model
-    from .io import atomic_write_text
-    from .precision import resolve_device, resolve_precision
-
-    check_dataset(args.dataset)
-    device = resolve_device(args.device)
-    model = load_model(args.checkpoint).to(device)
-    ckpt = model.checkpoint
-    precision = resolve_precision(args.precision, device)
-    print(f"checkpoint {ckpt}; {precision.describe()}", file=sys.stderr)
-    prepared = _load_examples(args, model, need_texts=False)
-    scores = predict_scores(model, prepared.examples, precision, device=device, progress=True)
-    atomic_write_text(args.out, "".join(json.dumps({"id": e.id, "scores": s}) + "\n"
-                                        for e, s in zip(prepared.examples, scores, strict=True)))
-    print(f"sentence scores of {_count(len(scores), 'document')} by {ckpt} written to {args.out}")
-
-
-def cmd_shard(args) -> None:
-    from .shards import write_shard
-
-    for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
-        args.split = split
-        prepared = _load_examples(args)
-        out = write_shard(prepared.examples, args.out, split, args.max_len)
-        size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
-        print(f"{split}: {_count(len(prepared.examples), 'document')}, {size:.1f} MiB in {out}")
-        if prepared.skipped:
-            print(format_skips(prepared.skipped))
-
-
-def cmd_release(args) -> None:
-    from .release import release
-
-    notes = ""
-    if args.notes:
-        try:
-            notes = Path(args.notes).read_text(encoding="utf-8")
-        except OSError as e:
-            raise DataError(f"cannot read notes file {args.notes}: {e.strerror}") from None
-    out, size = release(args.run, args.out, notes)
-    print(f"released {out} ({size / 2**20:.1f} MiB of weights); card: {out}/README.md")
-
-
-def cmd_experiment(args) -> None:
-    import time
-
-    from .experiment import run_experiment
-
-    t0 = time.time()
-    table = run_experiment(args.out, args.seeds, args.full, args.dataset, args.limit,
-                           device=args.device)
-    print(table)
-    print(f"({time.time() - t0:.0f} s; written to {args.out}/experiment.md)")
-
-
-def cmd_analyze(args) -> None:
-    from .analysis import analyze
-    from .checkpoints import load_model
-
-    check_dataset(args.dataset)
-    model = load_model(args.checkpoint)
-    ckpt = model.checkpoint
-    print(f"checkpoint {ckpt}", file=sys.stderr)
-    prepared = _load_examples(args, model)
-    result = analyze(model, prepared.examples, args.out, top_heads=args.top_heads,
-                     threshold=args.threshold, title=f"attnsum analysis of {ckpt}",
-                     pattern_files=args.patterns, progress=True)
-    print(f"analyzed {_count(result['documents'], 'document')}; suggested plan: "
-          f"{result['plan_text']}")
-    print(f"report: {args.out}/report.html; plan for `attnsum train --plan`: {args.out}/plan.json")
-
-
-def cmd_pipeline(args) -> None:
-    from .pipeline import run_pipeline
-
-    print(run_pipeline(args.out, args.dataset, args.full, args.limit, args.seed, steps=args.steps,
-                       max_len=args.max_len, device=args.device))
-
-
-def cmd_summarize(args) -> None:
-    from .summarize_files import summarize_command
-
-    counts = summarize_command(args.checkpoint, args.inputs, args.out, args.format, args.field,
-                               args.jsonl, args.k, not args.no_trigram_blocking, args.chunk,
-                               args.device, args.precision, args.limit, args.max_len,
-                               args.max_chars, args.overwrite)
-    from .distributed import world
-
-    if world()[0] == 0:  # under torchrun every rank has the whole run's counts: one prints them
-        print(f"summarized {_count(counts['documents'], 'document')} ({counts['errors']} could "
-              "not be)", file=sys.stderr)
-
-
-def cmd_serve(args) -> None:
-    from .serve import TOKEN_ENV, ServeConfig, serve
-
-    cfg = ServeConfig(host=args.host, port=args.port, max_body=args.max_body,
-                      max_docs=args.max_docs, max_chars=args.max_chars, max_batch=args.max_batch,
-                      max_wait_ms=args.max_wait_ms, timeout_s=args.timeout,
-                      header_timeout_s=args.header_timeout, max_queue=args.max_queue,
-                      api_token=args.api_token or os.environ.get(TOKEN_ENV) or None,
-                      cors_origins=tuple(args.cors_origin))
-    serve(args.checkpoint, cfg, args.device, args.precision, args.max_len, args.workers)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -319,7 +125,6 @@ def _summarize_options(p: argparse.ArgumentParser) -> None:
     _add_device_arg(p)
     _add_precision_arg(p)
     _add_patterns_arg(p)
-    p.set_defaults(func=cmd_summarize)
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
@@ -364,7 +169,6 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     _add_device_arg(p)
     _add_precision_arg(p)
     _add_patterns_arg(p)
-    p.set_defaults(func=cmd_serve)
 
 
 def _evaluate_options(p: argparse.ArgumentParser) -> None:
@@ -384,74 +188,73 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/evaluate",
                    help="folder for per-document predictions and scores")
     _add_patterns_arg(p)
-    p.set_defaults(func=cmd_evaluate)
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
+    from .config import CLASSIFIERS, INJECTIONS, POOLINGS, PRESETS, VAL_METRICS, TrainConfig
     from .schedule import OPTIMIZERS
-    from .settings import POOLINGS, PRESET_SHAPES, TrainConfig
 
-    d = TrainConfig()
+    d = TrainConfig.defaults()
 
-    p.add_argument("--preset", default=d.preset, choices=list(PRESET_SHAPES),
-                   help="model shape (attnsum/settings.py): minilm and bert-base are pretrained; "
+    p.add_argument("--preset", default=d["preset"], choices=list(PRESETS),
+                   help="model shape (attnsum/config.py): minilm and bert-base are pretrained; "
                         "student-* and tiny start from random weights or --init-from")
     p.add_argument("--plan", default="none",
                    help="head plan: none, paper, LAYERS:HEADS=PATTERN/MODE;... or a plan "
                         "file (.json, from `attnsum analyze` or the report)")
-    p.add_argument("--inject", default=d.inject, choices=["heads", "side"],
+    p.add_argument("--inject", default=d["inject"], choices=INJECTIONS,
                    help="patterns on the encoder's own heads, or on side layers (pretrained)")
-    p.add_argument("--classifier", default=d.classifier, choices=["linear", "transformer"],
+    p.add_argument("--classifier", default=d["classifier"], choices=CLASSIFIERS,
                    help="sentence scorer: a linear layer, or BERTSum's 2-layer inter-sentence "
                         "transformer")
-    p.add_argument("--pooling", default=d.pooling, choices=POOLINGS,
+    p.add_argument("--pooling", default=d["pooling"], choices=POOLINGS,
                    help="a sentence's vector: its [CLS] output, or the mean of its word pieces' "
                         "outputs")
     p.add_argument("--dropout", type=_fraction, default=None, help="dropout (default: the preset's)")
-    p.add_argument("--dataset", default=d.dataset,
+    p.add_argument("--dataset", default=d["dataset"],
                    help="embedded, cnn_dailymail, a JSON Lines / Parquet file or folder, or a "
                         "shard folder (attnsum shard)")
-    p.add_argument("--train-split", dest="train_split", default=d.train_split,
+    p.add_argument("--train-split", dest="train_split", default=d["train_split"],
                    help="the split trained on")
-    p.add_argument("--val-split", dest="val_split", default=d.val_split,
+    p.add_argument("--val-split", dest="val_split", default=d["val_split"],
                    help="the split validated on")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="documents per split (default: all)")
     p.add_argument("--val-limit", dest="val_limit", type=_positive_int, default=None,
                    help="validation documents (default: --limit)")
-    p.add_argument("--max-len", dest="max_len", type=_positive_int, default=d.max_len,
+    p.add_argument("--max-len", dest="max_len", type=_positive_int, default=d["max_len"],
                    help="input length in word pieces")
-    p.add_argument("--steps", type=_positive_int, default=d.steps, help="optimizer steps")
-    p.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=d.batch_size,
+    p.add_argument("--steps", type=_positive_int, default=d["steps"], help="optimizer steps")
+    p.add_argument("--batch-size", dest="batch_size", type=_positive_int, default=d["batch_size"],
                    help="documents per step and process")
-    p.add_argument("--accum", type=_positive_int, default=d.accum,
+    p.add_argument("--accum", type=_positive_int, default=d["accum"],
                    help="gradient accumulation: batches per optimizer step")
-    p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS,
+    p.add_argument("--optimizer", default=d["optimizer"], choices=OPTIMIZERS,
                    help="adamw: linear warmup and decay to zero; adam-noam: the paper's Adam + "
                         "Noam (its exact recipe with --steps 50000)")
-    p.add_argument("--lr", type=_positive_float, default=d.lr,
+    p.add_argument("--lr", type=_positive_float, default=d["lr"],
                    help="peak learning rate (default: 5e-5 AdamW on a pretrained encoder, 5e-4 "
                         "AdamW from scratch, 2e-5 Noam)")
-    p.add_argument("--warmup", type=_nonneg_float, default=d.warmup,
+    p.add_argument("--warmup", type=_nonneg_float, default=d["warmup"],
                    help="warmup steps (>= 1) or fraction of the run (< 1); default 6%% of the "
                         "run for AdamW, min(10000, 20%%) for Noam")
     p.add_argument("--allow-short-warmup", dest="allow_short_warmup", action="store_true",
                    help="let a run end before its warmup does")
     _add_precision_arg(p)
-    p.add_argument("--val-every", dest="val_every", type=_positive_int, default=d.val_every,
+    p.add_argument("--val-every", dest="val_every", type=_positive_int, default=d["val_every"],
                    help="steps between validations (each keeps the checkpoint if among the best)")
-    p.add_argument("--keep-best", dest="keep_best", type=_positive_int, default=d.keep_best,
+    p.add_argument("--keep-best", dest="keep_best", type=_positive_int, default=d["keep_best"],
                    help="best checkpoints kept")
-    p.add_argument("--log-every", dest="log_every", type=_positive_int, default=d.log_every,
+    p.add_argument("--log-every", dest="log_every", type=_positive_int, default=d["log_every"],
                    help="steps between lines of metrics.jsonl")
-    p.add_argument("--val-metric", dest="val_metric", default=d.val_metric,
-                   choices=["rouge", "loss"],
+    p.add_argument("--val-metric", dest="val_metric", default=d["val_metric"],
+                   choices=VAL_METRICS,
                    help="what ranks checkpoints: validation ROUGE, or the validation loss (no "
                         "texts or rouge-score needed)")
     p.add_argument("--time-limit", dest="time_limit", type=_positive_float, default=None,
                    help="minutes: after a step past this, save the resume state and stop with exit "
                         "status 3 (a rerun goes on): for jobs with a time limit")
-    p.add_argument("--seed", type=int, default=d.seed,
+    p.add_argument("--seed", type=int, default=d["seed"],
                    help="seed of the documents drawn and of the initial weights")
     p.add_argument("--teacher", default=None, help="checkpoint to distil sentence scores from")
     p.add_argument("--init-from", dest="init_from", default=None,
@@ -460,17 +263,16 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-layers", dest="init_layers", default=None,
                    help="its layers to take, e.g. 1,3,5 (default: evenly spaced, ending at the "
                         "last)")
-    p.add_argument("--distill-weight", dest="distill_weight", type=_nonneg_float, default=d.distill_weight,
+    p.add_argument("--distill-weight", dest="distill_weight", type=_nonneg_float, default=d["distill_weight"],
                    help="weight of the distillation loss beside the oracle labels' (--teacher)")
     p.add_argument("--freeze-embeddings", dest="freeze_embeddings", action="store_true",
                    help="keep the word embeddings as initialised (a release then references the "
                         "pretrained package's instead of storing them)")
-    p.add_argument("--backend", default=d.backend,
+    p.add_argument("--backend", default=d["backend"],
                    help="attention path (attention/dispatch.py): auto (the fused Triton kernel on "
                         "a GPU, the PyTorch path on CPU), triton, torch or reference")
-    p.add_argument("--out", default=d.out, help="run folder (resumed if it holds a checkpoint)")
+    p.add_argument("--out", default=d["out"], help="run folder (resumed if it holds a checkpoint)")
     _add_patterns_arg(p)
-    p.set_defaults(func=cmd_train)
 
 
 def _score_options(p: argparse.ArgumentParser) -> None:
@@ -481,14 +283,12 @@ def _score_options(p: argparse.ArgumentParser) -> None:
     _add_device_arg(p)
     p.add_argument("--out", required=True, help="JSON Lines file: {id, scores} per document")
     _add_patterns_arg(p)
-    p.set_defaults(func=cmd_score)
 
 
 def _shard_options(p: argparse.ArgumentParser) -> None:
     _add_dataset_args(p, split=False)
     p.add_argument("--splits", default="train,val", help="comma-separated splits")
     p.add_argument("--out", required=True, help="shard folder (shards/ is ignored by git)")
-    p.set_defaults(func=cmd_shard)
 
 
 def _analyze_options(p: argparse.ArgumentParser) -> None:
@@ -503,7 +303,6 @@ def _analyze_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/analysis",
                    help="folder for report.html, plan.json and the tables")
     _add_patterns_arg(p)
-    p.set_defaults(func=cmd_analyze)
 
 
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -518,14 +317,12 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every training run")
     p.add_argument("--out", default="runs/pipeline", help="output folder (resumed if present)")
     _add_device_arg(p)
-    p.set_defaults(func=cmd_pipeline)
 
 
 def _release_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (or checkpoint)")
     p.add_argument("--out", required=True, help="release folder, e.g. attnsum/models/NAME")
     p.add_argument("--notes", default=None, help="Markdown file appended to the card")
-    p.set_defaults(func=cmd_release)
 
 
 def _experiment_options(p: argparse.ArgumentParser) -> None:
@@ -536,7 +333,6 @@ def _experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=_positive_int, default=None, help="documents per split (default: all)")
     p.add_argument("--out", default="runs/experiment", help="output folder (resumed if present)")
     _add_device_arg(p)
-    p.set_defaults(func=cmd_experiment)
 
 
 COMMANDS = {  # name: (one line of help, its options)
@@ -569,40 +365,6 @@ def _add_patterns_arg(p: argparse.ArgumentParser) -> None:
                         "file's code")
 
 
-def _load_pattern_files(args) -> None:
-    from .attention import get_pattern, load_pattern_file
-
-    for path in getattr(args, "patterns", None) or []:
-        names = load_pattern_file(path)
-        slow = [n for n in names if not get_pattern(n).has_ranges]
-        print(f"patterns from {path}: {', '.join(names)}"
-              + (f"; no range form, so on the dense reference path: {', '.join(slow)}"
-                 if slow else ""), file=sys.stderr)
-
-
-def _parse_plan(args) -> None:
-    """--plan, text or a .json plan file, parsed here once into a HeadPlan for the preset."""
-    text = getattr(args, "plan", None)
-    if text is None:
-        return
-    from .model import model_config, parse_plan
-
-    if text.endswith(".json"):
-        from .checkpoints import read_plan_file
-
-        args.plan = read_plan_file(text)
-        try:
-            model_config(args.preset, args.plan, args.inject)
-        except AttnsumError as e:
-            raise DataError(f"plan file {text}: {e}") from None
-    else:
-        args.plan = parse_plan(text, args.preset, args.inject)
-
-
-# Options appended to every command line read from the shell (docs/commands.md, "Environment
-# variables"), as PYTEST_ADDOPTS does for pytest; tests/test_docs.py runs the documented commands
-# with small settings this way.
-ADDOPTS_ENV = "ATTNSUM_ADDOPTS"
 # The extras a command needs whatever its options (attnsum/extras.py); a corpus's own extra is
 # checked where it is read (data.py).
 COMMAND_EXTRAS = {"serve": ("serve",), "evaluate": ("eval",), "train": ("eval",),
@@ -610,16 +372,16 @@ COMMAND_EXTRAS = {"serve": ("serve",), "evaluate": ("eval",), "train": ("eval",)
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        argv = sys.argv[1:] + shlex.split(os.environ.get(ADDOPTS_ENV, ""))
+    from . import commands
+
+    argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
     try:
         for extra in COMMAND_EXTRAS.get(args.command, ()):  # before any work
             need(extra, f"attnsum {args.command}")
-        _load_pattern_files(args)
-        _parse_plan(args)
-        return args.func(args) or 0
+        commands.load_pattern_files(args.patterns if "patterns" in args else [])
+        return getattr(commands, f"cmd_{args.command}")(args) or 0
     except (AttnsumError, OSError) as e:  # a mistake in what was asked (errors.py), or a path
         # the machine cannot read or write; anything else is a bug and shows its traceback
         _close_progress_bars()
@@ -632,7 +394,3 @@ def _close_progress_bars() -> None:
     tqdm = sys.modules.get("tqdm.std")
     for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
         bar.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

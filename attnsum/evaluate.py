@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ConfigError, InputError
+from .config import check_choice
+from .errors import InputError
 from .extras import need
 from .io import atomic_write_json, atomic_write_text
 from .preprocess import Example
@@ -103,11 +104,10 @@ BASELINES = ("lead3", "oracle")
 
 def system_selection(system: str, ex: Example) -> list[int]:
     """Indices (into the example's kept sentences) a baseline system picks."""
+    check_choice("system", system, BASELINES)
     if system == "lead3":
         return list(range(min(3, len(ex.all_sentences))))
-    if system == "oracle":
-        return list(ex.oracle)
-    raise ConfigError(f"unknown system {system!r}: use one of {', '.join(BASELINES)}")
+    return list(ex.oracle)
 
 
 def evaluate_selections(examples: Sequence[Example], selections: Sequence[list[int]],

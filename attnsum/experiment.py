@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoints import load_model, resolve_checkpoint
+from .config import MAX_LEN, ModelConfig, TrainConfig
 from .evaluate import METRICS, evaluate_model, evaluate_system
 from .io import atomic_write_json, atomic_write_text
-from .precision import Precision, resolve_device, resolve_precision
-from .preprocess import MAX_LEN, Example
-from .settings import TrainConfig
+from .precision import Precision, Runtime
+from .preprocess import Example
 from .train import load_examples, train
 
 
@@ -72,9 +72,10 @@ def system_config(system: System, s: Settings, seed: int, out: Path, dataset: st
                   limit: int | None = None) -> TrainConfig:
     is_teacher = system.preset == "teacher"
     return TrainConfig(
-        preset="minilm" if is_teacher else s.student, plan=system.plan,
-        inject=system.inject, dataset=dataset, limit=limit, max_len=s.max_len,
-        steps=s.teacher_steps if is_teacher else s.student_steps, batch_size=s.batch_size,
+        model=ModelConfig.from_preset("minilm" if is_teacher else s.student, system.plan,
+                                      system.inject, max_len=s.max_len),
+        dataset=dataset, limit=limit, steps=s.teacher_steps if is_teacher else s.student_steps,
+        batch_size=s.batch_size,
         accum=s.accum, optimizer="adamw" if is_teacher else s.student_optimizer,
         lr=s.teacher_lr if is_teacher else s.student_lr, warmup=s.warmup,
         val_every=s.val_every, seed=seed, out=str(out / system.name / f"seed{seed}"),
@@ -117,12 +118,13 @@ def run_experiment(out: str | Path = "runs/experiment", seeds: int = 3, full: bo
     deviation over seeds)."""
     out = Path(out)
     s = FULL if full else QUICK
-    base = TrainConfig(dataset=dataset, max_len=s.max_len, limit=limit)
+    base = TrainConfig(model=ModelConfig.from_preset("tiny", max_len=s.max_len), dataset=dataset,
+                       limit=limit)
     train_ex = load_examples(base, "train")
     val_ex = load_examples(base, "val")
     test_ex = load_examples(base, "test")
-    dev = resolve_device(device)
-    precision = resolve_precision(base.precision, dev)
+    rt = Runtime.resolve(device, base.precision)
+    dev, precision = rt.device, rt.precision
     rows: dict[str, list[dict[str, float]]] = {}
     for baseline in ("lead3", "oracle"):
         rows[baseline] = [{m: v.mean for m, v in evaluate_system(baseline, test_ex).items()}]

@@ -11,103 +11,23 @@ Patterns enter a model in one of two ways, as in the paper (Li et al., arXiv 211
   block without our arguments, so the side layers read the batch's `PatternContext` from
   `SIDE_CONTEXT`, a context variable that `SummarizerModel` sets for the length of its forward.
 
-Checkpoints: checkpoints.py.
+Its config (shape, plan, presets): config.py; checkpoints: checkpoints.py.
 """
 
 from __future__ import annotations
 
 import math
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .attention import HeadPlan, PatternContext, PatternError, PlanInputs, apply_plan, patterned_attention
+from .attention import HeadPlan, PatternContext, PlanInputs, apply_plan, patterned_attention
 from .attention.hf import drop_synth_projections, group_heads
+from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
-from .preprocess import MAX_LEN, load_tokenizer, minilm_dir
-from .settings import POOLINGS, PRESET_SHAPES
-
-
-@dataclass
-class ModelConfig:
-    preset: str = "tiny"
-    pretrained: str | None = None  # folder or hub name of pretrained encoder weights
-    vocab_size: int = 30522
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 4
-    ffn: int = 128
-    max_positions: int = MAX_LEN
-    # The input length it was trained at, what commands read by default (`input_length`); None:
-    # its positions, at most MAX_LEN.
-    max_len: int | None = None
-    dropout: float = 0.1
-    classifier: str = "linear"  # or "transformer": BERTSum's 2-layer inter-sentence encoder
-    pooling: str = "cls"  # a sentence's vector: its [CLS] output, or the "mean" of its tokens'
-    # The plan of the encoder heads (inject="heads") or of the side layers (inject="side");
-    # None becomes the plan of every head learned.
-    plan: HeadPlan | None = None
-    inject: str = "heads"  # "heads" or "side"
-    side_heads: int = 4  # heads of each side layer (inject="side")
-    side_head_dim: int = 32
-    tokenizer: str = "bert-base-uncased"
-
-    def __post_init__(self):
-        if self.classifier not in ("linear", "transformer"):
-            raise ConfigError(f"unknown classifier {self.classifier!r}: use linear or transformer")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"unknown pooling {self.pooling!r}: use {' or '.join(POOLINGS)}")
-        if self.inject not in ("heads", "side"):
-            raise ConfigError(f"unknown injection {self.inject!r}: use heads or side")
-        if self.max_len is not None and not 1 <= self.max_len <= self.max_positions:
-            raise ConfigError(f"input length {self.max_len} is outside the model's 1-"
-                              f"{self.max_positions} positions")
-        want = self.plan_shape
-        if self.plan is None:
-            self.plan = HeadPlan.none(*want)
-        elif (self.plan.num_layers, self.plan.num_heads) != want:
-            raise PatternError(f"the plan is for {self.plan.num_layers} layers x "
-                               f"{self.plan.num_heads} heads; preset {self.preset!r} "
-                               f"({self.inject}) has {want[0]} x {want[1]}")
-
-    @property
-    def plan_shape(self) -> tuple[int, int]:
-        """(layers, heads) that a plan of this model covers."""
-        return self.layers, self.heads if self.inject == "heads" else self.side_heads
-
-    def input_length(self, asked: int | None = None) -> int:
-        """The input length of a command reading documents with this model: `asked`, or the
-        length it was trained at; at most its positions."""
-        default = self.max_len or min(self.max_positions, MAX_LEN)
-        if asked is None:
-            return default
-        if not 1 <= asked <= self.max_positions:
-            raise ConfigError(f"--max-len {asked}: the model takes 1 to {self.max_positions} "
-                              f"word pieces ({default} by default)")
-        return asked
-
-
-MODEL_PRESETS: dict[str, ModelConfig] = {name: ModelConfig(name, **shape)
-                                        for name, shape in PRESET_SHAPES.items()}
-
-
-def model_config(preset: str, plan: HeadPlan | str | None = None, inject: str = "heads",
-                 **overrides) -> ModelConfig:
-    """A preset by name with a head plan (None: every head learned; text: `parse_plan`)."""
-    if preset not in MODEL_PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}: use one of {', '.join(MODEL_PRESETS)}")
-    cfg = replace(MODEL_PRESETS[preset], inject=inject, plan=None, **overrides)
-    if isinstance(plan, str):
-        plan = HeadPlan.parse(plan, *cfg.plan_shape)
-    return cfg if plan is None else replace(cfg, plan=plan)
-
-
-def parse_plan(text: str, preset: str, inject: str = "heads") -> HeadPlan:
-    """A plan in text form (`HeadPlan.parse`: a preset name or items) for a preset's heads."""
-    return HeadPlan.parse(text, *model_config(preset, inject=inject).plan_shape)
+from .preprocess import load_tokenizer, minilm_dir
 
 
 def spread_layers(source_layers: int, layers: int) -> list[int]:

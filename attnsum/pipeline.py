@@ -24,14 +24,13 @@ from .analysis import write_report
 from .attention import HeadPlan
 from .batching import length_batches, sentence_logits
 from .checkpoints import load_model, resolve_checkpoint
+from .config import ModelConfig, TrainConfig
 from .errors import ConfigError
 from .evaluate import METRICS, evaluate_system
 from .experiment import FULL, QUICK, Settings, run_system
 from .io import atomic_write_json, atomic_write_text
 from .model import SummarizerModel
-from .precision import Precision, resolve_device, resolve_precision
-from .preprocess import MAX_LEN
-from .settings import TrainConfig
+from .precision import Precision, Runtime
 from .train import load_examples
 
 
@@ -93,15 +92,17 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
             raise ConfigError(f"--steps {steps}: at least 1")
         s = replace(s, teacher_steps=steps, student_steps=steps, val_every=min(s.val_every, steps))
     if max_len is not None:
-        if not 1 <= max_len <= MAX_LEN:
-            raise ConfigError(f"--max-len {max_len}: 1 to {MAX_LEN} word pieces")
         s = replace(s, max_len=max_len)
+
+    def model(preset, plan=None):
+        return ModelConfig.from_preset(preset, plan, max_len=s.max_len)
+
     stages = Stages(out, 8)
-    base = TrainConfig(dataset=dataset, max_len=s.max_len, limit=limit, seed=seed,
+    base = TrainConfig(model=model("minilm"), dataset=dataset, limit=limit, seed=seed,
                        val_every=s.val_every, batch_size=s.batch_size, accum=s.accum,
                        warmup=s.warmup)
-    dev = resolve_device(device)
-    precision = resolve_precision(base.precision, dev)
+    rt = Runtime.resolve(device, base.precision)
+    dev, precision = rt.device, rt.precision
     data = {}
 
     def examples(split):
@@ -109,7 +110,7 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
             data[split] = load_examples(base, split)
         return data[split]
 
-    teacher_cfg = replace(base, preset="minilm", steps=s.teacher_steps, optimizer="adamw",
+    teacher_cfg = replace(base, steps=s.teacher_steps, optimizer="adamw",
                           lr=s.teacher_lr, out=str(out / "teacher"))
 
     def trained(cfg):
@@ -137,11 +138,12 @@ def run_pipeline(out: str | Path = "runs/pipeline", dataset: str = "embedded", f
     analysis = stages.run("analysis", "analyze the teacher, write the report", analyze_teacher)
     plan = HeadPlan.from_dict(analysis["plan"])
     runs = {
-        "teacher+patterns": replace(teacher_cfg, plan=plan, out=str(out / "teacher+patterns")),
-        "student": replace(base, preset=s.student, steps=s.student_steps, optimizer=s.student_optimizer,
-                           lr=s.student_lr, out=str(out / "student")),
+        "teacher+patterns": replace(teacher_cfg, model=model("minilm", plan),
+                                    out=str(out / "teacher+patterns")),
+        "student": replace(base, model=model(s.student), steps=s.student_steps,
+                           optimizer=s.student_optimizer, lr=s.student_lr, out=str(out / "student")),
     }
-    runs["student+patterns"] = replace(runs["student"], plan=plan,
+    runs["student+patterns"] = replace(runs["student"], model=model(s.student, plan),
                                        out=str(out / "student+patterns"))
     titles = {"teacher+patterns": "fine-tune the teacher with the plan on its own heads",
               "student": "train the student from scratch (no patterns)",

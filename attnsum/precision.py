@@ -71,6 +71,22 @@ class Precision:
         return f"precision {self.name} on {self.device_type} ({self.reason})"
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in what precision a command runs: resolved once per command (`resolve`) and
+    handed down to what runs the model."""
+
+    device: torch.device
+    precision: Precision
+
+    @classmethod
+    def resolve(cls, device: str | None, precision: str = DEFAULT_PRECISION) -> Runtime:
+        """`resolve_device(device)` and `resolve_precision` for it: a mistake in either is one
+        ConfigError before any model loads."""
+        dev = resolve_device(device)
+        return cls(dev, resolve_precision(precision, dev))
+
+
 def resolve_device(name: str | None = None) -> torch.device:
     """The device a command runs on: `name` ("cpu", "cuda", "cuda:N"), or by default the GPU of
     this process's local rank where there is one, else the CPU (distributed.local_device).

@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from .config import MAX_LEN
 from .data import Corpus
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_text
 from .sentences import is_boilerplate
 
 CACHE_VERSION = 2  # 2: boilerplate sentences are no candidates
-MAX_LEN = 512  # BERT's positions: the default input length in word pieces, everywhere
 MAX_CHARS = 100_000  # the longest document `attnsum summarize` and `attnsum serve` take, by default
 
 

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from .checkpoints import METRICS_FILE, load_model, read_training_summary, resolve_checkpoint, save_release
+from .config import ModelConfig
 from .errors import CheckpointError
 from .io import atomic_write_text
 
@@ -62,15 +63,17 @@ def card_metadata(dataset: str | None) -> list[str]:
     return lines + ["metrics:", "- rouge", "---", ""]
 
 
-def card(name: str, run: Path, ckpt: Path, trained: dict, size: int, notes: str = "") -> str:
-    """The release's README.md; `trained` is what training recorded with `ckpt`."""
+def card(name: str, run: Path, ckpt: Path, cfg: ModelConfig, trained: dict, size: int,
+         notes: str = "") -> str:
+    """The release's README.md; `cfg` is the model's config, `trained` what training recorded
+    with `ckpt`."""
     t = trained.get("train", {})
     batch = t.get("batch_size", 0) * t.get("accum", 1)
     lines = [*card_metadata(t.get("dataset")), f"# {name}", "",
-             f"An extractive summarizer released by attnsum: preset `{t.get('preset')}`, plan "
-             f"`{t.get('plan')}`, classifier `{t.get('classifier')}` over "
-             f"{'mean-pooled' if t.get('pooling') == 'mean' else '[CLS]'} sentence vectors, inputs of "
-             f"{t.get('max_len')} word pieces.", "",
+             f"An extractive summarizer released by attnsum: preset `{cfg.preset}`, plan "
+             f"`{cfg.plan}`, classifier `{cfg.classifier}` over "
+             f"{'mean-pooled' if cfg.pooling == 'mean' else '[CLS]'} sentence vectors, inputs of "
+             f"{cfg.max_len} word pieces.", "",
              "## Training", "",
              f"- Started from: `{t.get('init_from') or 'random weights'}`"
              + (f", layers {trained['init_layers']}" if trained.get("init_layers") else "")
@@ -113,5 +116,5 @@ def release(run: str | Path, out: str | Path, notes: str = "") -> tuple[Path, in
     model = load_model(ckpt)
     trained = read_training_summary(ckpt)
     size = save_release(model, out, trained)
-    atomic_write_text(out / "README.md", card(out.name, run, ckpt, trained, size, notes))
+    atomic_write_text(out / "README.md", card(out.name, run, ckpt, model.cfg, trained, size, notes))
     return out, size

@@ -30,7 +30,7 @@ from .checkpoints import load_model
 from .errors import InputError
 from .evaluate import select_top_k
 from .model import SummarizerModel
-from .precision import DEFAULT_PRECISION, Precision, resolve_device, resolve_precision
+from .precision import DEFAULT_PRECISION, Precision, Runtime
 from .preprocess import Example, PreprocessConfig, build_example, filter_sentences, load_tokenizer
 from .sentences import split_sentences
 
@@ -149,13 +149,13 @@ class Summarizer:
         from .checkpoints import hub_checkpoint, hub_id
         from .release import default_checkpoint
 
-        dev = resolve_device(device)  # a device or precision mistake before the model loads
-        prec = resolve_precision(precision, dev)
+        rt = Runtime.resolve(device, precision)  # a mistake in either before the model loads
         if download and folder is not None and hub_id(folder):
             folder = hub_checkpoint(hub_id(folder), download=True)
         model = load_model(default_checkpoint() if folder is None else folder)
         length = model.cfg.input_length(max_len)
-        return cls(prepare_for_serving(model, dev, prec, backend), dev, length, prec)
+        return cls(prepare_for_serving(model, rt.device, rt.precision, backend), rt.device, length,
+                   rt.precision)
 
     def prepare(self, texts: Sequence[str], cancelled: threading.Event | None = None,
                 errors: str = "raise") -> list[tuple[Example, list[str], list[int]] | DocumentError]:

@@ -29,16 +29,16 @@ from .checkpoints import (
     save_trainer_state,
     trim_metrics,
 )
+from .config import PRESETS, ModelConfig, TrainConfig
 from .data import DataError
 from .distributed import local_device, process_group
 from .errors import ConfigError
 from .evaluate import evaluate_model
 from .losses import distill_loss, sentence_loss
-from .model import MODEL_PRESETS, SummarizerModel, init_from_layers, model_config
+from .model import SummarizerModel, init_from_layers
 from .precision import Precision, resolve_precision
 from .preprocess import Example
 from .schedule import Schedule, make_schedule
-from .settings import TrainConfig
 from .shards import examples_of
 
 # --------------------------------------------------------------------------- training loop
@@ -61,8 +61,8 @@ def _init_layers(text: str | None) -> list[int] | None:
 
 def _init_source(cfg: TrainConfig) -> SummarizerModel:
     """What `init_from` names: a preset with pretrained weights (e.g. minilm) or a checkpoint."""
-    if cfg.init_from in MODEL_PRESETS:
-        source = model_config(cfg.init_from, classifier=cfg.classifier)
+    if cfg.init_from in PRESETS:
+        source = ModelConfig.from_preset(cfg.init_from, classifier=cfg.model.classifier)
         if source.pretrained is None:
             raise ConfigError(f"--init-from {cfg.init_from}: that preset has no pretrained weights; "
                               "name a checkpoint or a pretrained preset")
@@ -154,7 +154,7 @@ def _setup(cfg: TrainConfig, train_examples, val_examples, device, rank: int, wo
     out = Path(cfg.out)
     precision = resolve_precision(cfg.precision, device)
     schedule = make_schedule(cfg.optimizer, cfg.steps, cfg.lr, cfg.warmup,
-                             pretrained=(model_config(cfg.preset).pretrained is not None
+                             pretrained=(cfg.model.pretrained is not None
                                          or cfg.init_from is not None),
                              allow_short_warmup=cfg.allow_short_warmup)
     summary = {"train": cfg.record(), "schedule": schedule.to_dict(),
@@ -164,13 +164,13 @@ def _setup(cfg: TrainConfig, train_examples, val_examples, device, rank: int, wo
     val_examples = val_examples if val_examples is not None else load_examples(cfg, cfg.val_split)
     if has_trainer_state(out):
         model = load_model(last_checkpoint(out))
-        want = cfg.model_config()
+        want = cfg.model
         if (model.cfg.preset, model.cfg.plan, model.cfg.inject) != (want.preset, want.plan,
                                                                       want.inject):
             raise ConfigError(f"{out}: the checkpoint is for another preset or plan; use another "
                               "--out or the same settings")
     else:
-        model = SummarizerModel(cfg.model_config())
+        model = SummarizerModel(cfg.model)
         if cfg.init_from:
             source = _init_source(cfg)
             summary["init_layers"] = init_from_layers(model, source, _init_layers(cfg.init_layers))
@@ -245,7 +245,7 @@ def _loop(run: _Run, metrics) -> None:
     if rank == 0:
         print(f"schedule: {run.schedule.describe()}\n{run.precision.describe()}",
               file=sys.stderr, flush=True)
-    bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train {cfg.preset}", unit="step",
+    bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train {cfg.model.preset}", unit="step",
                disable=not (cfg.progress and rank == 0))
     params = [p for g in run.opt.param_groups for p in g["params"]]
     t0, seen_tokens, running = time.time(), 0, []

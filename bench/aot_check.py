@@ -48,7 +48,7 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from attnsum.attention import HeadPlan  # noqa: E402
-from attnsum.attention.triton_path import layer_tables, table_of  # noqa: E402
+from attnsum.attention.triton_path import head_tables  # noqa: E402
 from attnsum.kernels import configs, fused  # noqa: E402
 from attnsum.kernels.configs import DTYPES, KERNEL_ROLES  # noqa: E402
 
@@ -84,10 +84,7 @@ def record_launches(dtype: torch.dtype, D: int, cc: int,
     (fused.launch_config) for every kernel."""
     ctx = synthetic_batch(B, N)
     plan = HeadPlan.parse("paper", 1, H).layer(0)
-    names, tables = layer_tables(plan, ctx)
-    kinds = torch.tensor([fused.SYNTH if s is not None and s.mode == "synth" else fused.SOFTMAX
-                          for s in plan], dtype=torch.int32)
-    tabs = torch.tensor([names.index(table_of(s)) for s in plan], dtype=torch.int32)
+    kinds, tabs, tables = head_tables(plan, ctx, "cpu")
     q, k, v = (torch.zeros(B, N, H, D, dtype=dtype).transpose(1, 2) for _ in range(3))
     calls: list[Launch] = []
     saved = {name: getattr(fused, name) for name in (*KERNEL_ROLES, "_capability", "launch_config")}

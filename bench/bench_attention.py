@@ -126,11 +126,13 @@ def flex_provider(plan, ctx, H: int, device):
     """FlexAttention with a per-head mask_mod and score_mod equivalent to the plan."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+    from attnsum.attention.reference import head_kinds
     from attnsum.attention.registry import get_pattern
+    from attnsum.kernels.configs import HeadKind
 
     B, N = ctx.shape
-    kinds = torch.tensor([0 if s is None else (2 if s.mode == "synth" else 1) for s in plan],
-                         device=device)
+    kinds = head_kinds(plan, device)
+    learned, synth = int(HeadKind.LEARNED), int(HeadKind.SYNTH)  # plain ints for dynamo
     names = sorted({s.pattern for s in plan if s is not None})
     mods = [get_pattern(n).mask_mod(ctx) for n in names]
     which = torch.tensor([0 if s is None else names.index(s.pattern) for s in plan], device=device)
@@ -139,11 +141,11 @@ def flex_provider(plan, ctx, H: int, device):
     def mask_mod(b, h, q, kv):
         out = valid[b, kv]
         for i, m in enumerate(mods):
-            out = torch.where((kinds[h] != 0) & (which[h] == i), m(b, h, q, kv), out)
+            out = torch.where((kinds[h] != learned) & (which[h] == i), m(b, h, q, kv), out)
         return out
 
     def score_mod(score, b, h, q, kv):
-        return torch.where(kinds[h] == 2, torch.zeros_like(score), score)  # synth: uniform
+        return torch.where(kinds[h] == synth, torch.zeros_like(score), score)  # uniform
 
     for limit in ("recompile_limit", "cache_size_limit"):  # one compile per (plan, N), not 8 in all
         if hasattr(torch._dynamo.config, limit):

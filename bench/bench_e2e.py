@@ -33,7 +33,8 @@ if "--quick" in sys.argv:
 from common import commit, device_name, model_inputs, result_dir, write_csv  # noqa: E402
 
 from attnsum.attention import HeadPlan, patterned_attention  # noqa: E402
-from attnsum.model import SummarizerModel, model_config  # noqa: E402
+from attnsum.config import ModelConfig  # noqa: E402
+from attnsum.model import SummarizerModel  # noqa: E402
 
 FIELDS = ["model", "N", "B", "ms", "docs_per_s", "tokens_per_s", "attention_share", "bound",
           "measured", "ratio", "device", "torch", "commit"]
@@ -58,9 +59,9 @@ def bench_length(args, N: int, B: int, device, dtype, meta) -> list[dict]:
     ids, seg, am, cls, ctx = model_inputs(B, N, device)
     preset = args.student
     models = {
-        "teacher": model_config("minilm", max_positions=N),
-        "student-dense": model_config(preset, max_positions=N),
-        "student-paper": model_config(preset, "paper", max_positions=N),
+        "teacher": ModelConfig.from_preset("minilm", max_len=N),
+        "student-dense": ModelConfig.from_preset(preset, max_len=N),
+        "student-paper": ModelConfig.from_preset(preset, "paper", max_len=N),
     }
     times = {}
     for name, cfg in models.items():

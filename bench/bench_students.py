@@ -45,7 +45,8 @@ from pathlib import Path
 import torch
 from common import commit, device_name, int8_dynamic, model_inputs, result_dir, write_csv  # noqa: E402
 
-from attnsum.model import SummarizerModel, model_config  # noqa: E402
+from attnsum.config import ModelConfig  # noqa: E402
+from attnsum.model import SummarizerModel  # noqa: E402
 from attnsum.precision import resolve_precision  # noqa: E402
 from attnsum.summarizer import prepare_for_serving  # noqa: E402
 
@@ -67,8 +68,8 @@ def measure(preset: str, plan: str, classifier: str, N: int, B: int, device: str
     """Time one model in this process: per-call seconds until `budget_s` is spent (at least
     3 calls and at most 50, after one warm-up call)."""
     torch.manual_seed(0)
-    model = SummarizerModel(model_config(preset, plan, classifier=classifier,
-                                         max_positions=max(512, N)), load_pretrained=False)
+    model = SummarizerModel(ModelConfig.from_preset(preset, plan, classifier=classifier, max_len=N),
+                            load_pretrained=False)
     int8 = precision == "int8"  # dynamic int8 quantization of the Linear layers (CPU), else fp32
     prec = resolve_precision("fp32" if int8 else precision, torch.device(device))
     model = prepare_for_serving(model, device, prec)

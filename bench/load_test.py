@@ -117,7 +117,7 @@ def load_test(checkpoint: str, docs: list[str], requests: int, concurrency: int,
     # The server's log goes to a file: a pipe nobody reads fills up (64 KiB of access log lines,
     # about a thousand requests) and then blocks the server.
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "attnsum.cli", "serve", "--checkpoint",
+    proc = subprocess.Popen([sys.executable, "-m", "attnsum", "serve", "--checkpoint",
                              checkpoint, "--port", str(port)], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     try:

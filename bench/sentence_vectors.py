@@ -21,7 +21,8 @@ from common import ROOT  # noqa: F401  (the checkout on the import path)
 
 from attnsum.batching import collate
 from attnsum.checkpoints import load_model
-from attnsum.model import MODEL_PRESETS, SummarizerModel, model_config, sentence_vectors
+from attnsum.config import PRESETS, ModelConfig
+from attnsum.model import SummarizerModel, sentence_vectors
 from attnsum.shards import examples_of
 
 
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     batch = collate(examples)
     result = {}
     for name in args.models:
-        model = (SummarizerModel(model_config(name)) if name in MODEL_PRESETS
+        model = (SummarizerModel(ModelConfig.from_preset(name)) if name in PRESETS
                  else load_model(name))
         result[name] = layer_similarity(model, batch)
         print(f"{name}: " + ", ".join(f"{c:.3f}" for c in result[name])

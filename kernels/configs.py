@@ -1,13 +1,14 @@
 """Launch configurations of the fused kernels (kernels/fused.py): the defaults, checked ahead
 of time for sm_80 and sm_90 (bench/aot_check.py), and the configurations a GPU session's
 autotuning chose (bench/gpu_session.py), looked up by architecture, dtype and head dimension.
-Also the names every bench and test uses for the kernels' roles and for dtypes."""
+Also the names every bench and test uses for the kernels' roles, for dtypes and for head kinds."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
+from enum import IntEnum
 from typing import NamedTuple
 
 import torch
@@ -18,6 +19,15 @@ KERNEL_ROLES = {"_fwd_kernel": "fwd", "_bwd_dq_kernel": "dq", "_bwd_dkdv_kernel"
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 TUNED_ENV = "ATTNSUM_KERNEL_CONFIGS"  # a JSON file of tuned configs (bench/gpu_session.py)
+
+
+class HeadKind(IntEnum):
+    """A head's kind as plans (attention/plan.py), the kernels' `kinds` tensors, the references,
+    benches and tests all encode it."""
+
+    LEARNED = 0  # softmax of q k^T over every valid key
+    MASK = 1  # softmax of q k^T over the keys its pattern allows
+    SYNTH = 2  # uniform over the keys its pattern allows: reads no q or k
 
 
 def role_of(kernel: str) -> str:

@@ -29,11 +29,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import launch_config
+from .configs import HeadKind, launch_config
 from .tables import RangeTables
 
-SOFTMAX, SYNTH = 0, 1  # head kinds, as the `kinds` tensor holds them
-SOFTMAX_KIND, SYNTH_KIND = tl.constexpr(SOFTMAX), tl.constexpr(SYNTH)  # the same, in the kernels
+SYNTH_KIND = tl.constexpr(int(HeadKind.SYNTH))  # the `kinds` tensor's synthesized heads; the
+# other kinds (learned, masked) are one softmax over the head's table here
 LOG2E = 1.4426950408889634
 
 
@@ -158,7 +158,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, PERM, LO, HI, EX, KBS, KBE, KIND
     in_m = offs_m < N
     pq, lo, hi, ex = _load_rows(PERM, LO, HI, EX, tb, offs_m, N)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    if kind == SOFTMAX_KIND:  # synthesized heads do not depend on Q
+    if kind != SYNTH_KIND:  # synthesized heads do not depend on Q
         q = _gather(Q + b * sq_b + h * sq_h, pq, sq_n, offs_d, in_m)
         do = _gather(DO + b * sd_b + h * sd_h, pq, sd_n, offs_d, in_m)
         lse = tl.load(LSE + pid_bh.to(tl.int64) * N + pq, mask=in_m, other=float("inf"))
@@ -321,8 +321,8 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kinds: to
     Args:
         q, k, v: (B, H, N, D), fp32 / fp16 / bf16, last dimension contiguous; D in 16, 32,
             64, 128. On CUDA, or on CPU under ``TRITON_INTERPRET=1``.
-        kinds: (H,) int32, 0 = softmax over the head's table (learned or masked heads),
-            1 = synthesize (uniform over the table, q and k unused).
+        kinds: (H,) int32 `HeadKind` values: learned and masked heads take a softmax over
+            their table, synthesized ones average v uniformly over it (q and k unused).
         table_of_head: (H,) int32, index into the T tables of `tables`.
         tables: `RangeTables` with (T, B, N) perm, lo, hi, excl. A learned head's table is the
             natural order with [0, n_valid) on every row.

@@ -9,18 +9,21 @@ import math
 
 import torch
 
+from .configs import HeadKind
+
 
 def dense_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
-                  synthesize: torch.Tensor, scale: float | None = None, upcast: bool = True
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                           kinds: torch.Tensor, scale: float | None = None, upcast: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of a layer whose heads are learned, masked or synthesized.
 
     Args:
         q, k, v: (B, H, N, D) queries, keys, values.
         allowed: (B, H, N, N) bool, or broadcastable to it; allowed[b, h, i, j] says query i of
             head h may attend key j. A row with no allowed key gives a zero output row.
-        synthesize: (H,) bool; a synthesized head ignores q and k and attends uniformly over
-            its allowed keys. Other heads take a softmax of q k^T * scale over allowed keys.
+        kinds: (H,) `HeadKind` values; a synthesized head ignores q and k and attends
+            uniformly over its allowed keys. Other heads take a softmax of q k^T * scale over
+            allowed keys.
         scale: defaults to 1 / sqrt(D).
         upcast: compute in fp32 and return the output in q's dtype.
 
@@ -38,7 +41,7 @@ def dense_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, al
     scores = torch.where(any_key, scores, torch.zeros_like(scores))  # no NaN on empty rows
     learned = torch.softmax(scores, dim=-1) * any_key
     uniform = allowed.to(learned.dtype) / allowed.sum(-1, keepdim=True).clamp_min(1)
-    synth = torch.as_tensor(synthesize, dtype=torch.bool, device=q.device).view(1, -1, 1, 1)
+    synth = (torch.as_tensor(kinds, device=q.device) == HeadKind.SYNTH).view(1, -1, 1, 1)
     probs = torch.where(synth, uniform, learned)
     out = torch.matmul(probs, v)
     return out.to(dtype), probs

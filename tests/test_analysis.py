@@ -20,8 +20,9 @@ from attnsum.analysis import (
 from attnsum.attention.plan import HeadPlan
 from attnsum.checkpoints import read_config, save_model
 from attnsum.cli import main
+from attnsum.config import ModelConfig
 from attnsum.errors import InputError
-from attnsum.model import SummarizerModel, model_config
+from attnsum.model import SummarizerModel
 from attnsum.plan_costs import measured_speeds
 
 
@@ -32,7 +33,7 @@ def examples():
 
 def _tiny(plan="none"):
     torch.manual_seed(0)
-    return SummarizerModel(model_config("tiny", plan))
+    return SummarizerModel(ModelConfig.from_preset("tiny", plan))
 
 
 @pytest.mark.parametrize("method", ["taylor", "gate"])
@@ -204,9 +205,10 @@ def test_analysis_reports_progress_pass_by_pass(capsys):
     from helpers import embedded_examples
 
     from attnsum.analysis import head_importance, pattern_scores
-    from attnsum.model import SummarizerModel, model_config
+    from attnsum.config import ModelConfig
+    from attnsum.model import SummarizerModel
 
-    model = SummarizerModel(model_config("tiny"), load_pretrained=False)
+    model = SummarizerModel(ModelConfig.from_preset("tiny"), load_pretrained=False)
     examples = embedded_examples("val", limit=5, max_len=64)
     head_importance(model, examples, "gate", progress=True)
     pattern_scores(model, examples, progress=True)

@@ -201,9 +201,10 @@ def test_precision_parity_harness(tmp_path):
     """bench/precision_parity.py on a tiny checkpoint: fp32 against itself is identical, and
     int8 (dynamic quantization) comes out close to it."""
     from attnsum.checkpoints import save_model
-    from attnsum.model import SummarizerModel, model_config
+    from attnsum.config import ModelConfig
+    from attnsum.model import SummarizerModel
 
-    save_model(SummarizerModel(model_config("tiny", "paper")), tmp_path / "ckpt")
+    save_model(SummarizerModel(ModelConfig.from_preset("tiny", "paper")), tmp_path / "ckpt")
     out = tmp_path / "parity.json"
     _run("bench/precision_parity.py", str(tmp_path / "ckpt"), "--limit", "6", "--max-len", "128",
          "--precisions", "fp32", "fp32", "int8", "--out", str(out))
@@ -223,9 +224,10 @@ def test_sentence_vectors_reports_a_collapsed_layer(tmp_path):
     import torch
 
     from attnsum.checkpoints import save_model
-    from attnsum.model import SummarizerModel, model_config
+    from attnsum.config import ModelConfig
+    from attnsum.model import SummarizerModel
 
-    model = SummarizerModel(model_config("tiny"))
+    model = SummarizerModel(ModelConfig.from_preset("tiny"))
     norm = model.encoder.encoder.layer[-1].output.LayerNorm
     with torch.no_grad():
         norm.weight.zero_()

@@ -40,7 +40,7 @@ def test_every_option_is_explained_and_shows_its_default():
 
 
 def test_train_names_every_backend_and_refuses_others(tmp_path, capsys):
-    """--backend's names are written in its help (attnsum/settings.py keeps train's help free of
+    """--backend's names are written in its help (attnsum/config.py keeps train's help free of
     the attention library): every backend of attention/dispatch.py is there, and another name is
     one error line before any data loads."""
     from attnsum.attention import BACKENDS
@@ -83,7 +83,7 @@ def test_one_document_is_one_document(tmp_path, capsys):
 @pytest.mark.parametrize("command", [[]] + [[name] for name in COMMANDS])
 def test_help_imports_no_model_code(command):
     """`attnsum --help` and every command's help load neither torch nor the models (a second and
-    a half of start-up saved): train's defaults and choices come from attnsum/settings.py."""
+    a half of start-up saved): train's defaults and choices come from attnsum/config.py."""
     import subprocess
     import sys
 
@@ -93,23 +93,6 @@ def test_help_imports_no_model_code(command):
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "usage: attnsum" in r.stdout and r.stdout.strip().endswith("False")
-
-
-def test_addopts_reach_the_shell_command_line_only(tmp_path, monkeypatch, capsys):
-    """ATTNSUM_ADDOPTS is appended to what the shell gives (docs/commands.md, "Environment
-    variables"); a call with its own argument list (the Python API of the CLI) ignores it."""
-    import os
-    import subprocess
-    import sys
-
-    missing = str(tmp_path / "missing.txt")
-    r = subprocess.run([sys.executable, "-m", "attnsum", "summarize", missing], text=True,
-                       capture_output=True, timeout=120,
-                       env={**os.environ, "ATTNSUM_ADDOPTS": "--format pdf"})
-    assert r.returncode == 2 and "--format: invalid choice: 'pdf'" in r.stderr, r.stderr
-    monkeypatch.setenv("ATTNSUM_ADDOPTS", "--format pdf")
-    assert main(["summarize", missing]) == 2
-    assert "no such file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -180,3 +163,16 @@ def test_only_the_projects_errors_become_one_line(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(summarize_files, "summarize_command", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         main(["summarize", str(article)])
+
+
+def test_the_settings_import_no_torch():
+    """attnsum.config (presets, choices, ModelConfig, TrainConfig and their defaults) loads
+    without torch: the command line's help is built from it at once."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom attnsum.config import PRESETS, ModelConfig, TrainConfig\n"
+            "assert TrainConfig.defaults()['preset'] == 'tiny' and 'minilm' in PRESETS\n"
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

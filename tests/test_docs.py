@@ -6,8 +6,8 @@ The blocks run in page order (README first, then docs/ by name) in one working f
   any other Python block runs as a script;
 - `<!-- docs-test: skip: REASON -->` on the line before a block skips it, with the reason (the
   GPU session's commands: they need CUDA);
-- `attnsum` commands (also under `torchrun -m attnsum`) get small settings through
-  ATTNSUM_ADDOPTS (docs/commands.md, "Environment variables"); `pip install` runs with
+- `attnsum` commands (also under `torchrun -m attnsum`) get small settings appended (`SMALL`:
+  options after the documented ones); `pip install` runs with
   `--dry-run` (the packages are installed already); the line that runs the test suite must be the
   one .ci/run runs (running it here would recurse); `attnsum serve` is started, sent the request
   its comment names, and stopped.
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"(?:<!-- docs-test: skip: (?P<skip>.+?) -->\n)?```(?P<lang>bash|python)\n"
                    r"(?P<body>.*?)```", re.S)
-# What the commands' defaults would make long: steps, documents, lengths (ATTNSUM_ADDOPTS).
+# What the commands' defaults would make long: steps, documents, lengths (appended to them).
 SMALL = {"pipeline": "--limit 4 --steps 2 --max-len 64",
          "train": "--limit 4 --steps 2 --max-len 64 --batch-size 2 --val-limit 4"}
 ARTICLE = ("The city council approved a new budget for the schools on Tuesday night after a long "
@@ -63,7 +63,6 @@ def work(tmp_path_factory):
 
 def _env(**extra) -> dict:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("ATTNSUM_ADDOPTS", None)
     env.update(extra)
     return env
 
@@ -92,7 +91,7 @@ def _subcommand(words: list[str]) -> str | None:
 def _serve(words: list[str], work: Path) -> None:
     """Start the server, POST the article as the README's comment says, stop it."""
     port = free_port()
-    proc = subprocess.Popen(words, cwd=work, env=_env(ATTNSUM_ADDOPTS=f"--port {port}"),
+    proc = subprocess.Popen([*words, "--port", str(port)], cwd=work, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -129,7 +128,7 @@ def _shell(line: list[str], work: Path) -> None:
         elif _subcommand(words) == "serve":
             _serve(words, work)
         elif (command := _subcommand(words)) is not None:
-            r = _run(part, work, _env(ATTNSUM_ADDOPTS=SMALL.get(command, "")))
+            r = _run(f"{part} {SMALL.get(command, '')}", work, _env())
             if command == "summarize" and "--format" in words:
                 sentences = r.stdout.strip().splitlines()
                 assert len(sentences) == 3 and all(s in ARTICLE for s in sentences)

@@ -78,7 +78,7 @@ def test_user_mistakes_give_one_clear_line(tmp_path):
     for args, msg in ((["--dataset", str(bad)], "bad.jsonl:1: malformed JSON"),
                       (["--system", "best"], "unknown system 'best'"),
                       (["--dataset", str(tmp_path / "none")], "unknown dataset")):
-        r = subprocess.run([sys.executable, "-m", "attnsum.cli", "evaluate", *args,
+        r = subprocess.run([sys.executable, "-m", "attnsum", "evaluate", *args,
                             "--out", str(tmp_path / "o")], capture_output=True, text=True)
         assert r.returncode == 2, r.stderr
         assert msg in r.stderr and "Traceback" not in r.stderr

@@ -267,12 +267,13 @@ def test_a_table_whose_perm_repeats_a_position_is_refused_before_any_launch():
     """perm is checked on the host (sorted, it equals arange) before the kernels run: a repeated
     position would have two programs write one row at once on a GPU."""
     from attnsum.attention.triton_path import layer_tables
-    from attnsum.kernels.fused import SOFTMAX, fused_attention
+    from attnsum.kernels.configs import HeadKind
+    from attnsum.kernels.fused import fused_attention
     from attnsum.kernels.tables import RangeTables
 
     q, k, v, ctx = _on_device(*make_batch(2, 20, H=2, D=16))
     _, tables = layer_tables(HeadPlan.parse("*:*=sent/mask", 1, 2).layer(0), ctx)
-    kinds = torch.full((2,), SOFTMAX, dtype=torch.int32)
+    kinds = torch.full((2,), HeadKind.MASK, dtype=torch.int32)
     tab = torch.ones(2, dtype=torch.int32)  # the sentence table (0 is every valid key)
     perm = tables.perm.clone()
     perm[1, 0, 5] = perm[1, 0, 6]  # one position twice, another never
@@ -281,3 +282,59 @@ def test_a_table_whose_perm_repeats_a_position_is_refused_before_any_launch():
         fused_attention(q, k, v, kinds, tab, bad)
     out = fused_attention(q, k, v, kinds, tab, tables)  # the real table passes the check
     assert torch.isfinite(out).all()
+
+
+def test_fused_attention_on_tables_built_by_hand():
+    """The kernel's own interface, no plan or pattern code: one batch of N = 12 with 10 valid
+    tokens; head 0 learned (table 0: every valid key in natural order), head 1 masked over a
+    reversed ordering (table 1: position p attends p and the two after it in that ordering,
+    itself excluded), head 2 synthesized over the previous token (table 2). The dense answer is
+    written out from the same definitions; forward and gradients match it."""
+    from attnsum.kernels.configs import HeadKind
+    from attnsum.kernels.fused import fused_attention
+    from attnsum.kernels.tables import RangeTables
+
+    torch.manual_seed(0)
+    B, H, N, D, n = 1, 3, 12, 16, 10
+    pos = torch.arange(N)
+    natural = pos.clone()
+    reverse = torch.cat([torch.arange(n - 1, -1, -1), torch.arange(n, N)])  # valid ones reversed
+    order = torch.stack([natural, reverse, natural])[:, None]  # (T, B, N)
+    valid_row = (pos < n).int()
+    lo = torch.stack([torch.zeros(N), pos, (pos - 1).clamp_min(0)]).int()
+    hi = torch.stack([torch.full((N,), n), (pos + 3).clamp_max(n), pos]).int()
+    lo, hi = lo * valid_row, hi * valid_row  # padding rows attend nothing
+    excl = torch.stack([torch.zeros(N), torch.ones(N), torch.zeros(N)]).int()
+    tables = RangeTables(order, lo[:, None], hi[:, None], excl[:, None])
+    kinds = torch.tensor([HeadKind.LEARNED, HeadKind.MASK, HeadKind.SYNTH], dtype=torch.int32)
+    tab = torch.tensor([0, 1, 2], dtype=torch.int32)
+
+    allowed = torch.zeros(H, N, N, dtype=torch.bool)  # [head, query, key] in original positions
+    for h in range(H):
+        for p in range(n):
+            q_pos = int(order[h, 0, p])
+            for r in range(int(lo[h, p]), int(hi[h, p])):
+                if not (excl[h, p] and r == p):
+                    allowed[h, q_pos, int(order[h, 0, r])] = True
+    assert allowed[2, 5].nonzero().flatten().tolist() == [4] and not allowed[2, 0].any()
+    assert allowed[1, 5].nonzero().flatten().tolist() == [3, 4]  # reversed: 5 -> 4 -> 3
+    q, k, v = (torch.randn(B, H, N, D, dtype=WORK_DTYPE, device=DEVICE, requires_grad=True)
+               for _ in range(3))
+    out = fused_attention(q, k, v, kinds.to(DEVICE), tab.to(DEVICE),
+                          RangeTables(*(t.to(DEVICE) for t in (tables.perm, tables.lo, tables.hi,
+                                                               tables.excl))))
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+
+    qf, kf, vf = (x.detach().float().cpu().requires_grad_(True) for x in (q, k, v))
+    scores = (qf @ kf.transpose(-1, -2)) / D ** 0.5
+    soft = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0)
+    uniform = allowed.float() / allowed.sum(-1, keepdim=True).clamp_min(1)
+    probs = torch.where((kinds == HeadKind.SYNTH).view(1, H, 1, 1), uniform, soft)
+    ref = probs @ vf
+    want = torch.autograd.grad(ref, (qf, kf, vf), grad.float().cpu())
+    tol = dict(atol=1e-4, rtol=1e-4) if WORK_DTYPE == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(out.float().cpu(), ref, **tol)
+    assert out[0, :, n:].abs().max() == 0  # padding rows output zero
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.float().cpu(), w, **tol)

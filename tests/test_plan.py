@@ -5,7 +5,7 @@ import pytest
 from attnsum.attention.patterns import PatternError
 from attnsum.attention.plan import HeadPlan, HeadSpec
 from attnsum.checkpoints import read_plan_file, write_plan_file
-from attnsum.model import model_config
+from attnsum.config import ModelConfig
 
 
 def test_paper_preset_groups_of_four():
@@ -60,7 +60,7 @@ def test_plan_for_another_model_is_rejected(tmp_path):
     write_plan_file(plan, tmp_path / "plan.json")
     assert read_plan_file(tmp_path / "plan.json") == plan
     with pytest.raises(PatternError, match="the plan is for 2 layers x 4 heads"):
-        model_config("minilm", read_plan_file(tmp_path / "plan.json"))
+        ModelConfig.from_preset("minilm", read_plan_file(tmp_path / "plan.json"))
 
 
 @pytest.mark.parametrize("text, msg", [('{"num_layers": 2', "bad JSON"),

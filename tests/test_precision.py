@@ -7,7 +7,8 @@ from helpers import embedded_examples
 
 from attnsum import precision as precision_mod
 from attnsum.batching import predict_scores
-from attnsum.model import SummarizerModel, model_config
+from attnsum.config import ModelConfig
+from attnsum.model import SummarizerModel
 from attnsum.precision import resolve_precision
 
 
@@ -53,7 +54,7 @@ def test_bf16_autocast_scores_stay_close_to_fp32(plan, inject):
     (padding in every batch) under CPU bf16 autocast, against fp32. bf16 keeps 8 bits of
     mantissa: a probability moves by a few thousandths, not more."""
     torch.manual_seed(0)
-    model = SummarizerModel(model_config("tiny", plan, inject)).eval()
+    model = SummarizerModel(ModelConfig.from_preset("tiny", plan, inject)).eval()
     if inject == "side":  # side layers start at zero output: give them weight to matter
         for layer in model.encoder.encoder.layer:
             torch.nn.init.normal_(layer.attention.output.side.out.weight, std=0.05)

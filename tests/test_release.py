@@ -11,11 +11,11 @@ from safetensors import safe_open
 from attnsum.batching import predict_scores
 from attnsum.checkpoints import WORD_EMBEDDINGS, load_model, minilm_word_embeddings
 from attnsum.cli import main
+from attnsum.config import ModelConfig, TrainConfig
 from attnsum.errors import ConfigError, InputError
-from attnsum.model import SummarizerModel, model_config
+from attnsum.model import SummarizerModel
 from attnsum.precision import resolve_precision
 from attnsum.release import DEFAULT_MODEL, MODELS_DIR
-from attnsum.settings import TrainConfig
 from attnsum.summarizer import DocumentError, Summarizer
 from attnsum.train import train
 
@@ -24,15 +24,15 @@ from attnsum.train import train
 def run(tmp_path_factory):
     """Two steps of a 2-layer student started from MiniLM's layers 2 and 5, embeddings frozen."""
     out = tmp_path_factory.mktemp("release") / "run"
-    train(TrainConfig(preset="student-mini-2", init_from="minilm", freeze_embeddings=True,
-                      limit=6, max_len=128, steps=2, batch_size=2, val_every=2, lr=1e-3,
-                      precision="fp32", progress=False, out=str(out)))
+    train(TrainConfig(model=ModelConfig.from_preset("student-mini-2", max_len=128),
+                      init_from="minilm", freeze_embeddings=True, limit=6, steps=2, batch_size=2,
+                      val_every=2, lr=1e-3, precision="fp32", progress=False, out=str(out)))
     return out
 
 
 def test_init_from_minilm_takes_its_layers_and_keeps_frozen_embeddings(run):
     student = load_model(run).state_dict()
-    minilm = SummarizerModel(model_config("minilm")).state_dict()
+    minilm = SummarizerModel(ModelConfig.from_preset("minilm")).state_dict()
     assert torch.equal(student[WORD_EMBEDDINGS], minilm_word_embeddings())
     # the trained layers moved away from MiniLM's layers 2 and 5, the embeddings did not
     for mine, theirs in ((0, 2), (1, 5)):

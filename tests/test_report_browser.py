@@ -16,7 +16,8 @@ from test_patterns import USER_FILE
 from attnsum.attention.plan import HeadPlan
 from attnsum.checkpoints import read_config, read_plan_file, save_model
 from attnsum.cli import main
-from attnsum.model import SummarizerModel, model_config
+from attnsum.config import ModelConfig
+from attnsum.model import SummarizerModel
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
@@ -156,7 +157,7 @@ def test_the_editor_reads_at_800_px(tmp_path, browser):
     from selenium.webdriver.common.by import By
 
     torch.manual_seed(0)
-    save_model(SummarizerModel(model_config("tiny", "*:0=sent/mask", heads=16)), tmp_path / "c")
+    save_model(SummarizerModel(ModelConfig.from_preset("tiny", "*:0=sent/mask", heads=16)), tmp_path / "c")
     assert main(["analyze", "--checkpoint", str(tmp_path / "c"), "--limit", "2", "--max-len",
                  "64", "--out", str(tmp_path / "rep")]) == 0
     browser.set_window_size(800, 1000)

@@ -5,8 +5,8 @@ import json
 import pytest
 from helpers import embedded_examples
 
+from attnsum.config import TrainConfig
 from attnsum.schedule import ScheduleError, make_schedule
-from attnsum.settings import TrainConfig
 from attnsum.train import train
 
 
@@ -54,7 +54,7 @@ def test_a_run_that_ends_in_warmup_is_refused_or_allowed_on_request(tmp_path):
         make_schedule("adamw", 250, warmup=10_000)
     s = make_schedule("adamw", 250, warmup=10_000, allow_short_warmup=True)
     assert "never reached" in s.describe()
-    cfg = TrainConfig(preset="tiny", steps=3, warmup=10, out=str(tmp_path / "r"), progress=False)
+    cfg = TrainConfig(steps=3, warmup=10, out=str(tmp_path / "r"), progress=False)
     with pytest.raises(ValueError, match="inside its 10-step warmup"):
         train(cfg, [], [])
 
@@ -62,7 +62,7 @@ def test_a_run_that_ends_in_warmup_is_refused_or_allowed_on_request(tmp_path):
 def test_training_records_its_schedule_and_precision(tmp_path, capsys):
     ex = embedded_examples("train", limit=4, max_len=64)
     out = tmp_path / "run"
-    train(TrainConfig(preset="tiny", steps=20, batch_size=2, val_every=20, log_every=1,
+    train(TrainConfig(steps=20, batch_size=2, val_every=20, log_every=1,
                       out=str(out), precision="fp32"), ex, ex[:2])
     printed = capsys.readouterr().err
     assert "schedule: adamw, linear warmup, linear decay to zero: peak lr 0.0005 reached at step 1" \

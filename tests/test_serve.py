@@ -15,11 +15,12 @@ from helpers import free_port
 
 from attnsum.checkpoints import read_training_summary, resolve_checkpoint
 from attnsum.cli import main
+from attnsum.config import ModelConfig, TrainConfig
 from attnsum.data import DataError
 from attnsum.errors import InputError
+from attnsum.input_files import iter_documents
 from attnsum.sentences import split_sentences
-from attnsum.settings import TrainConfig
-from attnsum.summarize_files import iter_documents, run_summarize
+from attnsum.summarize_files import run_summarize
 from attnsum.summarizer import Summarizer
 from attnsum.train import train
 
@@ -38,10 +39,12 @@ def ckpt(tmp_path_factory):
     """A served student as the project makes them: a patterned one-layer student started from
     layer 1 of a tiny teacher and distilled from it (a few steps: the service is under test)."""
     root = tmp_path_factory.mktemp("ckpt")
-    common = dict(steps=3, batch_size=2, val_every=3, limit=6, max_len=128, progress=False)
-    train(TrainConfig(preset="tiny", out=str(root / "teacher"), **common))
-    run = train(TrainConfig(preset="tiny-student", plan="paper", out=str(root / "student"),
-                            teacher=str(root / "teacher"), init_from=str(root / "teacher"),
+    common = dict(steps=3, batch_size=2, val_every=3, limit=6, progress=False)
+    train(TrainConfig(model=ModelConfig.from_preset("tiny", max_len=128), out=str(root / "teacher"),
+                      **common))
+    run = train(TrainConfig(model=ModelConfig.from_preset("tiny-student", "paper", max_len=128),
+                            out=str(root / "student"), teacher=str(root / "teacher"),
+                            init_from=str(root / "teacher"),
                             **common))
     folder = resolve_checkpoint(run["out"])
     trained = read_training_summary(folder)
@@ -123,7 +126,7 @@ def test_summarize_reads_parquet_like_json_lines(tmp_path, ckpt, summarizer):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from attnsum.summarize_files import count_documents
+    from attnsum.input_files import count_documents
 
     rows = {"id": ["p1", "p2", "p3"], "body": [ARTICLE, None, ARTICLE.replace("Tuesday", "Friday")]}
     folder = tmp_path / "corpus"
@@ -165,7 +168,7 @@ def test_batch_bad_input(tmp_path):
     summarized); a stream that cannot be read on (a truncated .gz) breaks off with one line."""
     import gzip
 
-    from attnsum.summarize_files import Unreadable
+    from attnsum.input_files import Unreadable
 
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"text": "fine"}\n{oops\n[1, 2]\n{"text": "caf\xe9"}\n{"text": "after"}\n')
@@ -237,7 +240,8 @@ def _serving(summarizer, **limits):
     """A real server (uvicorn, loopback, a free port) in a thread; yields its port."""
     import uvicorn
 
-    from attnsum.serve import ServeConfig, create_app, http_protocol
+    from attnsum.serve import ServeConfig, create_app
+    from attnsum.server import http_protocol
 
     port = free_port()
     cfg = ServeConfig(port=port, **limits)
@@ -572,7 +576,7 @@ def test_the_progress_total_is_counted_before_summarizing(tmp_path):
     `--limit` when smaller; unknown for standard input."""
     import gzip
 
-    from attnsum.summarize_files import count_documents
+    from attnsum.input_files import count_documents
 
     (tmp_path / "a.txt").write_text(ARTICLE)
     (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": ARTICLE}) + "\n"

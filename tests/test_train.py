@@ -11,13 +11,13 @@ import attnsum.train
 from attnsum.attention.patterns import PatternError
 from attnsum.batching import collate, predict_scores
 from attnsum.checkpoints import load_model, read_config, save_model
+from attnsum.config import ModelConfig, TrainConfig
 from attnsum.data import Corpus, Document
 from attnsum.errors import ConfigError
 from attnsum.losses import distill_loss
-from attnsum.model import SummarizerModel, init_from_layers, model_config, spread_layers
+from attnsum.model import SummarizerModel, init_from_layers, spread_layers
 from attnsum.precision import resolve_precision
 from attnsum.preprocess import prepare
-from attnsum.settings import TrainConfig
 from attnsum.train import train
 
 FP32 = resolve_precision("fp32", "cpu")
@@ -29,11 +29,13 @@ def examples():
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(preset="tiny", plan="paper", steps=12, batch_size=4, optimizer="adamw", lr=2e-3,
-                warmup=2, val_every=6, log_every=1, out=str(tmp_path / "run"), progress=False,
-                max_len=128)
+    model = {k: kw.pop(k) for k in ("preset", "plan", "inject", "pooling") if k in kw}
+    base = dict(steps=12, batch_size=4, optimizer="adamw", lr=2e-3, warmup=2, val_every=6,
+                log_every=1, out=str(tmp_path / "run"), progress=False)
     base.update(kw)
-    return TrainConfig(**base)
+    model = ModelConfig.from_preset(model.pop("preset", "tiny"), model.pop("plan", "paper"),
+                                    max_len=128, **model)
+    return TrainConfig(model=model, **base)
 
 
 def _losses(run):
@@ -48,7 +50,7 @@ def test_tiny_model_learns(tmp_path, examples):
 
 
 def test_save_load_gives_identical_scores(tmp_path, examples):
-    model = SummarizerModel(model_config("tiny", "paper"))
+    model = SummarizerModel(ModelConfig.from_preset("tiny", "paper"))
     before = predict_scores(model, examples[:5], FP32)
     save_model(model, tmp_path / "ckpt")
     loaded = load_model(tmp_path / "ckpt")
@@ -74,7 +76,7 @@ def test_mean_pooling_averages_each_sentence_span(examples):
 
 
 def test_pooling_is_kept_by_checkpoints_and_older_ones_read_cls(tmp_path, examples):
-    model = SummarizerModel(model_config("tiny", "paper", pooling="mean"))
+    model = SummarizerModel(ModelConfig.from_preset("tiny", "paper", pooling="mean"))
     save_model(model, tmp_path / "ckpt")
     assert read_config(tmp_path / "ckpt").pooling == "mean"
     loaded = load_model(tmp_path / "ckpt")
@@ -86,7 +88,7 @@ def test_pooling_is_kept_by_checkpoints_and_older_ones_read_cls(tmp_path, exampl
     assert older.cfg.pooling == "cls"
     assert predict_scores(older, examples[:3], FP32) != predict_scores(model, examples[:3], FP32)
     with pytest.raises(ConfigError, match="unknown pooling 'max'"):
-        model_config("tiny", pooling="max")
+        ModelConfig.from_preset("tiny", pooling="max")
 
 
 def test_resume_continues_with_the_same_state(tmp_path, examples, monkeypatch):
@@ -163,8 +165,8 @@ def test_distillation_loss():
 
 def test_side_layers_start_identical_to_the_original(examples):
     torch.manual_seed(0)
-    plain = SummarizerModel(model_config("tiny", "none"))
-    side = SummarizerModel(model_config("tiny", "paper", inject="side"))
+    plain = SummarizerModel(ModelConfig.from_preset("tiny", "none"))
+    side = SummarizerModel(ModelConfig.from_preset("tiny", "paper", inject="side"))
     missing, _ = side.load_state_dict(plain.state_dict(), strict=False)
     assert all(".side." in k for k in missing)
     plain.eval()
@@ -179,8 +181,8 @@ def test_layer_dropping_copies_the_chosen_teacher_layers():
     assert spread_layers(6, 3) == [1, 3, 5] and spread_layers(6, 2) == [2, 5]
     assert spread_layers(6, 6) == list(range(6)) and spread_layers(2, 1) == [1]
     torch.manual_seed(0)
-    teacher = SummarizerModel(model_config("tiny"))
-    student = SummarizerModel(model_config("tiny-student", "paper"))
+    teacher = SummarizerModel(ModelConfig.from_preset("tiny"))
+    student = SummarizerModel(ModelConfig.from_preset("tiny-student", "paper"))
     assert init_from_layers(student, teacher) == [1]
     t, s = teacher.state_dict(), student.state_dict()
     for name, value in s.items():
@@ -192,12 +194,12 @@ def test_layer_dropping_copies_the_chosen_teacher_layers():
     with pytest.raises(ConfigError, match="need 1 source layers"):
         init_from_layers(student, teacher, [0, 1])
     with pytest.raises(ConfigError, match="width"):
-        init_from_layers(SummarizerModel(model_config("student-mini-2")), teacher)
+        init_from_layers(SummarizerModel(ModelConfig.from_preset("student-mini-2")), teacher)
 
 
 def test_bad_checkpoints_and_plans(tmp_path, examples):
     with pytest.raises(PatternError, match="head index 7 is out of range"):
-        model_config("tiny", "*:7=sent/mask")
+        ModelConfig.from_preset("tiny", "*:7=sent/mask")
     with pytest.raises(RuntimeError, match="not an attnsum checkpoint .expected config.json"):
         load_model(tmp_path)
     with pytest.raises(RuntimeError, match="no such checkpoint"):
@@ -207,7 +209,7 @@ def test_bad_checkpoints_and_plans(tmp_path, examples):
     (tmp_path / "bad" / "model.safetensors").write_bytes(b"")
     with pytest.raises(RuntimeError, match="not an attnsum checkpoint config"):
         load_model(tmp_path / "bad")
-    model = SummarizerModel(model_config("tiny", "paper"))
+    model = SummarizerModel(ModelConfig.from_preset("tiny", "paper"))
     save_model(model, tmp_path / "c")
     # the weights file names its checkpoint too
     assert load_model(tmp_path / "c" / "model.safetensors").checkpoint == tmp_path / "c"
@@ -267,7 +269,7 @@ def test_dataset_without_labels(tmp_path):
 def test_a_run_folder_with_a_plain_last_folder_is_converted_on_its_next_save(tmp_path):
     from attnsum.checkpoints import last_checkpoint, save_trainer_state
 
-    model = SummarizerModel(model_config("tiny"))
+    model = SummarizerModel(ModelConfig.from_preset("tiny"))
     opt = torch.optim.AdamW(model.parameters())
     run = tmp_path / "run"
     save_trainer_state(run, model, opt, 2, {}, [])
@@ -281,8 +283,9 @@ def test_a_run_folder_with_a_plain_last_folder_is_converted_on_its_next_save(tmp
 
 
 def test_settings_are_parsed_once_and_carried_typed(tmp_path, examples, monkeypatch):
-    """The plan is parsed where it enters (TrainConfig) and travels as a HeadPlan into the
-    model config; precision is resolved once per run, not again at each validation."""
+    """The plan is parsed where it enters (ModelConfig.from_preset) and travels as a HeadPlan
+    in the model config the run holds; precision is resolved once per run, not again at each
+    validation; a checkpoint records each setting once (the plan with the model's)."""
     from attnsum.attention import HeadPlan
 
     calls = []
@@ -290,15 +293,18 @@ def test_settings_are_parsed_once_and_carried_typed(tmp_path, examples, monkeypa
     monkeypatch.setattr(attnsum.train, "resolve_precision",
                         lambda *a, **k: calls.append(a) or real(*a, **k))
     cfg = _cfg(tmp_path, steps=4, val_every=2, precision="fp32")
-    assert cfg.plan == HeadPlan.parse("paper", 2, 4)
+    assert cfg.model.plan == HeadPlan.parse("paper", 2, 4)
     train(cfg, examples, examples[:2])
     assert len(calls) == 1
     saved = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
-    assert saved["train"]["plan"] == "paper"  # the record names it in text form
-    assert read_config(tmp_path / "run" / "last").plan == cfg.plan
-    learned = model_config("tiny")
+    assert HeadPlan.from_dict(saved["attnsum"]["plan"]) == cfg.model.plan
+    model_keys = set(saved["attnsum"])
+    assert not model_keys & set(saved["train"])  # nothing recorded twice
+    assert {"preset", "plan", "max_len", "classifier", "pooling", "dropout"} <= model_keys
+    assert read_config(tmp_path / "run" / "last").plan == cfg.model.plan
+    learned = ModelConfig.from_preset("tiny")
     assert learned.plan == HeadPlan.none(2, 4)  # one default for "no patterns"
-    assert model_config("tiny", inject="side").plan == HeadPlan.none(2, learned.side_heads)
+    assert ModelConfig.from_preset("tiny", inject="side").plan == HeadPlan.none(2, learned.side_heads)
 
 
 def test_a_checkpoint_is_checked_when_it_loads(tmp_path, capsys):
@@ -312,7 +318,7 @@ def test_a_checkpoint_is_checked_when_it_loads(tmp_path, capsys):
     from attnsum.cli import main
 
     good = tmp_path / "good"
-    save_model(SummarizerModel(model_config("tiny"), load_pretrained=False), good)
+    save_model(SummarizerModel(ModelConfig.from_preset("tiny"), load_pretrained=False), good)
     doc = tmp_path / "doc.txt"
     doc.write_text("The council approved the budget on Tuesday after a long debate. " * 3)
 

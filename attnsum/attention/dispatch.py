@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from attnsum.errors import ConfigError
+from attnsum.config import BACKENDS, check_choice
 
 from .patterns import PatternContext
 from .plan import LayerPlan
 from .reference import reference_attention
 from .torch_path import torch_attention
-
-BACKENDS = ("auto", "triton", "torch", "reference")
 
 
 def patterned_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None,
@@ -22,8 +20,7 @@ def patterned_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: fl
     backend: ``auto`` (the fused Triton kernel on CUDA in bf16 or fp16 when available, else the
     PyTorch path), ``triton``, ``torch``, or ``reference`` (dense, materializes (B, H, N, N)).
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    check_choice("attention backend", backend, BACKENDS)
     if backend == "reference":
         return reference_attention(q, k, v, plan, ctx, scale)[0]
     if backend == "triton" or (backend == "auto" and q.is_cuda and q.dtype != torch.float32

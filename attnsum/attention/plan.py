@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from attnsum.kernels.configs import HeadKind
+
 from .patterns import MODES, Pattern, PatternError
 from .registry import get_pattern
 
@@ -52,10 +54,14 @@ class HeadSpec:
 LayerPlan = tuple[HeadSpec | None, ...]  # one entry per head of a layer; None: learned
 
 
+def head_kind(spec: HeadSpec | None) -> HeadKind:
+    return HeadKind.LEARNED if spec is None else HeadKind[spec.mode.upper()]
+
+
 def reads_qk(spec: HeadSpec | None) -> bool:
     """Whether a head reads q and k: learned and masked heads do, synthesized heads average v
     over their pattern."""
-    return spec is None or spec.mode != "synth"
+    return head_kind(spec) != HeadKind.SYNTH
 
 
 def qk_heads(layer_plan: LayerPlan) -> list[int]:

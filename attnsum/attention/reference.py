@@ -17,7 +17,7 @@ from attnsum.kernels.reference import dense_masked_attention
 
 from .inputs import all_heads, check_inputs, clear_padding
 from .patterns import PatternContext, dense_mask
-from .plan import LayerPlan
+from .plan import LayerPlan, head_kind
 
 
 def layer_allowed(plan: LayerPlan, ctx: PatternContext) -> torch.Tensor:
@@ -36,8 +36,9 @@ def layer_allowed(plan: LayerPlan, ctx: PatternContext) -> torch.Tensor:
     return torch.stack(masks, dim=1)
 
 
-def synth_flags(plan: LayerPlan, device) -> torch.Tensor:
-    return torch.tensor([s is not None and s.mode == "synth" for s in plan], device=device)
+def head_kinds(plan: LayerPlan, device) -> torch.Tensor:
+    """(H,) int32: each head's `HeadKind` (plan.head_kind)."""
+    return torch.tensor([head_kind(s) for s in plan], dtype=torch.int32, device=device)
 
 
 def reference_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None,
@@ -46,5 +47,5 @@ def reference_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: fl
     check_inputs(q, k, v, plan, ctx)
     q, k = all_heads(q, k, plan, v.shape[1])
     q, k, v = clear_padding(q, k, v, ctx)
-    return dense_masked_attention(q, k, v, layer_allowed(plan, ctx), synth_flags(plan, q.device), scale,
+    return dense_masked_attention(q, k, v, layer_allowed(plan, ctx), head_kinds(plan, q.device), scale,
                          upcast)

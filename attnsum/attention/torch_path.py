@@ -17,7 +17,7 @@ from attnsum.kernels.reference import dense_masked_attention
 from .inputs import all_heads, check_inputs, clear_padding
 from .patterns import PatternContext, Ranges
 from .plan import LayerPlan, reads_qk
-from .reference import layer_allowed, synth_flags
+from .reference import head_kinds, layer_allowed
 
 # Inside, tensors are (B, N, h, D): the layout Hugging Face projections produce, so that the
 # per-token gathers below are row gathers of a (B * N, h, D) view.
@@ -308,7 +308,7 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
             if qh is None or qh.shape[2] != vh.shape[2]:
                 qh = kh = torch.zeros_like(vh)  # synthesized heads do not read them
             o = dense_masked_attention(qh.transpose(1, 2), kh.transpose(1, 2), vh.transpose(1, 2),
-                              layer_allowed(sub, ctx), synth_flags(sub, v.device),
+                              layer_allowed(sub, ctx), head_kinds(sub, v.device),
                               scale)[0].transpose(1, 2)
         elif spec.mode == "synth":
             r = ctx.ranges(spec.pat)

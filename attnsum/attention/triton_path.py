@@ -10,6 +10,7 @@ from attnsum.kernels.tables import RangeTables
 from .inputs import all_heads, check_inputs, clear_padding
 from .patterns import PatternContext, PatternError
 from .plan import LayerPlan
+from .reference import head_kinds
 from .registry import get_pattern
 
 ALL = "__all__"  # the table of learned heads: every valid key
@@ -50,11 +51,25 @@ def layer_tables(plan: LayerPlan, ctx: PatternContext) -> tuple[list[str], Range
     return names, ctx.memo(("fused-tables", tuple(names)), build)
 
 
+def head_tables(plan: LayerPlan, ctx: PatternContext, device) -> tuple[torch.Tensor, torch.Tensor,
+                                                                         RangeTables]:
+    """What the fused kernel takes for a layer: each head's kind and table index ((H,) int32)
+    and the tables, built once per batch for each plan of a layer (memoized in `ctx`)."""
+    names, tables = layer_tables(plan, ctx)
+
+    def build():
+        return (head_kinds(plan, device),
+                torch.tensor([names.index(table_of(s)) for s in plan], dtype=torch.int32,
+                             device=device))
+
+    return (*ctx.memo(("fused-heads", plan, str(device)), build), tables)
+
+
 def fused_layer_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float | None = None
                           ) -> torch.Tensor:
     """(B, H, N, D) -> (B, H, N, D) through one launch of the fused kernel (forward and
     backward). Every pattern in `plan` must have a range form."""
-    from attnsum.kernels.fused import SOFTMAX, SYNTH, fused_attention
+    from attnsum.kernels.fused import fused_attention
 
     for s in plan:
         if s is not None and not s.pat.has_ranges:
@@ -62,11 +77,7 @@ def fused_layer_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: 
     check_inputs(q, k, v, plan, ctx)
     q, k = all_heads(q, k, plan, v.shape[1])
     q, k, v = clear_padding(q, k, v, ctx)
-    names, tables = layer_tables(plan, ctx)
-    kinds = torch.tensor([SYNTH if s is not None and s.mode == "synth" else SOFTMAX for s in plan],
-                         dtype=torch.int32, device=q.device)
-    tab = torch.tensor([names.index(table_of(s)) for s in plan],
-                       dtype=torch.int32, device=q.device)
+    kinds, tab, tables = head_tables(plan, ctx, q.device)
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         # On CPU the kernel runs under Triton's interpreter (numpy), which has fp16 but no bf16
         # arithmetic: bf16 is computed in fp32 and handed back in bf16 (autograd casts the

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .patterns import PatternContext
-from .plan import LayerPlan
+from .plan import LayerPlan, head_kind
 from .triton_path import layer_tables, table_of
 
 FLEX_BLOCK = 128  # FlexAttention's default BlockMask block
@@ -68,7 +68,7 @@ def head_work(plan: LayerPlan, ctx: PatternContext, block_m: int = 64, block_n: 
     out = []
     for spec in plan:
         t = names.index(table_of(spec))
-        out.append({"kind": "learned" if spec is None else spec.mode,
+        out.append({"kind": head_kind(spec).name.lower(),
                     "pattern": "" if spec is None else spec.pattern,
                     "cell_fraction": float(cells[t]), "work_fraction": float(visited[t])})
         if spec in flex:
