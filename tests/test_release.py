@@ -143,7 +143,7 @@ def test_every_command_reads_at_the_length_the_checkpoint_was_trained_at(run, tm
     assert load_model(run).cfg.max_len == 128
     assert Summarizer.from_pretrained(run, precision="fp32").cfg.max_len == 128
     assert Summarizer.from_pretrained(run, precision="fp32", max_len=300).cfg.max_len == 300
-    with pytest.raises(ConfigError, match="takes 1 to 512 word pieces"):
+    with pytest.raises(ConfigError, match="takes 8 to 512 word pieces"):
         Summarizer.from_pretrained(run, precision="fp32", max_len=600)
     assert main(["evaluate", "--system", "", "--limit", "2", "--split", "val", "--checkpoint",
                  str(run), "--precision", "fp32", "--out", str(tmp_path / "ev")]) == 0
@@ -152,7 +152,7 @@ def test_every_command_reads_at_the_length_the_checkpoint_was_trained_at(run, tm
     capsys.readouterr()
     assert main(["summarize", "--checkpoint", str(run), "--max-len", "9999", str(article)]) == 2
     err = capsys.readouterr().err
-    assert "error: --max-len 9999: the model takes 1 to 512 word pieces" in err
+    assert "error: --max-len 9999: the model takes 8 to 512 word pieces" in err
     assert "Traceback" not in err
 
 
@@ -162,7 +162,8 @@ def test_a_checkpoint_without_a_recorded_length_takes_its_training_length(run, t
     old = tmp_path / "old"
     shutil.copytree(load_model(run).checkpoint, old)
     config = json.loads((old / "config.json").read_text())
-    del config["attnsum"]["max_len"]  # as written before the field existed
+    # as written before the model's record had the field: the length in the training record
+    config["train"]["max_len"] = config["attnsum"].pop("max_len")
     (old / "config.json").write_text(json.dumps(config))
     assert load_model(old).cfg.max_len == 128
     del config["train"]
