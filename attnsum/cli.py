@@ -191,7 +191,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    from .config import CLASSIFIERS, INJECTIONS, POOLINGS, PRESETS, VAL_METRICS, TrainConfig
+    from .config import BACKENDS, CLASSIFIERS, INJECTIONS, POOLINGS, PRESETS, VAL_METRICS, TrainConfig
     from .schedule import OPTIMIZERS
 
     d = TrainConfig.defaults()
@@ -268,9 +268,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze-embeddings", dest="freeze_embeddings", action="store_true",
                    help="keep the word embeddings as initialised (a release then references the "
                         "pretrained package's instead of storing them)")
-    p.add_argument("--backend", default=d["backend"],
-                   help="attention path (attention/dispatch.py): auto (the fused Triton kernel on "
-                        "a GPU, the PyTorch path on CPU), triton, torch or reference")
+    p.add_argument("--backend", default=d["backend"],  # checked by TrainConfig: one error line
+                   help=f"attention path (attention/dispatch.py): {', '.join(BACKENDS)} (auto: the "
+                        "fused Triton kernel on a GPU, the PyTorch path on CPU)")
     p.add_argument("--out", default=d["out"], help="run folder (resumed if it holds a checkpoint)")
     _add_patterns_arg(p)
 
