@@ -11,9 +11,10 @@ import argparse
 import sys
 
 from . import __version__
+from .config import MAX_LEN
 from .errors import AttnsumError
 from .extras import need
-from .preprocess import MAX_CHARS, MAX_LEN
+from .preprocess import MAX_CHARS
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
