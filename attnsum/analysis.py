@@ -255,22 +255,25 @@ def suggest_plan(importance: np.ndarray, scores: PatternScores, threshold: float
         _followed(importance, scores, threshold, min_lift).items()})
 
 
+def by_importance(importance: np.ndarray) -> list[tuple[int, int]]:
+    """Every (layer, head), the most important first."""
+    return sorted(np.ndindex(importance.shape), key=lambda lh: (importance[lh], lh), reverse=True)
+
+
 def explain_suggestion(importance: np.ndarray, scores: PatternScores, threshold: float = 0.5,
                        min_lift: float = MIN_LIFT, important: int = 5) -> dict:
     """Why `suggest_plan` gives what it gives, for the report: its thresholds, each patterned
     head with its score, lift and importance rank, and the `important` most important heads
     left learned with the best score and lift any suggested pattern has on them."""
-    L, H, _ = scores.score.shape
     followed = _followed(importance, scores, threshold, min_lift)
-    order = sorted(((float(importance[layer, h]), layer, h) for layer in range(L)
-                    for h in range(H)), reverse=True)
-    rank = {(layer, h): r + 1 for r, (_, layer, h) in enumerate(order)}
+    order = by_importance(importance)
+    rank = {head: r + 1 for r, head in enumerate(order)}
     lift = scores.score / np.maximum(scores.chance, 1e-9)
     chosen = [{"layer": layer, "head": h, "pattern": SUGGESTED[name][0], "mode": SUGGESTED[name][1],
                "scored_as": name, "score": score, "lift": lf, "rank": rank[(layer, h)]}
               for (layer, h), (name, score, lf) in sorted(followed.items())]
     left = []
-    for _, layer, h in order:
+    for layer, h in order:
         if (layer, h) in followed:
             continue
         i = max((i for i, n in enumerate(scores.patterns) if n in SUGGESTED),
@@ -280,7 +283,7 @@ def explain_suggestion(importance: np.ndarray, scores: PatternScores, threshold:
                      "lift": float(lift[layer, h, i])})
         if len(left) == important:
             break
-    return {"threshold": threshold, "min_lift": min_lift, "heads": L * H,
+    return {"threshold": threshold, "min_lift": min_lift, "heads": importance.size,
             "suggested": {name: "/".join(spec) for name, spec in SUGGESTED.items()},
             "chosen": chosen, "important_left": left}
 
@@ -350,10 +353,7 @@ MAP_HEADS = 8  # heads with sample maps: the most important, then the suggested 
 
 
 def _map_heads(importance: np.ndarray, top_heads: int, explained: dict) -> list[tuple[int, int]]:
-    L, H = importance.shape
-    order = sorted(((float(importance[layer, h]), layer, h) for layer in range(L)
-                    for h in range(H)), reverse=True)
-    heads = [(layer, h) for _, layer, h in order[:top_heads]]
+    heads = by_importance(importance)[:top_heads]
     for c in sorted(explained["chosen"], key=lambda c: -c["lift"]):
         if len(heads) >= max(MAP_HEADS, top_heads):
             break

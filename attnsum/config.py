@@ -52,22 +52,18 @@ def check_choice(what: str, value, choices) -> None:
 
 
 def _plan_of(plan: HeadPlan | str | None, shape: tuple[int, int]) -> HeadPlan | None:
-    """A plan given as a HeadPlan, as text (`HeadPlan.parse`: a preset name or items) or as a
-    plan file (.json, from `attnsum analyze` or its report), for a model of `shape`."""
+    """A plan given as a HeadPlan, as text (`HeadPlan.parse`: a preset name or items, for a
+    model of `shape`) or as a plan file (.json, from `attnsum analyze` or its report; its shape
+    is checked with the model's, `ModelConfig.__post_init__`)."""
     if not isinstance(plan, str):
         return plan
-    from .attention.patterns import PatternError
+    if plan.endswith(".json"):
+        from .checkpoints import read_plan_file
+
+        return read_plan_file(plan)
     from .attention.plan import HeadPlan
 
-    if not plan.endswith(".json"):
-        return HeadPlan.parse(plan, *shape)
-    from .checkpoints import read_plan_file
-
-    resolved = read_plan_file(plan)
-    if (resolved.num_layers, resolved.num_heads) != shape:
-        raise PatternError(f"plan file {plan}: the plan is for {resolved.num_layers} layers x "
-                           f"{resolved.num_heads} heads; the model has {shape[0]} x {shape[1]}")
-    return resolved
+    return HeadPlan.parse(plan, *shape)
 
 
 @dataclass
@@ -120,7 +116,17 @@ class ModelConfig:
         shape = {**PRESETS[preset], **settings}
         shape.setdefault("max_positions", max(MAX_LEN, shape.get("max_len", MAX_LEN)))
         cfg = cls(preset, inject=inject, **shape)
-        return cfg if plan is None else replace(cfg, plan=_plan_of(plan, cfg.plan_shape))
+        if plan is None:
+            return cfg
+        from .attention.patterns import PatternError
+
+        resolved = _plan_of(plan, cfg.plan_shape)
+        try:
+            return replace(cfg, plan=resolved)
+        except PatternError as e:  # of the text forms, only a plan file can be of another shape
+            if not isinstance(plan, str):
+                raise
+            raise PatternError(f"plan file {plan}: {e}") from None
 
     @property
     def plan_shape(self) -> tuple[int, int]:
