@@ -27,6 +27,7 @@ import torch
 
 from .batching import length_batches, sentence_logits
 from .checkpoints import load_model
+from .cpu_linear import pack_linears
 from .errors import InputError
 from .evaluate import select_top_k
 from .model import SummarizerModel
@@ -54,14 +55,17 @@ def keep_freed_memory() -> bool:
 
 
 def prepare_for_serving(model: SummarizerModel, device, precision: Precision,
-                        backend: str = "auto") -> SummarizerModel:
+                        backend: str = "auto", pack: bool = True) -> SummarizerModel:
     """The model as it is served (and as bench/bench_students.py times it): on `device`, in eval
     mode, each layer's heads of one pattern made consecutive and the q and k projections that
     synthesized heads ignore cut (attention/hf.py), and the weights of every matrix product
     (the encoder's and the sentence classifier's) cast to the inference precision once, instead
     of by autocast on every call (the same rounding; no per-call copies of the weights); on
-    CPU, freed memory kept for reuse (`keep_freed_memory`)."""
-    if torch.device(device).type == "cpu":
+    CPU, freed memory kept for reuse (`keep_freed_memory`) and the encoder's products on weights
+    packed once, its GELU inside the product (attnsum/cpu_linear.py; `pack=False` keeps them
+    `nn.Linear`, for a quantizer that replaces those)."""
+    cpu = torch.device(device).type == "cpu"
+    if cpu:
         keep_freed_memory()
     model.to(device).eval().set_backend(backend)
     model.group_heads()
@@ -74,6 +78,8 @@ def prepare_for_serving(model: SummarizerModel, device, precision: Precision,
                 for p in (m.in_proj_weight, m.in_proj_bias):
                     if p is not None:
                         p.data = p.data.to(precision.dtype)
+    if cpu and pack:
+        pack_linears(model.encoder)
     return model
 
 

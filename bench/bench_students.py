@@ -8,7 +8,8 @@ batch 1 (latency p50 and p95) and at batch 32 (throughput), and peak memory, per
 Models (random weights: speed does not depend on them), each as `Summarizer` serves it
 (`prepare_for_serving` in attnsum/summarizer.py: each layer's heads of one pattern made
 consecutive, synthesized heads' q and k rows cut, the encoder's Linear weights cast to the
-precision once, freed memory kept by malloc): the teacher (`minilm`, 6
+precision once, freed memory kept by malloc, on CPU the encoder's weights packed for oneDNN and its
+GELU inside the product, attnsum/cpu_linear.py): the teacher (`minilm`, 6
 layers), `student-mini-3` dense, with the `paper` plan, each also with BERTSum's
 inter-sentence transformer as its sentence classifier (`-tx`: `student3-paper-tx` is the released
 architecture, `student3-dense-tx` its dense twin), `student-mini-2` with the `paper` plan.
@@ -18,7 +19,8 @@ the process's peak resident set (ru_maxrss, the Python and torch runtime include
 
 Against the hardware: each row counts the FLOPs of the model's Linear layers in one call (forward
 hooks: 2 x rows x in x out) as GFLOP/s, and times the same matrix products bare (each Linear's
-shapes, in the served dtype, in the same process): `matmul_bound_fraction` is that time over the
+shapes, in the served dtype, in the same process; on CPU the faster of `a @ b` and the packed
+product): `matmul_bound_fraction` is that time over the
 call's, the share of a "matrix products only" bound the model reaches (1.0: nothing but its
 products; attention, norms and the rest make up the gap).
 
@@ -45,7 +47,9 @@ from pathlib import Path
 import torch
 from common import commit, device_name, int8_dynamic, model_inputs, result_dir, write_csv  # noqa: E402
 
+from attnsum.attention import PatternContext  # noqa: E402
 from attnsum.config import ModelConfig  # noqa: E402
+from attnsum.cpu_linear import PackedLinear, packed_linear_works  # noqa: E402
 from attnsum.model import SummarizerModel  # noqa: E402
 from attnsum.precision import resolve_precision  # noqa: E402
 from attnsum.summarizer import prepare_for_serving  # noqa: E402
@@ -72,15 +76,16 @@ def measure(preset: str, plan: str, classifier: str, N: int, B: int, device: str
                             load_pretrained=False)
     int8 = precision == "int8"  # dynamic int8 quantization of the Linear layers (CPU), else fp32
     prec = resolve_precision("fp32" if int8 else precision, torch.device(device))
-    model = prepare_for_serving(model, device, prec)
+    model = prepare_for_serving(model, device, prec, pack=not int8)
     if int8:
         model = int8_dynamic(model)
     ids, seg, am, cls, ctx = model_inputs(B, N, device)
     shapes = linear_shapes(model, lambda: model(ids, seg, am, cls, ctx), prec)
 
-    def call():
+    def call():  # a batch's pattern context is new in every call, as served (batching.py)
+        fresh = PatternContext(ctx.token_ids, ctx.valid, ctx.sentence_ids)
         with torch.no_grad(), prec.autocast():
-            model(ids, seg, am, cls, ctx)
+            model(ids, seg, am, cls, fresh)
         if device == "cuda":
             torch.cuda.synchronize()
 
@@ -115,7 +120,8 @@ def linear_shapes(model, call, prec) -> dict[tuple[int, int, int], int]:
         shapes[key] = shapes.get(key, 0) + 1
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, torch.nn.Linear) or type(m).__name__ == "DynamicQuantizedLinear"]
+               if isinstance(m, torch.nn.Linear | PackedLinear)
+               or type(m).__name__ == "DynamicQuantizedLinear"]
     try:
         with torch.no_grad(), prec.autocast():
             call()
@@ -126,17 +132,26 @@ def linear_shapes(model, call, prec) -> dict[tuple[int, int, int], int]:
 
 
 def matmul_seconds(rows: int, k: int, n: int, dtype, device: str, reps: int = 5) -> float:
-    """Median seconds of one bare (rows x k) @ (k x n) product in `dtype`."""
+    """Median seconds of one bare (rows x k) @ (k x n) product in `dtype`: on CPU the faster of
+    `a @ b` and oneDNN's product on a packed weight (attnsum/cpu_linear.py, what served models
+    run), so that the bound is the best product this machine has."""
     a = torch.randn(rows, k, device=device).to(dtype)
     b = torch.randn(k, n, device=device).to(dtype)
-    times = []
-    for _ in range(reps + 1):
-        t0 = time.perf_counter()
-        a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[reps // 2]
+    products = [lambda: a @ b]
+    if device == "cpu" and packed_linear_works(dtype):
+        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous())
+        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
+    best = float("inf")
+    for product in products:
+        times = []
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            product()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        best = min(best, sorted(times[1:])[reps // 2])
+    return best
 
 
 def run_isolated(name: str, N: int, B: int, args) -> dict:

@@ -62,38 +62,21 @@ def _synthesize(v: torch.Tensor, r: Ranges, single: bool) -> torch.Tensor:
 
 
 @dataclass
-class _Bucket:
-    """`S` segments padded to `bq` query slots and `bk` key slots."""
-
-    bias: torch.Tensor  # (S, bq or 1, bk) 0 where allowed, -inf elsewhere
-    q_idx: torch.Tensor  # (S * bq,) flat (b * N + n) index of each query slot
-    k_idx: torch.Tensor | None  # (S * bk,) flat index of each key slot; None: every key, in order
-    rows: torch.Tensor  # query slots (of this bucket) that are real queries
-    cache: dict = field(default_factory=dict)
-
-    def head_bias(self, h: int, dtype) -> torch.Tensor:
-        """The bias of every (head, segment) pair, (h * S, bq or 1, bk) in `dtype`: built once
-        per batch and head count, shared by every layer."""
-        if (h, dtype) not in self.cache:
-            S, bq, bk = self.bias.shape
-            self.cache[h, dtype] = self.bias.to(dtype).expand(h, S, bq, bk).reshape(h * S, bq, bk)
-        return self.cache[h, dtype]
-
-
-@dataclass
 class _Segments:
-    """Index plan of a masked head group for one batch, shared by every layer.
+    """Index plan of one masked pattern for one batch, in numpy (flat `b * N + n` indices).
 
     Consecutive rows (in the ranges' order) with the same range form a segment: its queries
     attend the same keys (an intra-sentence span, a group of equal tokens, one row of an offset).
     Segments are bucketed by padded (queries, keys) sizes, powers of two of at least
     `MIN_SLOTS`, so each bucket is one batched dense attention with no work outside the pattern
-    but the padding.
+    but the padding. Per bucket, keyed by its (query slots, key slots): the additive bias
+    (S, bq, bk) (0 where allowed, -inf elsewhere), the flat index of each query slot (S * bq,) and
+    key slot (S * bk,), and the query slots that are real queries. `full`: the rows that attend
+    every key, a segment a document of m query slots (bias (B, 1, N); keys: the document's).
     """
 
-    buckets: list[_Bucket]
-    dest: torch.Tensor  # flat index each real query's output goes to, buckets then full rows
-    full: _Bucket | None  # rows that attend every key: a segment a document, of m query slots
+    buckets: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    full: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # bias, q_idx, real rows
 
 
 # Query and key slots of a segment: a power of two, at least 8. Smaller buckets save little
@@ -119,9 +102,7 @@ def _coarse(n: int) -> int:
 
 def _build_segments(r: Ranges, N: int) -> _Segments:
     """The index plan, computed in numpy on the host (a few hundred small steps: numpy's cost
-    per step is a fraction of torch's, and the plan needs its sizes on the host anyway); its
-    index tensors then go to the ranges' device."""
-    dev = r.lo.device
+    per step is a fraction of torch's, and the plan needs its sizes on the host anyway)."""
     lo_all, hi_all, ex_all = (t.cpu().numpy() for t in (r.lo, r.hi, r.exclude_self))
     B = lo_all.shape[0]
     perm = (r.perm.cpu().numpy() if r.perm is not None
@@ -138,9 +119,10 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
     first = change.nonzero()[0]
     n_rows = np.diff(first, append=len(p))
     sb, sp, slo, sk, sex = b[first], p[first], lo[first], (hi - lo)[first], ex[first]
-    pairs, bucket, counts = np.unique(np.stack([_slots(n_rows), _slots(sk)], 1).reshape(-1, 2),
-                                      axis=0, return_inverse=True, return_counts=True)
-    bucket = bucket.reshape(-1)
+    # bucket of each segment: its (query slots, key slots) as one integer (both below 2^31)
+    code, bucket, counts = np.unique((_slots(n_rows) << 32) | _slots(sk), return_inverse=True,
+                                     return_counts=True)
+    pairs = np.stack([code >> 32, code & 0xFFFFFFFF], 1)
     # Each bucket's segments, then copies of its first up to `_coarse` of their number (padding
     # segments: their rows are never read back), bucket after bucket; every bucket at once.
     sizes = np.array([_coarse(int(n)) for n in counts], dtype=np.int64)
@@ -164,22 +146,19 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
     q_start = np.cumsum(sizes * pairs[:, 0]) - sizes * pairs[:, 0]
     k_start = np.cumsum(sizes * pairs[:, 1]) - sizes * pairs[:, 1]
     s_start = np.cumsum(sizes) - sizes
-    row_of = of[o_q][rows]
-
-    def tensor(x):
-        return torch.from_numpy(np.ascontiguousarray(x)).to(dev)
-
-    buckets = []
+    row_split = np.split(rows, np.searchsorted(of[o_q][rows], np.arange(1, len(sizes))))
+    zero, minus_inf = np.float32(0), np.float32(-np.inf)
+    buckets = {}
     for j, ((bq_, bk_), S) in enumerate(zip(pairs.tolist(), sizes.tolist(), strict=True)):
         sel = seg[s_start[j]:s_start[j] + S]
-        tq_, tk_ = np.arange(bq_), np.arange(bk_)
-        allowed = (tk_ < sk[sel, None])[:, None, :] & ~(sex[sel, None, None] & (
-            (sp[sel, None] + tq_)[:, :, None] == (slo[sel, None] + tk_)[:, None, :]))
-        buckets.append(_Bucket(tensor(np.where(allowed, 0.0, -np.inf).astype(np.float32)),
-                               tensor(q_idx[q_start[j]:q_start[j] + S * bq_]),
-                               tensor(k_idx[k_start[j]:k_start[j] + S * bk_]),
-                               tensor(rows[row_of == j] - q_start[j])))
-    dest = [q_idx[rows]]
+        allowed = np.arange(bk_) < sk[sel, None, None]  # (S, 1, bk)
+        if sex[sel].any():  # rows that leave themselves out
+            allowed = allowed & ~(sex[sel, None, None] & (
+                (sp[sel, None] + np.arange(bq_))[:, :, None]
+                == (slo[sel, None] + np.arange(bk_))[:, None, :]))
+        bias = np.where(np.broadcast_to(allowed, (S, bq_, bk_)), zero, minus_inf)
+        buckets[bq_, bk_] = (bias, q_idx[q_start[j]:q_start[j] + S * bq_],
+                             k_idx[k_start[j]:k_start[j] + S * bk_], row_split[j] - q_start[j])
     full = None
     if full_all is not None and full_all.any():
         m = min(N, _coarse(int(full_all.sum(1).max())))  # rows past the full ones unused
@@ -190,12 +169,85 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
         valid = np.zeros((B, N), dtype=bool)
         np.put_along_axis(valid, perm, np.arange(N)[None, :] < n_valid[:, None], 1)
         valid |= ~valid.any(1, keepdims=True)  # a document of padding only: no row is read back
-        doc = N * np.arange(B)[:, None]
-        flat = (full_rows + doc).reshape(-1)
-        full = _Bucket(tensor(np.where(valid, 0.0, -np.inf).astype(np.float32)[:, None, :]),
-                       tensor(flat), None, tensor(full_real))
-        dest.append(flat[full_real])
-    return _Segments(buckets, tensor(np.concatenate(dest)), full)
+        full = (np.where(valid, 0.0, -np.inf).astype(np.float32)[:, None, :],
+                (full_rows + N * np.arange(B)[:, None]).reshape(-1), full_real)
+    return _Segments(buckets, full)
+
+
+@dataclass
+class _Bucket:
+    """One batched softmax attention over (head, segment) pairs of one or more masked groups:
+    the flat rows of a (heads * B * N, D) head-major tensor its query and key slots read."""
+
+    bias: list[tuple[np.ndarray, int]]  # per group: its segments' bias (S, bq or 1, bk), heads
+    q_idx: torch.Tensor  # (G * bq,) for G = the sum of heads x S
+    k_idx: torch.Tensor | None  # (G * bk,); None: every key of each document, in order, of
+    heads: tuple[int, int] | None  # the heads [first, first + count) (rows that see every key)
+    rows: torch.Tensor  # query slots that are real queries
+    cache: dict = field(default_factory=dict)
+
+    def bias_as(self, dtype, device) -> torch.Tensor:
+        """The (G, bq or 1, bk) bias in `dtype`, each group's repeated for its heads: built once
+        per batch and dtype (in torch: a copy of a batch of 32's bias is megabytes)."""
+        if dtype not in self.cache:
+            self.cache[dtype] = torch.cat([
+                torch.from_numpy(b).to(device, dtype).expand(h, *b.shape).reshape(h * len(b), *b.shape[1:])
+                for b, h in self.bias])
+        return self.cache[dtype]
+
+
+@dataclass
+class _Masked:
+    """The buckets of a layer's masked groups for one batch (shared by the layers with the same
+    groups), and the flat (head * B * N + row) index each real query's output goes to."""
+
+    buckets: list[_Bucket]
+    dest: torch.Tensor
+
+
+def _merge_segments(segs: list[_Segments], heads: list[int], B: int, N: int, device) -> _Masked:
+    """One bucket per (query slots, key slots) over every group (head after head, a group's
+    heads at its offset in the concatenated heads), and each group's rows that attend every key
+    as a bucket of its own (its keys a view, no gather). A segment's matrices are the same
+    whichever bucket holds them, so merging changes no result."""
+    BN = B * N
+    offsets = np.cumsum([0, *heads])[:-1].tolist()
+    parts: dict[tuple[int, int], list] = {}
+    for sg, h, off in zip(segs, heads, offsets, strict=True):
+        for key, bucket in sg.buckets.items():
+            parts.setdefault(key, []).append((bucket, h, off))
+
+    def head_rows(idx, h, off):  # (h * len(idx),) flat rows of the group's heads, head-major
+        return ((off + np.arange(h))[:, None] * BN + idx[None, :]).reshape(-1)
+
+    # Every index array of the plan goes to torch as one tensor; the buckets hold views of it.
+    arrays: list[np.ndarray] = []
+    specs = []  # per bucket: bias parts, heads, and the arrays' numbers of q, k, rows
+    dest = []
+    for (bq, _), group in parts.items():
+        q_idx, k_idx, rows, base = [], [], [], 0
+        for (b_, q_, k_, r_), h, off in group:
+            q_idx.append(head_rows(q_, h, off))
+            k_idx.append(head_rows(k_, h, off))
+            rows.append(base + ((np.arange(h) * len(b_) * bq)[:, None] + r_[None, :]).reshape(-1))
+            dest.append(head_rows(q_[r_], h, off))
+            base += h * len(b_) * bq
+        arrays += [np.concatenate(q_idx), np.concatenate(k_idx), np.concatenate(rows)]
+        specs.append(([(b_, h) for (b_, *_), h, _ in group], None, len(arrays) - 3, True))
+    for sg, h, off in zip(segs, heads, offsets, strict=True):
+        if sg.full is not None:
+            b_, q_, r_ = sg.full
+            m = len(q_) // B
+            arrays += [head_rows(q_, h, off), ((np.arange(h) * B * m)[:, None] + r_).reshape(-1)]
+            specs.append(([(b_, h)], (off, h), len(arrays) - 2, False))
+            dest.append(head_rows(q_[r_], h, off))
+    arrays.append(np.concatenate(dest) if dest else np.zeros(0, np.int64))
+    flat = torch.from_numpy(np.concatenate(arrays)).to(device)
+    views = flat.split([len(a) for a in arrays])
+    buckets = [_Bucket(bias, views[i], views[i + 1] if keyed else None, heads_,
+                       views[i + 2] if keyed else views[i + 1])
+               for bias, heads_, i, keyed in specs]
+    return _Masked(buckets, views[-1])
 
 
 def _softmax_attention(q, k, v, bias, scale: float) -> torch.Tensor:
@@ -207,26 +259,29 @@ def _softmax_attention(q, k, v, bias, scale: float) -> torch.Tensor:
     return torch.bmm(p, v)
 
 
-def _masked_segments(q, k, v, seg: _Segments, scale: float) -> torch.Tensor:
-    """Softmax attention restricted to the ranges: one batched attention per bucket of
-    segments, over (head, segment) pairs. q, k, v: (B, N, h, D). Rows are gathered head-major,
-    (h, rows, D), so a gather is the bucket's batch of matrices as it is (no copies between)."""
+def _masked_attention(q, k, v, plan: _Masked, scale: float) -> torch.Tensor:
+    """Softmax attention restricted to the ranges of every masked group of a layer at once:
+    one batched attention per bucket. q, k, v: (B, N, h, D), the groups' heads concatenated.
+    Rows are gathered from head-major (h * B * N, D) copies, so a gather is the bucket's batch
+    of matrices as it is."""
     B, N, h, D = q.shape
-    # (h, B * N, D), made contiguous once: index_select copies a strided source on every call
-    xq, xk, xv = (x.reshape(B * N, h, D).transpose(0, 1).contiguous() for x in (q, k, v))
+    # made contiguous once: index_select copies a strided source on every call
+    xq, xk, xv = (x.reshape(B * N, h, D).transpose(0, 1).reshape(h * B * N, D) for x in (q, k, v))
     rows = []
-    for bk in seg.buckets + ([seg.full] if seg.full is not None else []):
-        S, nk = bk.bias.shape[0], bk.bias.shape[2]
-        bq = len(bk.q_idx) // S
-        ks, vs = ((x if bk.k_idx is None else x.index_select(1, bk.k_idx)).view(h * S, nk, D)
-                  for x in (xk, xv))
-        o = _softmax_attention(xq.index_select(1, bk.q_idx).view(h * S, bq, D), ks, vs,
-                               bk.head_bias(h, q.dtype), scale)
-        rows.append(o.view(h, S * bq, D).index_select(1, bk.rows))
-    out = q.new_zeros(h, B * N, D)
+    for bk in plan.buckets:
+        bias = bk.bias_as(q.dtype, q.device)
+        G, nk = bias.shape[0], bias.shape[2]
+        if bk.k_idx is None:  # every key of each document: a view of the group's heads
+            first, count = bk.heads
+            ks, vs = (x[first * B * N:(first + count) * B * N].view(G, nk, D) for x in (xk, xv))
+        else:
+            ks, vs = (x.index_select(0, bk.k_idx).view(G, nk, D) for x in (xk, xv))
+        o = _softmax_attention(xq.index_select(0, bk.q_idx).view(G, -1, D), ks, vs, bias, scale)
+        rows.append(o.view(-1, D).index_select(0, bk.rows))
+    out = q.new_zeros(h * B * N, D)
     if rows:
-        out = out.index_copy(1, seg.dest, torch.cat(rows, dim=1).to(q.dtype))
-    return out.transpose(0, 1).view(B, N, h, D)
+        out = out.index_copy(0, plan.dest, torch.cat(rows).to(q.dtype))
+    return out.view(h, B * N, D).transpose(0, 1).view(B, N, h, D)
 
 
 class _SplitHeads(torch.autograd.Function):
@@ -299,8 +354,9 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
     else:
         index = [torch.tensor(hs, device=q.device) for hs in groups.values()]
         qs, ks, vs = (_SplitHeads.apply(x, *index) for x in (q, k, v))
-    outs = []
-    for spec, qh, kh, vh in zip(groups, qs, ks, vs, strict=True):
+    outs: list[torch.Tensor | None] = []
+    masked = []  # groups of masked heads with range tables: attended together
+    for i, (spec, qh, kh, vh) in enumerate(zip(groups, qs, ks, vs, strict=True)):
         if spec is None:
             o = _learned(qh, kh, vh, ctx.valid, scale)
         elif not spec.pat.has_ranges:
@@ -314,10 +370,20 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
             r = ctx.ranges(spec.pat)
             o = _synthesize(vh, r, ctx.memo(("single", spec.pattern), lambda r=r: _single_key(r)))
         else:
-            seg = ctx.memo(("segments", spec.pattern),
-                           lambda p=spec.pat, n=v.shape[1]: _build_segments(ctx.ranges(p), n))
-            o = _masked_segments(qh, kh, vh, seg, scale)
-        outs.append(o.to(v.dtype))
+            masked.append(i)
+            o = None
+        outs.append(o if o is None else o.to(v.dtype))
+    if masked:  # every masked group of the layer in one set of buckets (_merge_segments)
+        specs = [list(groups)[i] for i in masked]
+        counts, N = [sizes[i] for i in masked], v.shape[1]
+        merged = ctx.memo(("masked", *(sp.pattern for sp in specs), *counts), lambda: _merge_segments(
+            [ctx.memo(("segments", sp.pattern), lambda p=sp.pat: _build_segments(ctx.ranges(p), N))
+             for sp in specs], counts, v.shape[0], N, v.device))
+        parts = [torch.cat([x[i] for i in masked], dim=2) if len(masked) > 1 else x[masked[0]]
+                 for x in (qs, ks, vs)]
+        o = _masked_attention(*parts, merged, scale).to(v.dtype)
+        for i, part in zip(masked, o.split(counts, dim=2), strict=True):
+            outs[i] = part
     if len(outs) == 1:
         out = outs[0]
     elif consecutive:
