@@ -3,7 +3,8 @@
 `torch.nn.functional.linear` on CPU hands oneDNN a plain weight, which it lays out in its
 blocked format on every call; a weight packed at load (`_reorder_linear_weight`) skips that, and
 the feed-forward GELU can run on the product's fp32 result inside the same call (a post-op)
-instead of as a pass of its own over a (tokens x 1,536) tensor. Both are the calls PyTorch's
+instead of as a pass of its own over a (tokens x 1,536) tensor; query, key and value are one
+product (one call, one cast of the input). Both are the calls PyTorch's
 compiler emits for frozen CPU models (`torch.ops.mkldnn._linear_pointwise`). bf16 products give
 `F.linear`'s bits; fp32 ones use oneDNN's kernel instead of MKL's, which rounds differently (a few
 units in the last place). Measured in docs/results.md ("Packed weights").
@@ -62,15 +63,64 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.attr}"
 
 
+class _SharedProduct:
+    """The packed product of several Linear layers that read the same input (BERT's query, key
+    and value), computed once for all of them: one call and one cast of the input instead of
+    three. The last result is kept until its last reader takes it; a part called on another
+    input (checked by identity) computes the product afresh, so the result never depends on
+    the order of calls."""
+
+    def __init__(self, linears: list[nn.Linear]):
+        weight = torch.cat([lin.weight.detach() for lin in linears])
+        bias = (None if any(lin.bias is None for lin in linears)
+                else torch.cat([lin.bias.detach() for lin in linears]))
+        whole = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                          dtype=weight.dtype)
+        whole.weight.data, whole.bias.data = weight, bias
+        self.product = PackedLinear(whole)
+        self.sizes = [lin.out_features for lin in linears]
+        self.last: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None
+
+    def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        last = self.last
+        if last is None or last[0] is not x:
+            last = (x, self.product(x).split(self.sizes, dim=-1))
+        self.last = None if index == len(self.sizes) - 1 else last
+        return last[1][index]
+
+
+class SharedPart(nn.Module):
+    """One Linear layer's columns of a `_SharedProduct`."""
+
+    def __init__(self, shared: _SharedProduct, index: int):
+        super().__init__()
+        self.shared, self.index = shared, index
+        if index == 0:  # the product as a submodule once, where module walks and hooks find it
+            self.product = shared.product
+        self.in_features = shared.product.in_features
+        self.out_features = shared.sizes[index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shared.part(x, self.index)
+
+
 def pack_linears(module: nn.Module) -> int:
-    """Replace every `nn.Linear` under `module` by a `PackedLinear` of its weight, and fold the
+    """Replace every `nn.Linear` under `module` by a `PackedLinear` of its weight, BERT's
+    query, key and value by the parts of one packed product (`_SharedProduct`), and fold the
     exact GELU of BERT's feed-forward blocks (an `intermediate` with `dense` and an
-    `intermediate_act_fn`) into its product. Returns the number of layers packed (0 where
-    `packed_linear_works` is False for their dtype)."""
+    `intermediate_act_fn`) into its product. Returns the number of Linear layers replaced (0
+    where `packed_linear_works` is False for their dtype)."""
     from transformers.activations import GELUActivation
 
     count = 0
     for parent in list(module.modules()):
+        qkv = [getattr(parent, name, None) for name in ("query", "key", "value")]
+        if all(isinstance(x, nn.Linear) and packed_linear_works(x.weight.dtype) for x in qkv) \
+                and len({(x.in_features, x.weight.dtype) for x in qkv}) == 1:
+            shared = _SharedProduct(qkv)
+            for i, name in enumerate(("query", "key", "value")):
+                setattr(parent, name, SharedPart(shared, i))
+            count += 3
         act = getattr(parent, "intermediate_act_fn", None)
         gelu = isinstance(act, GELUActivation) and act.act is F.gelu  # exact GELU, not tanh
         for name, child in list(parent.named_children()):

@@ -42,8 +42,8 @@ def test_fp32_products_and_the_fused_gelu_against_fp64():
 
 
 def test_a_served_model_packs_every_encoder_product_and_scores_as_before():
-    """A patterned student as served on CPU: its encoder's 3 x 6 products packed (the GELU of
-    each feed-forward block inside its product, the activation module gone), the sentence
+    """A patterned student as served on CPU: its encoder's products packed, 4 a layer (query,
+    key and value as one, the GELU of each feed-forward block inside its product), the sentence
     classifier left alone; the logits those of the same model with plain Linear layers."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 1100, (2, 40), generator=g)  # repeated ids: matching groups
@@ -61,7 +61,9 @@ def test_a_served_model_packs_every_encoder_product_and_scores_as_before():
                                            resolve_precision("fp32", torch.device("cpu")), pack=pack)
     packed = [m for m in models[True].encoder.modules() if isinstance(m, PackedLinear)]
     layers = models[True].cfg.layers
-    assert len(packed) == 6 * layers
+    assert len(packed) == 4 * layers
+    # tiny: 4 heads of 16, ffn 128; q and k of the 2 masked heads only (32 + 32), v of all 4
+    assert [p.out_features for p in packed[:4]] == [32 + 32 + 64, 64, 128, 64]
     assert sum(m.attr == "gelu" for m in packed) == layers
     assert not any(isinstance(m, torch.nn.Linear) for m in models[True].encoder.modules())
     assert any(isinstance(m, torch.nn.Linear) for m in models[True].inter.modules())

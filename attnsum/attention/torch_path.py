@@ -184,6 +184,7 @@ class _Bucket:
     k_idx: torch.Tensor | None  # (G * bk,); None: every key of each document, in order, of
     heads: tuple[int, int] | None  # the heads [first, first + count) (rows that see every key)
     rows: torch.Tensor  # query slots that are real queries
+    dest: torch.Tensor  # the flat (head * B * N + row) index each of their outputs goes to
     cache: dict = field(default_factory=dict)
 
     def bias_as(self, dtype, device) -> torch.Tensor:
@@ -196,16 +197,8 @@ class _Bucket:
         return self.cache[dtype]
 
 
-@dataclass
-class _Masked:
-    """The buckets of a layer's masked groups for one batch (shared by the layers with the same
-    groups), and the flat (head * B * N + row) index each real query's output goes to."""
-
-    buckets: list[_Bucket]
-    dest: torch.Tensor
-
-
-def _merge_segments(segs: list[_Segments], heads: list[int], B: int, N: int, device) -> _Masked:
+def _merge_segments(segs: list[_Segments], heads: list[int], B: int, N: int, device
+                    ) -> list[_Bucket]:
     """One bucket per (query slots, key slots) over every group (head after head, a group's
     heads at its offset in the concatenated heads), and each group's rows that attend every key
     as a bucket of its own (its keys a view, no gather). A segment's matrices are the same
@@ -222,32 +215,29 @@ def _merge_segments(segs: list[_Segments], heads: list[int], B: int, N: int, dev
 
     # Every index array of the plan goes to torch as one tensor; the buckets hold views of it.
     arrays: list[np.ndarray] = []
-    specs = []  # per bucket: bias parts, heads, and the arrays' numbers of q, k, rows
-    dest = []
+    specs = []  # per bucket: bias parts, heads, and the arrays' numbers of q, k, rows, dest
     for (bq, _), group in parts.items():
-        q_idx, k_idx, rows, base = [], [], [], 0
+        q_idx, k_idx, rows, dest, base = [], [], [], [], 0
         for (b_, q_, k_, r_), h, off in group:
             q_idx.append(head_rows(q_, h, off))
             k_idx.append(head_rows(k_, h, off))
             rows.append(base + ((np.arange(h) * len(b_) * bq)[:, None] + r_[None, :]).reshape(-1))
             dest.append(head_rows(q_[r_], h, off))
             base += h * len(b_) * bq
-        arrays += [np.concatenate(q_idx), np.concatenate(k_idx), np.concatenate(rows)]
-        specs.append(([(b_, h) for (b_, *_), h, _ in group], None, len(arrays) - 3, True))
+        arrays += [np.concatenate(x) for x in (q_idx, k_idx, rows, dest)]
+        specs.append(([(b_, h) for (b_, *_), h, _ in group], None, len(arrays) - 4))
     for sg, h, off in zip(segs, heads, offsets, strict=True):
         if sg.full is not None:
             b_, q_, r_ = sg.full
             m = len(q_) // B
-            arrays += [head_rows(q_, h, off), ((np.arange(h) * B * m)[:, None] + r_).reshape(-1)]
-            specs.append(([(b_, h)], (off, h), len(arrays) - 2, False))
-            dest.append(head_rows(q_[r_], h, off))
-    arrays.append(np.concatenate(dest) if dest else np.zeros(0, np.int64))
-    flat = torch.from_numpy(np.concatenate(arrays)).to(device)
-    views = flat.split([len(a) for a in arrays])
-    buckets = [_Bucket(bias, views[i], views[i + 1] if keyed else None, heads_,
-                       views[i + 2] if keyed else views[i + 1])
-               for bias, heads_, i, keyed in specs]
-    return _Masked(buckets, views[-1])
+            arrays += [head_rows(q_, h, off), np.zeros(0, np.int64),
+                       ((np.arange(h) * B * m)[:, None] + r_).reshape(-1), head_rows(q_[r_], h, off)]
+            specs.append(([(b_, h)], (off, h), len(arrays) - 4))
+    if not arrays:
+        return []
+    views = torch.from_numpy(np.concatenate(arrays)).to(device).split([len(a) for a in arrays])
+    return [_Bucket(bias, views[i], None if heads_ else views[i + 1], heads_, views[i + 2],
+                    views[i + 3]) for bias, heads_, i in specs]
 
 
 def _softmax_attention(q, k, v, bias, scale: float) -> torch.Tensor:
@@ -259,16 +249,15 @@ def _softmax_attention(q, k, v, bias, scale: float) -> torch.Tensor:
     return torch.bmm(p, v)
 
 
-def _masked_attention(q, k, v, plan: _Masked, scale: float) -> torch.Tensor:
+def _masked_attention(q, k, v, plan: list[_Bucket], scale: float) -> torch.Tensor:
     """Softmax attention restricted to the ranges of every masked group of a layer at once:
-    one batched attention per bucket. q, k, v: (B, N, h, D), the groups' heads concatenated.
-    Rows are gathered from head-major (h * B * N, D) copies, so a gather is the bucket's batch
-    of matrices as it is."""
-    B, N, h, D = q.shape
-    # made contiguous once: index_select copies a strided source on every call
-    xq, xk, xv = (x.reshape(B * N, h, D).transpose(0, 1).reshape(h * B * N, D) for x in (q, k, v))
-    rows = []
-    for bk in plan.buckets:
+    one batched attention per bucket. q, k, v: head-major (h, B, N, D), contiguous, the groups'
+    heads concatenated; returns (B, N, h, D). Rows are gathered from (h * B * N, D) views, so a
+    gather is the bucket's batch of matrices as it is."""
+    h, B, N, D = q.shape
+    xq, xk, xv = (x.view(h * B * N, D) for x in (q, k, v))
+    out = q.new_zeros(h * B * N, D)
+    for bk in plan:
         bias = bk.bias_as(q.dtype, q.device)
         G, nk = bias.shape[0], bias.shape[2]
         if bk.k_idx is None:  # every key of each document: a view of the group's heads
@@ -277,10 +266,7 @@ def _masked_attention(q, k, v, plan: _Masked, scale: float) -> torch.Tensor:
         else:
             ks, vs = (x.index_select(0, bk.k_idx).view(G, nk, D) for x in (xk, xv))
         o = _softmax_attention(xq.index_select(0, bk.q_idx).view(G, -1, D), ks, vs, bias, scale)
-        rows.append(o.view(-1, D).index_select(0, bk.rows))
-    out = q.new_zeros(h * B * N, D)
-    if rows:
-        out = out.index_copy(0, plan.dest, torch.cat(rows).to(q.dtype))
+        out.index_copy_(0, bk.dest, o.view(-1, D).index_select(0, bk.rows))
     return out.view(h, B * N, D).transpose(0, 1).view(B, N, h, D)
 
 
@@ -379,8 +365,8 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
         merged = ctx.memo(("masked", *(sp.pattern for sp in specs), *counts), lambda: _merge_segments(
             [ctx.memo(("segments", sp.pattern), lambda p=sp.pat: _build_segments(ctx.ranges(p), N))
              for sp in specs], counts, v.shape[0], N, v.device))
-        parts = [torch.cat([x[i] for i in masked], dim=2) if len(masked) > 1 else x[masked[0]]
-                 for x in (qs, ks, vs)]
+        # head-major (h, B, N, D) copies of the groups' q, k, v: one copy each
+        parts = [torch.cat([x[i].permute(2, 0, 1, 3) for i in masked]) for x in (qs, ks, vs)]
         o = _masked_attention(*parts, merged, scale).to(v.dtype)
         for i, part in zip(masked, o.split(counts, dim=2), strict=True):
             outs[i] = part
