@@ -45,12 +45,12 @@ class PackedLinear(nn.Module):
     exact (erf) GELU as the product's post-op. Inputs are cast to the weight's dtype (an fp32
     residual stream meeting bf16 weights, as autocast would)."""
 
-    def __init__(self, linear: nn.Linear, gelu: bool = False):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.dtype = linear.weight.dtype
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
-        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.out_features, self.in_features = weight.shape
+        self.dtype = weight.dtype
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+        self.bias = None if bias is None else bias.detach()
         self.attr, self.algorithm = ("gelu", "none") if gelu else ("none", "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,13 +71,11 @@ class _SharedProduct:
     the order of calls."""
 
     def __init__(self, linears: list[nn.Linear]):
-        weight = torch.cat([lin.weight.detach() for lin in linears])
-        bias = (None if any(lin.bias is None for lin in linears)
-                else torch.cat([lin.bias.detach() for lin in linears]))
-        whole = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                          dtype=weight.dtype)
-        whole.weight.data, whole.bias.data = weight, bias
-        self.product = PackedLinear(whole)
+        bias = None
+        if any(lin.bias is not None for lin in linears):  # a layer without one adds zeros
+            bias = torch.cat([lin.weight.new_zeros(lin.out_features) if lin.bias is None
+                              else lin.bias.detach() for lin in linears])
+        self.product = PackedLinear(torch.cat([lin.weight.detach() for lin in linears]), bias)
         self.sizes = [lin.out_features for lin in linears]
         self.last: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None
 
@@ -127,7 +125,7 @@ def pack_linears(module: nn.Module) -> int:
             if not isinstance(child, nn.Linear) or not packed_linear_works(child.weight.dtype):
                 continue
             fuse = gelu and name == "dense"
-            setattr(parent, name, PackedLinear(child, gelu=fuse))
+            setattr(parent, name, PackedLinear(child.weight, child.bias, gelu=fuse))
             if fuse:
                 parent.intermediate_act_fn = nn.Identity()
             count += 1

@@ -139,8 +139,8 @@ def matmul_seconds(rows: int, k: int, n: int, dtype, device: str, reps: int = 5)
     b = torch.randn(k, n, device=device).to(dtype)
     products = [lambda: a @ b]
     if device == "cpu" and packed_linear_works(dtype):
-        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous())
-        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
+        packed = PackedLinear(b.t().contiguous(), None)
+        products.append(lambda: packed(a))
     best = float("inf")
     for product in products:
         times = []

@@ -28,7 +28,7 @@ def test_bf16_products_are_linear_bit_for_bit():
     lin = _linear(torch.bfloat16)
     x = torch.randn(2, 37, 48).to(torch.bfloat16)
     with torch.no_grad():
-        assert torch.equal(PackedLinear(lin)(x), F.linear(x, lin.weight, lin.bias))
+        assert torch.equal(PackedLinear(lin.weight, lin.bias)(x), F.linear(x, lin.weight, lin.bias))
 
 
 def test_fp32_products_and_the_fused_gelu_against_fp64():
@@ -36,8 +36,8 @@ def test_fp32_products_and_the_fused_gelu_against_fp64():
     x = torch.randn(5, 48)
     want = F.linear(x.double(), lin.weight.double(), lin.bias.double())
     with torch.no_grad():
-        torch.testing.assert_close(PackedLinear(lin)(x).double(), want, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(PackedLinear(lin, gelu=True)(x).double(),
+        torch.testing.assert_close(PackedLinear(lin.weight, lin.bias)(x).double(), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(PackedLinear(lin.weight, lin.bias, gelu=True)(x).double(),
                                    F.gelu(want), rtol=1e-5, atol=1e-5)
 
 
@@ -78,3 +78,19 @@ def test_nothing_is_packed_where_the_op_does_not_work(monkeypatch):
     monkeypatch.setattr(cl, "packed_linear_works", lambda dtype: False)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     assert pack_linears(model) == 0 and isinstance(model[0], torch.nn.Linear)
+
+
+def test_query_key_value_as_one_product_with_and_without_biases():
+    """BERT-shaped query, key, value (the key without a bias) packed as one product: each part
+    is its own layer's answer, whichever input its call sees."""
+    torch.manual_seed(0)
+    attn = torch.nn.Module()
+    attn.query, attn.value = torch.nn.Linear(48, 32), torch.nn.Linear(48, 64)
+    attn.key = torch.nn.Linear(48, 32, bias=False)
+    want = {n: getattr(attn, n) for n in ("query", "key", "value")}
+    assert pack_linears(attn) == 3
+    x, y = torch.randn(3, 48), torch.randn(3, 48)
+    with torch.no_grad():
+        for name, inp in (("query", x), ("key", y), ("value", x)):  # key on another input
+            torch.testing.assert_close(getattr(attn, name)(inp), want[name](inp),
+                                       rtol=1e-5, atol=1e-5)

@@ -169,7 +169,7 @@ def _build_segments(r: Ranges, N: int) -> _Segments:
         valid = np.zeros((B, N), dtype=bool)
         np.put_along_axis(valid, perm, np.arange(N)[None, :] < n_valid[:, None], 1)
         valid |= ~valid.any(1, keepdims=True)  # a document of padding only: no row is read back
-        full = (np.where(valid, 0.0, -np.inf).astype(np.float32)[:, None, :],
+        full = (np.where(valid, zero, minus_inf)[:, None, :],
                 (full_rows + N * np.arange(B)[:, None]).reshape(-1), full_real)
     return _Segments(buckets, full)
 
@@ -360,7 +360,7 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
             o = None
         outs.append(o if o is None else o.to(v.dtype))
     if masked:  # every masked group of the layer in one set of buckets (_merge_segments)
-        specs = [list(groups)[i] for i in masked]
+        specs = [spec for i, spec in enumerate(groups) if i in masked]
         counts, N = [sizes[i] for i in masked], v.shape[1]
         merged = ctx.memo(("masked", *(sp.pattern for sp in specs), *counts), lambda: _merge_segments(
             [ctx.memo(("segments", sp.pattern), lambda p=sp.pat: _build_segments(ctx.ranges(p), N))
