@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .attention import HeadPlan, PatternError
+from .candidates import load_selector
 from .config import MAX_LEN, ModelConfig
 from .errors import CheckpointError
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -214,6 +215,7 @@ def load_model(path: str | Path, map_location="cpu") -> SummarizerModel:
     _check_weights(folder, state, model.state_dict())
     model.load_state_dict(state)
     model.checkpoint = folder
+    model.selector = load_selector(folder)
     return model
 
 

@@ -70,7 +70,7 @@ def bootstrap(per_doc: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> di
 # --------------------------------------------------------------------------- selection
 
 
-def _trigrams(sentence: str) -> set[tuple[str, ...]]:
+def trigrams(sentence: str) -> set[tuple[str, ...]]:
     w = sentence.lower().split()
     return {tuple(w[i:i + 3]) for i in range(len(w) - 2)}
 
@@ -85,7 +85,7 @@ def select_top_k(scores: Sequence[float], sentences: Sequence[str], k: int = 3,
     seen: set = set()
     words = 0
     for i in sorted(range(len(scores)), key=lambda j: (-scores[j], j)):
-        tri = _trigrams(sentences[i])
+        tri = trigrams(sentences[i])
         if trigram_blocking and tri & seen:
             continue
         n = len(sentences[i].split())
@@ -145,15 +145,23 @@ def evaluate_model(model, examples: Sequence[Example], precision: Precision,
     from .batching import predict_scores
 
     scores = predict_scores(model, examples, precision, device=device, progress=progress)
-    return evaluate_scores(examples, scores, out_dir, name, k, trigram_blocking, extra)
+    return evaluate_scores(examples, scores, out_dir, name, k, trigram_blocking, extra,
+                           model.selector)
 
 
 def evaluate_scores(examples: Sequence[Example], scores: Sequence[Sequence[float]],
                     out_dir: Path | None = None, name: str = "model", k: int = 3,
-                    trigram_blocking: bool = True, extra: dict | None = None) -> dict[str, Score]:
-    """ROUGE of the top-k selections by per-sentence scores (one list per example)."""
-    selections = [select_top_k(s, ex.sentences, k, trigram_blocking)
-                  for s, ex in zip(scores, examples, strict=True)]
+                    trigram_blocking: bool = True, extra: dict | None = None,
+                    selector=None) -> dict[str, Score]:
+    """ROUGE of the top-k selections by per-sentence scores (one list per example), or of a
+    candidate selector's choices (candidates.py) where one is given and the shape is its own."""
+    from .candidates import uses_selector
+
+    if selector is not None and uses_selector(k, trigram_blocking, None):
+        selections = [selector.select(s, ex.sentences) for s, ex in zip(scores, examples, strict=True)]
+    else:
+        selections = [select_top_k(s, ex.sentences, k, trigram_blocking)
+                      for s, ex in zip(scores, examples, strict=True)]
     return evaluate_selections(examples, selections,
                                lambda ex, sel: [ex.sentences[i] for i in sel], out_dir, name, extra)
 

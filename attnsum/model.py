@@ -157,6 +157,7 @@ class SummarizerModel(nn.Module):
         self.cfg = cfg
         self.backend = "auto"  # attention backend (attention/dispatch.py)
         self.checkpoint: Path | None = None  # the folder it was loaded from (checkpoints.py)
+        self.selector = None  # its candidate selector, where its folder has one (candidates.py)
         if cfg.pretrained and load_pretrained:
             from transformers.utils import logging as hf_logging
 

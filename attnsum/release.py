@@ -15,7 +15,7 @@ from .errors import CheckpointError
 from .io import atomic_write_text
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_MODEL = "news-paper3-tx-lr2e-4"  # the released news summarizer (card: MODELS_DIR/<name>/README.md)
+DEFAULT_MODEL = "news-paper3-tx-lr2e-4-sel"  # the released news summarizer (card: MODELS_DIR/<name>/)
 
 
 def default_checkpoint() -> Path:

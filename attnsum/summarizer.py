@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .batching import length_batches, sentence_logits
+from .candidates import uses_selector
 from .checkpoints import load_model
 from .cpu_linear import pack_linears
 from .errors import InputError
@@ -230,7 +231,10 @@ class Summarizer:
                 budget = max_words
                 if ratio is not None:
                     budget = max(1, round(ratio * sum(len(t.split()) for t in sentences)))
-                chosen = select_top_k(scores, ex.sentences, k, trigram_blocking, budget)
+                if self.model.selector is not None and uses_selector(k, trigram_blocking, budget):
+                    chosen = self.model.selector.select(scores, ex.sentences)
+                else:
+                    chosen = select_top_k(scores, ex.sentences, k, trigram_blocking, budget)
                 out[i] = Summary([sentences[idx[c]] for c in chosen], [idx[c] for c in chosen],
                                  [scores[c] for c in chosen])
         return out
@@ -240,9 +244,11 @@ class Summarizer:
                   ratio: float | None = None) -> list[Summary | DocumentError]:
         """Summaries of `texts` (one string or a list), in input order: at most `k` sentences,
         and with a budget at most `max_words` words, or `ratio` of the document's words (the
-        best-scored sentence is kept even when it alone is longer). A document that cannot be
-        summarized raises InputError naming it (``errors="raise"``) or gets a `DocumentError`
-        in its place (``"return"``)."""
+        best-scored sentence is kept even when it alone is longer); a model with a candidate
+        selector chooses summaries of the default shape (k=3, trigram blocking, no budget) as
+        its best pair or triple (candidates.py). A document that cannot be summarized raises
+        InputError naming it (``errors="raise"``) or gets a `DocumentError` in its place
+        (``"return"``)."""
         if isinstance(texts, str):
             texts = [texts]
         return self.score(self.prepare(texts, errors=errors), k, trigram_blocking, batch_size,

@@ -15,7 +15,7 @@
 # Environment: DATA (../shared/data/cnndm), BLIND (../shared/data/cnndm-blind/test-articles.jsonl.gz),
 # OUT (runs/news), STEPS (3000), TIME_LIMIT (minutes, none by default), NAME
 # (news-paper3-tx-lr2e-4), TWIN (news-dense3-tx-lr2e-4), INIT (minilm; a released model to
-# continue from, e.g. attnsum/models/news-paper3-tx-lr2e-4), SEED (0; another seed draws other documents
+# continue from, e.g. attnsum/models/news-paper3-tx-lr2e-4-sel), SEED (0; another seed draws other documents
 # when continuing), CLASSIFIER (transformer, or linear), LR (peak rate, 2e-4). The defaults are
 # the recipe of the released model; the earlier releases and the levers that chose these settings:
 # bench/results/cnndm/levers.md.

@@ -4,7 +4,7 @@ the [CLS] positions, or their mean over each sentence for a model trained with `
 averaged over documents. Near 1, the sentences are indistinguishable there and
 only their positions can rank them.
 
-    python bench/sentence_vectors.py minilm attnsum/models/news-paper3-tx-lr2e-4 \
+    python bench/sentence_vectors.py minilm attnsum/models/news-paper3-tx-lr2e-4-sel \
         --dataset shards/cnndm --split val --limit 16
 
 Each MODEL is a checkpoint or a pretrained preset (minilm: the untrained encoder).
