@@ -11,7 +11,7 @@ runs of letters and digits, so that tokenized text ("it 's") and raw text ("it's
 
 A model folder may hold one (`selector.safetensors`, `selector.json`; `save_selector`,
 `load_selector`); `load_model` attaches it, and summaries of the default shape (3 sentences,
-trigram blocking, no word budget: `uses_selector`) are then its choice. Measured in
+trigram blocking, no word budget: `select_summary` in evaluate.py) are then its choice. Measured in
 bench/results/cnndm/levers.md ("Candidate-level selection").
 """
 
@@ -91,11 +91,6 @@ class CandidateSelector:
         if not cands:
             return select_top_k(probs, sentences, 3, True)
         return list(cands[int(np.argmax(self.scores(features(probs, sentences, cands))))])
-
-
-def uses_selector(k: int, trigram_blocking: bool, budget: int | None) -> bool:
-    """Whether a summary of this shape is the selector's choice: the default shape only."""
-    return k == 3 and trigram_blocking and budget is None
 
 
 def save_selector(selector: CandidateSelector, folder: str | Path) -> None:

@@ -99,6 +99,17 @@ def select_top_k(scores: Sequence[float], sentences: Sequence[str], k: int = 3,
     return sorted(chosen)
 
 
+def select_summary(scores: Sequence[float], sentences: Sequence[str], k: int = 3,
+                   trigram_blocking: bool = True, max_words: int | None = None,
+                   selector=None) -> list[int]:
+    """The one rule of what a model's summary is: a candidate selector's choice
+    (attnsum/candidates.py) for the default shape (k=3, trigram blocking, no word budget) where
+    the model has one, else `select_top_k`."""
+    if selector is not None and k == 3 and trigram_blocking and max_words is None:
+        return selector.select(scores, sentences)
+    return select_top_k(scores, sentences, k, trigram_blocking, max_words)
+
+
 BASELINES = ("lead3", "oracle")
 
 
@@ -155,13 +166,8 @@ def evaluate_scores(examples: Sequence[Example], scores: Sequence[Sequence[float
                     selector=None) -> dict[str, Score]:
     """ROUGE of the top-k selections by per-sentence scores (one list per example), or of a
     candidate selector's choices (candidates.py) where one is given and the shape is its own."""
-    from .candidates import uses_selector
-
-    if selector is not None and uses_selector(k, trigram_blocking, None):
-        selections = [selector.select(s, ex.sentences) for s, ex in zip(scores, examples, strict=True)]
-    else:
-        selections = [select_top_k(s, ex.sentences, k, trigram_blocking)
-                      for s, ex in zip(scores, examples, strict=True)]
+    selections = [select_summary(s, ex.sentences, k, trigram_blocking, None, selector)
+                  for s, ex in zip(scores, examples, strict=True)]
     return evaluate_selections(examples, selections,
                                lambda ex, sel: [ex.sentences[i] for i in sel], out_dir, name, extra)
 

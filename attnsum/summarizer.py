@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 
 from .batching import length_batches, sentence_logits
-from .candidates import uses_selector
 from .checkpoints import load_model
 from .cpu_linear import pack_linears
 from .errors import InputError
-from .evaluate import select_top_k
+from .evaluate import select_summary
 from .model import SummarizerModel
 from .precision import DEFAULT_PRECISION, Precision, Runtime
 from .preprocess import Example, PreprocessConfig, build_example, filter_sentences, load_tokenizer
@@ -231,10 +230,8 @@ class Summarizer:
                 budget = max_words
                 if ratio is not None:
                     budget = max(1, round(ratio * sum(len(t.split()) for t in sentences)))
-                if self.model.selector is not None and uses_selector(k, trigram_blocking, budget):
-                    chosen = self.model.selector.select(scores, ex.sentences)
-                else:
-                    chosen = select_top_k(scores, ex.sentences, k, trigram_blocking, budget)
+                chosen = select_summary(scores, ex.sentences, k, trigram_blocking, budget,
+                                        self.model.selector)
                 out[i] = Summary([sentences[idx[c]] for c in chosen], [idx[c] for c in chosen],
                                  [scores[c] for c in chosen])
         return out
