@@ -3,7 +3,14 @@
 import pytest
 
 from attnsum.data import Corpus, Document
-from attnsum.preprocess import PreprocessConfig, filter_sentences, load_tokenizer, prepare
+from attnsum.preprocess import (
+    PreprocessConfig,
+    filter_sentences,
+    load_tokenizer,
+    prepare,
+    sentence_pieces,
+    wordpiece_form,
+)
 
 SENTS = [
     "The first sentence of the article has enough words in it .",
@@ -87,3 +94,18 @@ def test_cache_is_reused(tmp_path, monkeypatch):
 def test_bad_config():
     with pytest.raises(ValueError, match="max_len"):
         PreprocessConfig(max_len=2)
+
+
+def test_raw_text_reads_as_the_training_text():
+    """A raw sentence gets the word pieces of its form in the tokenized training data (negations
+    split off, with either apostrophe), and text already in that form is left as it is."""
+    tok = load_tokenizer()
+    raw = "He didn\u2019t say \"we can't\"; it cannot wait and won't."
+    tokenized = "he did n\u2019t say \" we ca n't \" ; it can not wait and wo n't ."
+    want = tok(tokenized, add_special_tokens=False)["input_ids"]
+    assert tok(raw, add_special_tokens=False)["input_ids"] != want  # what the fix is for
+    assert sentence_pieces(tok, [raw]) == [want]
+    assert wordpiece_form(tokenized) == tokenized
+    assert wordpiece_form("The cannon's nation ran") == "The cannon's nation ran"
+    ex = _prepare([raw + " Then more words came"]).examples[0]
+    assert ex.sentences == [raw + " Then more words came"]  # the text itself is kept as sent
