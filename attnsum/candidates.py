@@ -63,8 +63,7 @@ def features(probs: Sequence[float], sentences: Sequence[str],
         total_p, total_p / size, cp.min(1), size == 3, total_w, total_w ** 2 / 100,
         (idx * real).sum(1) / size, idx[:, 0], (idx == 0).any(1),
         np.full(len(cands), best[2] if len(best) > 2 else 0.0), total_p - top_sum,
-        cw.max(1), cw.min(1), np.full(len(cands), len(p))], axis=1).astype(np.float64) \
-        .reshape(len(cands), len(FEATURES))
+        cw.max(1), cw.min(1), np.full(len(cands), len(p))], axis=1)
 
 
 class CandidateSelector:
