@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attnsum.kernels import cpu_ranges
 from attnsum.kernels.reference import dense_masked_attention
 
 from .inputs import all_heads, check_inputs, clear_padding
@@ -100,15 +101,16 @@ def _coarse(n: int) -> int:
     return -(-n // step) * step
 
 
-def _build_segments(r: Ranges, N: int) -> _Segments:
+def _build_segments(r: Ranges, N: int, banded: bool = True) -> _Segments:
     """The index plan, computed in numpy on the host (a few hundred small steps: numpy's cost
-    per step is a fraction of torch's, and the plan needs its sizes on the host anyway)."""
+    per step is a fraction of torch's, and the plan needs its sizes on the host anyway).
+    `banded` False: the rows that attend every key only (the CPU kernel takes the others)."""
     lo_all, hi_all, ex_all = (t.cpu().numpy() for t in (r.lo, r.hi, r.exclude_self))
     B = lo_all.shape[0]
     perm = (r.perm.cpu().numpy() if r.perm is not None
             else np.broadcast_to(np.arange(N), (B, N)))
     full_all = r.full.cpu().numpy() if r.full is not None else None
-    banded = (hi_all - lo_all - ex_all) > 0
+    banded = ((hi_all - lo_all - ex_all) > 0) & banded
     if full_all is not None:
         banded &= ~full_all
     b, p = banded.nonzero()  # rows in (b, p) order
@@ -249,14 +251,15 @@ def _softmax_attention(q, k, v, bias, scale: float) -> torch.Tensor:
     return torch.bmm(p, v)
 
 
-def _masked_attention(q, k, v, plan: list[_Bucket], scale: float) -> torch.Tensor:
+def _masked_attention(q, k, v, plan: list[_Bucket], scale: float, out=None) -> torch.Tensor:
     """Softmax attention restricted to the ranges of every masked group of a layer at once:
     one batched attention per bucket. q, k, v: head-major (h, B, N, D), contiguous, the groups'
-    heads concatenated; returns (B, N, h, D). Rows are gathered from (h * B * N, D) views, so a
+    heads concatenated; returns (B, N, h, D), written into `out` (h, B, N, D) if given (rows of
+    no bucket keep its values), else zeros. Rows are gathered from (h * B * N, D) views, so a
     gather is the bucket's batch of matrices as it is."""
     h, B, N, D = q.shape
     xq, xk, xv = (x.view(h * B * N, D) for x in (q, k, v))
-    out = q.new_zeros(h * B * N, D)
+    out = q.new_zeros(h * B * N, D) if out is None else out.view(h * B * N, D)
     for bk in plan:
         bias = bk.bias_as(q.dtype, q.device)
         G, nk = bias.shape[0], bias.shape[2]
@@ -268,6 +271,14 @@ def _masked_attention(q, k, v, plan: list[_Bucket], scale: float) -> torch.Tenso
         o = _softmax_attention(xq.index_select(0, bk.q_idx).view(G, -1, D), ks, vs, bias, scale)
         out.index_copy_(0, bk.dest, o.view(-1, D).index_select(0, bk.rows))
     return out.view(h, B * N, D).transpose(0, 1).view(B, N, h, D)
+
+
+def _kernel_applies(parts) -> bool:
+    """Inference on CPU in bf16 or fp32 with the compiled kernel (kernels/cpu_ranges.py)."""
+    q = parts[0]
+    return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float32)
+            and not (torch.is_grad_enabled() and any(x.requires_grad for x in parts))
+            and cpu_ranges.available())
 
 
 class _SplitHeads(torch.autograd.Function):
@@ -362,12 +373,25 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
     if masked:  # every masked group of the layer in one set of buckets (_merge_segments)
         specs = [spec for i, spec in enumerate(groups) if i in masked]
         counts, N = [sizes[i] for i in masked], v.shape[1]
-        merged = ctx.memo(("masked", *(sp.pattern for sp in specs), *counts), lambda: _merge_segments(
-            [ctx.memo(("segments", sp.pattern), lambda p=sp.pat: _build_segments(ctx.ranges(p), N))
-             for sp in specs], counts, v.shape[0], N, v.device))
         # head-major (h, B, N, D) copies of the groups' q, k, v: one copy each
         parts = [torch.cat([x[i].permute(2, 0, 1, 3) for i in masked]) for x in (qs, ks, vs)]
-        o = _masked_attention(*parts, merged, scale).to(v.dtype)
+        # With the CPU kernel, rows of a range run there and the plan holds the rows that
+        # attend every key only (faster as batched products).
+        banded = not _kernel_applies(parts)
+        merged = ctx.memo(("masked", banded, *(sp.pattern for sp in specs), *counts),
+                          lambda: _merge_segments([ctx.memo(
+                              ("segments", banded, sp.pattern),
+                              lambda p=sp.pat: _build_segments(ctx.ranges(p), N, banded))
+                              for sp in specs], counts, v.shape[0], N, v.device))
+        out = None
+        if not banded:
+            out, first = torch.zeros_like(parts[0]), 0
+            for sp, h in zip(specs, counts, strict=True):
+                r = ctx.ranges(sp.pat)
+                cpu_ranges.range_attention(*(x[first:first + h] for x in (*parts, out)), r.lo,
+                                           r.hi, r.perm, r.exclude_self, r.full, scale)
+                first += h
+        o = _masked_attention(*parts, merged, scale, out).to(v.dtype)
         for i, part in zip(masked, o.split(counts, dim=2), strict=True):
             outs[i] = part
     if len(outs) == 1:

@@ -1,0 +1,104 @@
+"""The CPU kernel of masked heads (kernels/range_attention.c, kernels/cpu_ranges.py) against the
+dense reference and the PyTorch path it replaces at inference; its fallback without a compiler."""
+
+import pytest
+import torch
+from helpers import MIXED, make_batch
+
+from attnsum.attention import reference_attention, torch_attention
+from attnsum.attention.plan import HeadPlan
+from attnsum.kernels import cpu_ranges
+
+OTHERS = ("*:0=window:2/mask; *:1=sent-cls/mask; *:2=offset:-2/mask; *:3=match-self/mask; "
+          "*:4=match/mask")
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    """Switch the kernel on or off for this test (it is built once per machine and cached)."""
+    def use(on: bool) -> bool:
+        monkeypatch.setenv(cpu_ranges.DISABLE_ENV, "1" if on else "0")
+        cpu_ranges._library.cache_clear()
+        return cpu_ranges.available()
+
+    yield use
+    cpu_ranges._library.cache_clear()
+
+
+def _both(kernel, *args):
+    """The fast path's output with the kernel, then without it (no gradient: inference)."""
+    with torch.no_grad():
+        if not kernel(True):
+            pytest.skip("no C compiler: the kernel is not built here")
+        with_kernel = torch_attention(*args)
+        kernel(False)
+        return with_kernel, torch_attention(*args)
+
+
+@pytest.mark.parametrize("N", [1, 17, 113, 300])
+@pytest.mark.parametrize("plan_text", [MIXED, OTHERS])
+def test_kernel_matches_reference_in_fp32(kernel, N, plan_text):
+    q, k, v, ctx = make_batch(3, N)
+    plan = HeadPlan.parse(plan_text, 1, 9).layer(0)
+    ref = reference_attention(q, k, v, plan, ctx)[0]
+    out, torch_path = _both(kernel, q, k, v, plan, ctx)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(torch_path, ref, atol=2e-5, rtol=2e-5)
+
+
+def test_kernel_in_bf16_is_no_less_accurate_than_the_torch_path(kernel):
+    q, k, v, ctx = make_batch(4, 200, D=32, dtype=torch.bfloat16)
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    ref = reference_attention(q, k, v, plan, ctx)[0].float()  # fp32 arithmetic, bf16 inputs
+    out, torch_path = _both(kernel, q, k, v, plan, ctx)
+    assert out.dtype == torch.bfloat16
+    err, err_torch = ((x.float() - ref).abs().max().item() for x in (out, torch_path))
+    # fp32 inside, one rounding to bf16 at the end: at most half a bf16 step of the largest output
+    assert err <= ref.abs().max().item() * 2.0**-8
+    assert err <= err_torch
+
+
+def test_a_documents_output_does_not_depend_on_its_batch(kernel):
+    q, k, v, ctx = make_batch(3, 120, D=32, dtype=torch.bfloat16)
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    if not kernel(True):
+        pytest.skip("no C compiler: the kernel is not built here")
+    with torch.no_grad():
+        batch = torch_attention(q, k, v, plan, ctx)
+        for b in range(3):
+            alone = type(ctx)(ctx.token_ids[b:b + 1], ctx.valid[b:b + 1], ctx.sentence_ids[b:b + 1])
+            one = torch_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], plan, alone)
+            assert torch.equal(one[0], batch[b]), b
+
+
+def test_training_keeps_the_differentiable_path(kernel, monkeypatch):
+    q, k, v, ctx = make_batch(2, 40)
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    if not kernel(True):
+        pytest.skip("no C compiler: the kernel is not built here")
+    calls = []
+    monkeypatch.setattr(cpu_ranges, "range_attention", lambda *a: calls.append(a))
+    q.requires_grad_(True)
+    out = torch_attention(q, k, v, plan, ctx)
+    assert not calls and out.requires_grad
+    torch.testing.assert_close(out, reference_attention(q, k, v, plan, ctx)[0], atol=2e-5, rtol=2e-5)
+
+
+def test_without_a_working_compiler_the_torch_path_runs(kernel, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing cached from an earlier build
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails
+    assert not kernel(True)
+    assert "did not build" in capsys.readouterr().err
+    q, k, v, ctx = make_batch(2, 30)
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    with torch.no_grad():
+        out = torch_attention(q, k, v, plan, ctx)
+    torch.testing.assert_close(out, reference_attention(q, k, v, plan, ctx)[0], atol=2e-5, rtol=2e-5)
+
+
+def test_a_new_build_lands_whole_in_the_cache(kernel, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    if not kernel(True):
+        pytest.skip("no C compiler: the kernel is not built here")
+    built = list((tmp_path / "attnsum" / "cpu-kernels").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"  # no temporary file left beside it
