@@ -1,4 +1,5 @@
-"""The served model's matrix products on CPU through oneDNN with each weight packed once.
+"""The served model's matrix products on CPU through oneDNN with each weight packed once, and
+the residual add and LayerNorm after each block's output product in one pass.
 
 `torch.nn.functional.linear` on CPU hands oneDNN a plain weight, which it lays out in its
 blocked format on every call; a weight packed at load (`_reorder_linear_weight`) skips that, and
@@ -8,6 +9,11 @@ product (one call, one cast of the input). Both are the calls PyTorch's
 compiler emits for frozen CPU models (`torch.ops.mkldnn._linear_pointwise`). bf16 products give
 `F.linear`'s bits; fp32 ones use oneDNN's kernel instead of MKL's, which rounds differently (a few
 units in the last place). Measured in docs/results.md ("Packed weights").
+
+BERT's output blocks (`BertSelfOutput`, `BertOutput`: product, residual add, LayerNorm) become
+`AddNorm`: the add and the LayerNorm are one pass of a CPU kernel (kernels/cpu_kernels.c) over
+the fp32 residual stream, which also writes the bf16 copy the next product reads instead of
+casting the stream again. Measured in docs/results.md ("CPU kernels").
 
 Served models only (`prepare_for_serving`, attnsum/summarizer.py): no autograd, and a packed
 model no longer matches its checkpoint's parameters. Where this build or CPU has no such op
@@ -21,6 +27,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from attnsum.kernels import cpu_kernels
 
 
 @cache
@@ -40,6 +48,9 @@ def packed_linear_works(dtype: torch.dtype) -> bool:
     return y.dtype == dtype and torch.allclose(y.float(), want, rtol=2e-2, atol=2e-2)
 
 
+BF16_COPY = "attnsum_bf16_copy"  # the attribute of an fp32 tensor that holds its bf16 copy
+
+
 class PackedLinear(nn.Module):
     """An inference-only `nn.Linear` whose weight oneDNN packed once, optionally followed by the
     exact (erf) GELU as the product's post-op. Inputs are cast to the weight's dtype (an fp32
@@ -54,6 +65,9 @@ class PackedLinear(nn.Module):
         self.attr, self.algorithm = ("gelu", "none") if gelu else ("none", "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        copy = getattr(x, BF16_COPY, None)  # written beside x by `AddNorm`
+        if copy is not None and self.dtype == torch.bfloat16:
+            x = copy
         rows = x.reshape(-1, x.shape[-1]).to(self.dtype)
         y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, self.attr, [],
                                                self.algorithm)
@@ -129,4 +143,41 @@ def pack_linears(module: nn.Module) -> int:
             if fuse:
                 parent.intermediate_act_fn = nn.Identity()
             count += 1
+    return count
+
+
+class AddNorm(nn.Module):
+    """A BERT output block at inference (eval: no dropout): its product, then LayerNorm(product
+    + residual) in one pass of the CPU kernel, with the result's bf16 copy for the next product
+    when the products run in bf16. A residual stream that is not fp32 takes PyTorch's ops."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.dense, self.LayerNorm = block.dense, block.LayerNorm
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        y = self.dense(hidden_states)
+        norm = self.LayerNorm
+        if input_tensor.dtype != torch.float32 or y.shape != input_tensor.shape:
+            return norm(y + input_tensor)
+        out, copy = cpu_kernels.add_layer_norm(y, input_tensor, norm.weight, norm.bias, norm.eps,
+                                               bf16_copy=y.dtype == torch.bfloat16)
+        if copy is not None:
+            setattr(out, BF16_COPY, copy)
+        return out
+
+
+def fuse_add_norms(module: nn.Module) -> int:
+    """Replace BERT's output blocks under `module` (`BertSelfOutput`, `BertOutput`) by `AddNorm`
+    where the CPU kernels are built. Returns the number replaced."""
+    from transformers.models.bert.modeling_bert import BertOutput, BertSelfOutput
+
+    if not cpu_kernels.available():
+        return 0
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) in (BertSelfOutput, BertOutput):
+                setattr(parent, name, AddNorm(child))
+                count += 1
     return count

@@ -27,7 +27,7 @@ import torch
 
 from .batching import length_batches, sentence_logits
 from .checkpoints import load_model
-from .cpu_linear import pack_linears
+from .cpu_linear import fuse_add_norms, pack_linears
 from .errors import InputError
 from .evaluate import select_summary
 from .model import SummarizerModel
@@ -69,8 +69,9 @@ def prepare_for_serving(model: SummarizerModel, device, precision: Precision,
     (the encoder's and the sentence classifier's) cast to the inference precision once, instead
     of by autocast on every call (the same rounding; no per-call copies of the weights); on
     CPU, freed memory kept for reuse (`keep_freed_memory`) and the encoder's products on weights
-    packed once, its GELU inside the product (attnsum/cpu_linear.py; `pack=False` keeps them
-    `nn.Linear`, for a quantizer that replaces those)."""
+    packed once, its GELU inside the product, each residual add and LayerNorm one pass of a CPU
+    kernel where one is built (attnsum/cpu_linear.py; `pack=False` keeps them `nn.Linear`, for
+    a quantizer that replaces those)."""
     cpu = torch.device(device).type == "cpu"
     if cpu:
         keep_freed_memory()
@@ -87,6 +88,7 @@ def prepare_for_serving(model: SummarizerModel, device, precision: Precision,
                         p.data = p.data.to(precision.dtype)
     if cpu and pack:
         pack_linears(model.encoder)
+        fuse_add_norms(model.encoder)
     return model
 
 

@@ -8,7 +8,8 @@ from helpers import CLS_ID
 
 from attnsum.attention import PatternContext
 from attnsum.config import ModelConfig
-from attnsum.cpu_linear import PackedLinear, pack_linears, packed_linear_works
+from attnsum.cpu_linear import AddNorm, PackedLinear, pack_linears, packed_linear_works
+from attnsum.kernels import cpu_kernels
 from attnsum.model import SummarizerModel
 from attnsum.precision import resolve_precision
 from attnsum.summarizer import prepare_for_serving
@@ -67,6 +68,9 @@ def test_a_served_model_packs_every_encoder_product_and_scores_as_before():
     assert sum(m.attr == "gelu" for m in packed) == layers
     assert not any(isinstance(m, torch.nn.Linear) for m in models[True].encoder.modules())
     assert any(isinstance(m, torch.nn.Linear) for m in models[True].inter.modules())
+    # each layer's two residual adds and LayerNorms one pass of the CPU kernel, where it builds
+    fused = sum(isinstance(m, AddNorm) for m in models[True].encoder.modules())
+    assert fused == (2 * layers if cpu_kernels.available() else 0)
     with torch.no_grad():
         got, want = (models[p](ids, seg, am, cls, ctx) for p in (True, False))
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from helpers import free_port
 
-from attnsum.kernels import cpu_ranges
+from attnsum.kernels import cpu_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTICLE = ("The city council approved a new budget for its schools on Tuesday night after a long "
@@ -39,7 +39,7 @@ def test_the_wheel_carries_the_model_and_runs_outside_the_checkout(tmp_path):
     for f in ("config.json", "model.safetensors", "README.md"):
         assert f"attnsum/models/{DEFAULT_MODEL}/{f}" in names
     assert any(n.endswith("/LICENSE") for n in names)
-    assert "attnsum/kernels/range_attention.c" in names  # the CPU kernel's source
+    assert "attnsum/kernels/cpu_kernels.c" in names  # the CPU kernel's source
 
     # A fresh environment that sees this interpreter's packages (torch, transformers, ...) but
     # gets attnsum only from the wheel; run from a folder outside the checkout.
@@ -56,11 +56,11 @@ def test_the_wheel_carries_the_model_and_runs_outside_the_checkout(tmp_path):
     work.mkdir()
 
     where = _run([str(py), "-c", "import attnsum, attnsum.release as r; from attnsum import "
-                  "Summarizer; from attnsum.kernels import cpu_ranges; print(attnsum.__file__); "
-                  "print(r.default_checkpoint()); print(cpu_ranges.available())"], work, env)
+                  "Summarizer; from attnsum.kernels import cpu_kernels; print(attnsum.__file__); "
+                  "print(r.default_checkpoint()); print(cpu_kernels.available())"], work, env)
     assert where.returncode == 0, where.stderr[-2000:]
     module, model, kernel = where.stdout.split()
-    assert kernel == str(cpu_ranges.available())  # built from the wheel's source where it builds here
+    assert kernel == str(cpu_kernels.available())  # built from the wheel's source where it builds here
     assert Path(module).is_relative_to(venv) and Path(model).is_relative_to(venv)
     assert not Path(module).is_relative_to(ROOT)
 

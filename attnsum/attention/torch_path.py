@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attnsum.kernels import cpu_ranges
+from attnsum.kernels import cpu_kernels
 from attnsum.kernels.reference import dense_masked_attention
 
 from .inputs import all_heads, check_inputs, clear_padding
@@ -274,11 +274,11 @@ def _masked_attention(q, k, v, plan: list[_Bucket], scale: float, out=None) -> t
 
 
 def _kernel_applies(parts) -> bool:
-    """Inference on CPU in bf16 or fp32 with the compiled kernel (kernels/cpu_ranges.py)."""
+    """Inference on CPU in bf16 or fp32 with the compiled kernel (kernels/cpu_kernels.py)."""
     q = parts[0]
     return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float32)
             and not (torch.is_grad_enabled() and any(x.requires_grad for x in parts))
-            and cpu_ranges.available())
+            and cpu_kernels.available())
 
 
 class _SplitHeads(torch.autograd.Function):
@@ -385,10 +385,10 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
                               for sp in specs], counts, v.shape[0], N, v.device))
         out = None
         if not banded:
-            out, first = torch.zeros_like(parts[0]), 0
+            out, first = torch.empty_like(parts[0]), 0  # every row: the kernel's or a full one
             for sp, h in zip(specs, counts, strict=True):
                 r = ctx.ranges(sp.pat)
-                cpu_ranges.range_attention(*(x[first:first + h] for x in (*parts, out)), r.lo,
+                cpu_kernels.range_attention(*(x[first:first + h] for x in (*parts, out)), r.lo,
                                            r.hi, r.perm, r.exclude_self, r.full, scale)
                 first += h
         o = _masked_attention(*parts, merged, scale, out).to(v.dtype)

@@ -1,13 +1,15 @@
-"""The CPU kernel of masked heads (kernels/range_attention.c, kernels/cpu_ranges.py) against the
-dense reference and the PyTorch path it replaces at inference; its fallback without a compiler."""
+"""The served model's CPU kernels (kernels/cpu_kernels.c, kernels/cpu_kernels.py): masked heads
+against the dense reference and the PyTorch path they replace at inference, the residual add and
+LayerNorm against torch's, and the fallback without a compiler."""
 
 import pytest
 import torch
-from helpers import MIXED, make_batch
+from helpers import MIXED, make_batch, poisoned_padding
 
 from attnsum.attention import reference_attention, torch_attention
 from attnsum.attention.plan import HeadPlan
-from attnsum.kernels import cpu_ranges
+from attnsum.cpu_linear import BF16_COPY, AddNorm, PackedLinear, packed_linear_works
+from attnsum.kernels import cpu_kernels
 
 OTHERS = ("*:0=window:2/mask; *:1=sent-cls/mask; *:2=offset:-2/mask; *:3=match-self/mask; "
           "*:4=match/mask")
@@ -17,12 +19,12 @@ OTHERS = ("*:0=window:2/mask; *:1=sent-cls/mask; *:2=offset:-2/mask; *:3=match-s
 def kernel(monkeypatch):
     """Switch the kernel on or off for this test (it is built once per machine and cached)."""
     def use(on: bool) -> bool:
-        monkeypatch.setenv(cpu_ranges.DISABLE_ENV, "1" if on else "0")
-        cpu_ranges._library.cache_clear()
-        return cpu_ranges.available()
+        monkeypatch.setenv(cpu_kernels.DISABLE_ENV, "1" if on else "0")
+        cpu_kernels._library.cache_clear()
+        return cpu_kernels.available()
 
     yield use
-    cpu_ranges._library.cache_clear()
+    cpu_kernels._library.cache_clear()
 
 
 def _both(kernel, *args):
@@ -71,13 +73,24 @@ def test_a_documents_output_does_not_depend_on_its_batch(kernel):
             assert torch.equal(one[0], batch[b]), b
 
 
+def test_nan_and_inf_in_padding_rows_reach_no_valid_row(kernel):
+    q, k, v, ctx = make_batch(3, 40)
+    plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
+    clean, _ = _both(kernel, q, k, v, plan, ctx)
+    kernel(True)
+    with torch.no_grad():
+        out = torch_attention(*poisoned_padding(q, k, v, ctx), plan, ctx)
+    valid = ctx.valid[:, None, :, None].expand_as(out)
+    assert torch.equal(out[valid], clean[valid]) and torch.isfinite(out[valid]).all()
+
+
 def test_training_keeps_the_differentiable_path(kernel, monkeypatch):
     q, k, v, ctx = make_batch(2, 40)
     plan = HeadPlan.parse(MIXED, 1, 9).layer(0)
     if not kernel(True):
         pytest.skip("no C compiler: the kernel is not built here")
     calls = []
-    monkeypatch.setattr(cpu_ranges, "range_attention", lambda *a: calls.append(a))
+    monkeypatch.setattr(cpu_kernels, "range_attention", lambda *a: calls.append(a))
     q.requires_grad_(True)
     out = torch_attention(q, k, v, plan, ctx)
     assert not calls and out.requires_grad
@@ -102,3 +115,40 @@ def test_a_new_build_lands_whole_in_the_cache(kernel, monkeypatch, tmp_path):
         pytest.skip("no C compiler: the kernel is not built here")
     built = list((tmp_path / "attnsum" / "cpu-kernels").iterdir())
     assert len(built) == 1 and built[0].suffix == ".so"  # no temporary file left beside it
+
+
+@pytest.mark.parametrize("ydtype", [torch.float32, torch.bfloat16])
+def test_add_layer_norm_is_torchs_in_one_pass(kernel, ydtype):
+    if not kernel(True):
+        pytest.skip("no C compiler: the kernel is not built here")
+    g = torch.Generator().manual_seed(0)
+    x = 3 + 2 * torch.randn(2, 37, 384, generator=g)  # a stream far from zero mean
+    y = torch.randn(2, 37, 384, generator=g).to(ydtype)
+    w, b = torch.randn(384, generator=g), torch.randn(384, generator=g)
+    out, copy = cpu_kernels.add_layer_norm(y, x, w, b, 1e-12, bf16_copy=True)
+    want = torch.nn.functional.layer_norm(y.double() + x.double(), (384,), w.double(), b.double(), 1e-12)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(copy, out.to(torch.bfloat16))  # the same rounding as torch's cast
+
+
+def test_an_output_block_hands_its_bf16_copy_to_the_next_product(kernel):
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertOutput
+
+    if not kernel(True) or not packed_linear_works(torch.bfloat16):
+        pytest.skip("needs the CPU kernel and oneDNN's bf16 products")
+    torch.manual_seed(0)
+    block = BertOutput(BertConfig(hidden_size=64, intermediate_size=96)).eval()
+    block.dense.to(torch.bfloat16)
+    h, x = torch.randn(3, 96).to(torch.bfloat16), torch.randn(3, 64)
+    with torch.no_grad():
+        want = block(h, x)
+        fused = AddNorm(block)
+        out = fused(h, x)
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+        copy = getattr(out, BF16_COPY)
+        assert torch.equal(copy, out.to(torch.bfloat16))
+        nxt = torch.nn.Linear(64, 8).to(torch.bfloat16)
+        packed = PackedLinear(nxt.weight, nxt.bias)
+        setattr(out, BF16_COPY, torch.zeros_like(copy))  # the product reads the copy, not out
+        assert torch.equal(packed(out), nxt.bias.expand(3, 8))

@@ -1,8 +1,8 @@
-/* Masked heads on CPU in one call: softmax attention of each query over the keys of its range
- * (the range form of a pattern: attnsum/attention/patterns.py, `Ranges`). Built and loaded by
- * kernels/cpu_ranges.py; inference only (training takes the PyTorch path, which autograd
- * differentiates).
+/* The served model's CPU kernels, built and loaded by kernels/cpu_kernels.py; inference only
+ * (training takes PyTorch's ops, which autograd differentiates).
  *
+ * attnsum_range_attention: masked heads in one call, softmax attention of each query over the
+ * keys of its range (the range form of a pattern: attnsum/attention/patterns.py, `Ranges`).
  * q, k, v, out: (heads, B, N, D) contiguous, bf16 (as uint16) or fp32. Query p of the ordering
  * of document b is token perm[b, p] (p itself when perm is NULL); it attends the tokens
  * perm[b, lo[b, p]:hi[b, p]], minus its own when exclude[b, p]; a row with no key gets zeros.
@@ -173,4 +173,41 @@ int attnsum_range_attention(const void *q, const void *k, const void *v, void *o
         }
     }
     return failed;
+}
+
+/* out = LayerNorm(y + x) row by row (BERT's residual add and the LayerNorm after it, one pass
+ * instead of two): y (rows x cols) bf16 or fp32, the product; x fp32, the residual stream;
+ * weight, bias (cols) fp32; out fp32 and, unless NULL, its bf16 copy out16 (the next product's
+ * input, cast in the same pass). Mean and variance in fp32 over the row, as torch does. */
+void attnsum_add_layer_norm(const void *y, int bf16, const float *x, const float *weight,
+                            const float *bias, float eps, float *out, uint16_t *out16,
+                            int64_t rows, int64_t cols, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        float *o = out + r * cols;
+        const float *xr = x + r * cols;
+        if (bf16) {
+            const uint16_t *yr = (const uint16_t *)y + r * cols;
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) o[c] = from_bf16(yr[c]) + xr[c];
+        } else {
+            const float *yr = (const float *)y + r * cols;
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) o[c] = yr[c] + xr[c];
+        }
+        float sum = 0.f, sq = 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t c = 0; c < cols; c++) sum += o[c];
+        const float mean = sum / (float)cols;
+#pragma omp simd reduction(+ : sq)
+        for (int64_t c = 0; c < cols; c++) sq += (o[c] - mean) * (o[c] - mean);
+        const float inv = 1.f / sqrtf(sq / (float)cols + eps);
+#pragma omp simd
+        for (int64_t c = 0; c < cols; c++) o[c] = (o[c] - mean) * inv * weight[c] + bias[c];
+        if (out16) {
+            uint16_t *o16 = out16 + r * cols;
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) o16[c] = to_bf16(o[c]);
+        }
+    }
 }

@@ -1,7 +1,8 @@
-"""The CPU kernel of masked heads (kernels/range_attention.c): built once per machine with the C
-compiler, loaded through ctypes, and used by the PyTorch path for inference on CPU
-(attnsum/attention/torch_path.py). Without a compiler, or with ATTNSUM_CPU_KERNEL=0, the
-PyTorch path computes the same heads as batched products (`available()` is False)."""
+"""The served model's CPU kernels (kernels/cpu_kernels.c): built once per machine with the C
+compiler and loaded through ctypes. `range_attention` runs masked heads for the PyTorch path at
+inference (attnsum/attention/torch_path.py); `add_layer_norm` BERT's residual add and LayerNorm
+in served models (attnsum/cpu_linear.py). Without a compiler, or with ATTNSUM_CPU_KERNEL=0,
+`available()` is False and PyTorch's ops compute the same."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("range_attention.c")
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
 DISABLE_ENV = "ATTNSUM_CPU_KERNEL"  # set to 0: never build or use the kernel
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 
@@ -43,7 +44,7 @@ def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), _cpu_flags(),
                                     platform.machine()]).encode()).hexdigest()[:16]
-    lib = _cache_dir() / f"range_attention-{key}.so"
+    lib = _cache_dir() / f"cpu_kernels-{key}.so"
     if not lib.exists():
         lib.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
@@ -60,7 +61,7 @@ def _build(compiler: str) -> Path:
 
 @cache
 def _library():
-    """The loaded kernel, or None (disabled, no compiler, or a failed build: said once)."""
+    """The loaded library, or None (disabled, no compiler, or a failed build: said once)."""
     if os.environ.get(DISABLE_ENV) == "0":
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -70,15 +71,16 @@ def _library():
         lib = ctypes.CDLL(str(_build(compiler)))
     except (OSError, subprocess.CalledProcessError) as e:
         detail = getattr(e, "stderr", "") or str(e)
-        print(f"attnsum: the CPU kernel of masked heads did not build ({detail.strip()[:200]}); "
-              "using the PyTorch path", file=sys.stderr)
+        print(f"attnsum: the CPU kernels did not build ({detail.strip()[:200]}); "
+              "using PyTorch's ops", file=sys.stderr)
         return None
-    fn = lib.attnsum_range_attention
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ptr, ptr, ptr, ptr, ctypes.c_int, i64, i64, i64, i64, ctypes.c_float,
-                   ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
+    i64, ptr, i32, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    lib.attnsum_range_attention.argtypes = [ptr, ptr, ptr, ptr, i32, i64, i64, i64, i64, f32,
+                                            ptr, ptr, ptr, ptr, ptr, i32]
+    lib.attnsum_range_attention.restype = i32
+    lib.attnsum_add_layer_norm.argtypes = [ptr, i32, ptr, ptr, ptr, f32, ptr, ptr, i64, i64, i32]
+    lib.attnsum_add_layer_norm.restype = None
+    return lib
 
 
 def available() -> bool:
@@ -101,10 +103,29 @@ def range_attention(q, k, v, out, lo, hi, perm, exclude, full, scale: float) -> 
     exclude = exclude.contiguous().to(torch.uint8)
     perm, full = (None if x is None else x.contiguous().to(dt)
                   for x, dt in ((perm, torch.int64), (full, torch.uint8)))
-    failed = _library()(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+    failed = _library().attnsum_range_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
                         int(dtype == torch.bfloat16), heads, B, N, D, scale,
                         lo.data_ptr(), hi.data_ptr(), 0 if perm is None else perm.data_ptr(),
                         exclude.data_ptr(), 0 if full is None else full.data_ptr(),
                         torch.get_num_threads())
     if failed:
         raise MemoryError("the CPU kernel of masked heads could not allocate its scratch rows")
+
+
+def add_layer_norm(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   eps: float, bf16_copy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """LayerNorm(y + x) over the last dimension in fp32 (y bf16 or fp32, x, weight and bias
+    fp32; CPU), and its bf16 copy when `bf16_copy`. Needs `available()`."""
+    if y.dtype not in (torch.bfloat16, torch.float32) or x.dtype != torch.float32 or y.shape != x.shape:
+        raise TypeError(f"add_layer_norm takes y bf16 or fp32 and x fp32 of one shape, got "
+                        f"{y.dtype} {tuple(y.shape)} and {x.dtype} {tuple(x.shape)}")
+    y, x = y.contiguous(), x.contiguous()
+    weight, bias = (t.contiguous().float() for t in (weight, bias))
+    out = torch.empty_like(x)
+    copy = torch.empty_like(x, dtype=torch.bfloat16) if bf16_copy else None
+    cols = x.shape[-1]
+    _library().attnsum_add_layer_norm(y.data_ptr(), int(y.dtype == torch.bfloat16), x.data_ptr(),
+                                      weight.data_ptr(), bias.data_ptr(), eps, out.data_ptr(),
+                                      0 if copy is None else copy.data_ptr(), x.numel() // cols,
+                                      cols, torch.get_num_threads())
+    return out, copy
