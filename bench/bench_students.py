@@ -9,7 +9,8 @@ Models (random weights: speed does not depend on them), each as `Summarizer` ser
 (`prepare_for_serving` in attnsum/summarizer.py: each layer's heads of one pattern made
 consecutive, synthesized heads' q and k rows cut, the encoder's Linear weights cast to the
 precision once, freed memory kept by malloc, on CPU the encoder's weights packed for oneDNN and its
-GELU inside the product, attnsum/cpu_linear.py): the teacher (`minilm`, 6
+GELU inside the product, each residual add and LayerNorm one pass of the CPU kernel,
+attnsum/cpu_linear.py; masked heads in the CPU kernel, attention/torch_path.py): the teacher (`minilm`, 6
 layers), `student-mini-3` dense, with the `paper` plan, each also with BERTSum's
 inter-sentence transformer as its sentence classifier (`-tx`: `student3-paper-tx` is the released
 architecture, `student3-dense-tx` its dense twin), `student-mini-2` with the `paper` plan.
