@@ -6,12 +6,13 @@
  * q, k, v, out: (heads, B, N, D) contiguous, bf16 (as uint16) or fp32. Query p of the ordering
  * of document b is token perm[b, p] (p itself when perm is NULL); it attends the tokens
  * perm[b, lo[b, p]:hi[b, p]], minus its own when exclude[b, p]; a row with no key gets zeros.
- * Rows with full[b, p] set (full may be NULL) are left as they are: rows that attend every key
- * run faster as the caller's batched products (attnsum/attention/torch_path.py).
  * Scores, softmax and the weighted sum run in fp32; the output is rounded once to its dtype.
  */
 #include <math.h>
 #include <stdint.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,105 +69,225 @@ static inline float exp_neg(float x) {
     return p * scale;
 }
 
-/* Keys are handled in blocks of LANES (one vector register of fp32 on AVX-512, two on AVX2). */
-#define LANES 16
+#if defined(__AVX512F__)
+/* exp_neg on LANES values: 2^n by vscalefps instead of exponent bits. */
+static inline __m512 exp_neg16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+    const __m512 n = _mm512_roundscale_ps(
+        _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504f), _mm512_set1_ps(0.5f)),
+        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-06f),
+                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x));
+    __m512 p = _mm512_set1_ps(1.f / 720.f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
 
-/* One query row against the nk keys of its range, loaded in fp32: kt (D x nkp, keys
- * transposed, nkp = nk rounded up to LANES, zero beyond nk) and vs (nk x D). Key `own` (or none
- * when -1) is left out. `s` holds nkp scores; the result goes to acc (D). Inlined with D a
- * constant where the caller dispatches on it, so that the compiler keeps a row in registers. */
-static inline __attribute__((always_inline)) void attend(const float *qv, const float *kt,
+/* Keys are scored LANES at a time (one vector register of fp32 on AVX-512, two on AVX2), in
+ * blocks of KB with an online softmax (a running maximum and sum per query); queries are taken
+ * QT at a time, so that every key and value read serves QT of them. */
+#define LANES 16
+#define KB 128
+#define QT 8
+
+/* QT queries (qt: QT x D, scaled; rows past the real ones are zeros and never stored) against
+ * the nk keys of their range, loaded in fp32: kt (D x nkp, keys transposed, nkp = nk rounded
+ * up to LANES, zeros past nk) and vs (nkp x D). own[i]: query i's own key, left out (-1: none).
+ * Results to acc (QT x D). Inlined with D a constant where the caller dispatches on it. */
+static inline __attribute__((always_inline)) void attend(const float *qt, const float *kt,
                                                          const float *vs, int64_t nk, int64_t nkp,
-                                                         int64_t own, float *s, float *acc,
+                                                         const int64_t *own, float *acc,
                                                          const int64_t D) {
-    for (int64_t j0 = 0; j0 < nkp; j0 += LANES) {
-        float t[LANES] = {0.f};
-        for (int64_t d = 0; d < D; d++) {
-            const float qd = qv[d], *kd = kt + d * nkp + j0;
+    float m[QT], l[QT], s[QT][KB];
+    for (int i = 0; i < QT; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.f;
+    }
+    for (int64_t x = 0; x < QT * D; x++) acc[x] = 0.f;
+    for (int64_t j0 = 0; j0 < nkp; j0 += KB) {
+        const int64_t nb = nkp - j0 < KB ? nkp - j0 : KB;
+        for (int64_t jv = 0; jv < nb; jv += LANES) {
+#if defined(__AVX512F__)
+            __m512 t[QT];
+            for (int i = 0; i < QT; i++) t[i] = _mm512_setzero_ps();
+            for (int64_t d = 0; d < D; d++) {
+                const __m512 kd = _mm512_loadu_ps(kt + d * nkp + j0 + jv);
+                for (int i = 0; i < QT; i++)
+                    t[i] = _mm512_fmadd_ps(_mm512_set1_ps(qt[i * D + d]), kd, t[i]);
+            }
+            for (int i = 0; i < QT; i++) _mm512_storeu_ps(&s[i][jv], t[i]);
+#else
+            float t[QT][LANES] = {{0.f}};
+            for (int64_t d = 0; d < D; d++) {
+                const float *kd = kt + d * nkp + j0 + jv;
+                for (int i = 0; i < QT; i++) {
+                    const float qd = qt[i * D + d];
 #pragma omp simd
-            for (int64_t j = 0; j < LANES; j++) t[j] += qd * kd[j];
+                    for (int j = 0; j < LANES; j++) t[i][j] += qd * kd[j];
+                }
+            }
+            for (int i = 0; i < QT; i++)
+                for (int j = 0; j < LANES; j++) s[i][jv + j] = t[i][j];
+#endif
         }
-        for (int64_t j = 0; j < LANES; j++) s[j0 + j] = t[j];
-    }
-    float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < nkp; j++) {
-        const float x = (j < nk && j != own) ? s[j] : -INFINITY;
-        m = x > m ? x : m;
-    }
-    float total = 0.f;
-#pragma omp simd reduction(+ : total)
-    for (int64_t j = 0; j < nkp; j++) {
-        const float w = exp_neg(s[j] - m);
-        s[j] = (j < nk && j != own) ? w : 0.f;
-        total += s[j];
-    }
-    const float inv = total > 0.f ? 1.f / total : 0.f;
-    for (int64_t d = 0; d < D; d++) acc[d] = 0.f;
-    for (int64_t j = 0; j < nk; j++) {
-        const float w = s[j] * inv, *vj = vs + j * D;
+#if defined(__AVX512F__)
+        for (int i = 0; i < QT; i++) {
+            const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            __mmask16 keep[KB / LANES];
+            __m512 top = _mm512_set1_ps(-INFINITY);
+            for (int64_t jv = 0; jv < nb; jv += LANES) {
+                const __m512i idx = _mm512_add_epi32(iota, _mm512_set1_epi32((int)(j0 + jv)));
+                keep[jv / LANES] = _mm512_cmplt_epi32_mask(idx, _mm512_set1_epi32((int)nk))
+                                   & _mm512_cmpneq_epi32_mask(idx, _mm512_set1_epi32((int)own[i]));
+                top = _mm512_mask_max_ps(top, keep[jv / LANES], top, _mm512_loadu_ps(&s[i][jv]));
+            }
+            const float bm = _mm512_reduce_max_ps(top), mnew = bm > m[i] ? bm : m[i];
+            if (mnew == -INFINITY) { /* no key of this query so far */
+                for (int64_t j = 0; j < nb; j++) s[i][j] = 0.f;
+                continue;
+            }
+            const float rescale = exp_neg(m[i] - mnew); /* 0 while m[i] is -inf: l, acc are 0 */
+            __m512 sum = _mm512_setzero_ps();
+            for (int64_t jv = 0; jv < nb; jv += LANES) {
+                const __m512 w = _mm512_maskz_mov_ps(keep[jv / LANES], exp_neg16(_mm512_sub_ps(
+                    _mm512_loadu_ps(&s[i][jv]), _mm512_set1_ps(mnew))));
+                _mm512_storeu_ps(&s[i][jv], w);
+                sum = _mm512_add_ps(sum, w);
+            }
+            l[i] = l[i] * rescale + _mm512_reduce_add_ps(sum);
+            m[i] = mnew;
+            for (int64_t d = 0; d < D; d++) acc[i * D + d] *= rescale;
+        }
+#else
+        for (int i = 0; i < QT; i++) {
+            float bm = -INFINITY;
+#pragma omp simd reduction(max : bm)
+            for (int64_t j = 0; j < nb; j++) {
+                const float x = (j0 + j < nk && j0 + j != own[i]) ? s[i][j] : -INFINITY;
+                bm = x > bm ? x : bm;
+            }
+            const float mnew = bm > m[i] ? bm : m[i];
+            if (mnew == -INFINITY) { /* no key of this query so far */
+                for (int64_t j = 0; j < nb; j++) s[i][j] = 0.f;
+                continue;
+            }
+            const float rescale = exp_neg(m[i] - mnew); /* 0 while m[i] is -inf: l, acc are 0 */
+            float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t j = 0; j < nb; j++) {
+                const float w = exp_neg(s[i][j] - mnew);
+                s[i][j] = (j0 + j < nk && j0 + j != own[i]) ? w : 0.f;
+                sum += s[i][j];
+            }
+            l[i] = l[i] * rescale + sum;
+            m[i] = mnew;
+            for (int64_t d = 0; d < D; d++) acc[i * D + d] *= rescale;
+        }
+#endif
+        const int64_t nv = nk - j0 < nb ? nk - j0 : nb;
+#if defined(__AVX512F__)
+        if (D % LANES == 0) { /* the accumulators of QT queries in registers, LANES values at a time */
+            for (int64_t dv = 0; dv < D; dv += LANES) {
+                __m512 a[QT];
+                for (int i = 0; i < QT; i++) a[i] = _mm512_loadu_ps(acc + i * D + dv);
+                for (int64_t j = 0; j < nv; j++) {
+                    const __m512 vj = _mm512_loadu_ps(vs + (j0 + j) * D + dv);
+                    for (int i = 0; i < QT; i++)
+                        a[i] = _mm512_fmadd_ps(_mm512_set1_ps(s[i][j]), vj, a[i]);
+                }
+                for (int i = 0; i < QT; i++) _mm512_storeu_ps(acc + i * D + dv, a[i]);
+            }
+            continue;
+        }
+#endif
+        for (int64_t j = 0; j < nv; j++) {
+            const float *vj = vs + (j0 + j) * D;
+            for (int i = 0; i < QT; i++) {
+                const float w = s[i][j];
 #pragma omp simd
-        for (int64_t d = 0; d < D; d++) acc[d] += w * vj[d];
+                for (int64_t d = 0; d < D; d++) acc[i * D + d] += w * vj[d];
+            }
+        }
+    }
+    for (int i = 0; i < QT; i++) {
+        const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+        for (int64_t d = 0; d < D; d++) acc[i * D + d] *= inv;
     }
 }
 
 /* Queries are taken in chunks of CHUNK ordered positions (the units of parallel work); within a
- * chunk, consecutive queries with the same range (a sentence, a group of equal tokens) share
- * one copy of their keys and values in fp32. */
-#define CHUNK 64
+ * chunk, consecutive queries with the same range (a sentence, a group of equal tokens, the rows
+ * that attend every key) share one copy of their keys and values in fp32. */
+#define CHUNK 256
 
 /* Returns 0, or 1 when a scratch buffer could not be allocated. */
 int attnsum_range_attention(const void *q, const void *k, const void *v, void *out, int bf16,
                             int64_t heads, int64_t B, int64_t N, int64_t D, float scale,
                             const int32_t *lo, const int32_t *hi, const int64_t *perm,
-                            const uint8_t *exclude, const uint8_t *full, int threads) {
+                            const uint8_t *exclude, int threads) {
     const int64_t chunks = (N + CHUNK - 1) / CHUNK, np = (N + LANES - 1) / LANES * LANES;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        /* per thread: keys transposed (D x np), values (N x D), a query, its scores, its output */
-        float *buf = malloc((size_t)(D * np + D * N + np + 2 * D) * sizeof(float));
+        /* per thread: keys transposed (D x np), values (np x D), QT queries, their outputs */
+        float *buf = malloc((size_t)(2 * D * np + 2 * QT * D) * sizeof(float));
         if (!buf) {
             failed = 1;
         } else {
-            float *kt = buf, *vs = kt + D * np, *s = vs + D * N, *qv = s + np, *acc = qv + D;
+            float *kt = buf, *vs = kt + D * np, *qt = vs + D * np, *acc = qt + QT * D;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t item = 0; item < heads * B * chunks; item++) {
                 const int64_t hb = item / chunks, b = hb % B;
                 const int64_t doc = hb * N; /* row of token 0 of (head, document) */
                 const int64_t *order = perm ? perm + b * N : NULL;
+                const int32_t *lo_b = lo + b * N, *hi_b = hi + b * N;
                 const int64_t p_end = (item % chunks + 1) * CHUNK < N ? (item % chunks + 1) * CHUNK : N;
-                int64_t run_lo = -1, run_hi = -1; /* the range whose keys are loaded */
-                for (int64_t p = (item % chunks) * CHUNK; p < p_end; p++) {
-                    const int64_t bp = b * N + p;
-                    if (full && full[bp]) continue;
-                    const int64_t self = order ? order[p] : p;
-                    const int64_t first = lo[bp], nk = hi[bp] - first;
+                for (int64_t p = (item % chunks) * CHUNK; p < p_end;) {
+                    /* the run of queries from p that share p's range */
+                    const int64_t first = lo_b[p], nk = hi_b[p] - first;
                     const int64_t nkp = (nk + LANES - 1) / LANES * LANES;
-                    if (first != run_lo || first + nk != run_hi) {
-                        for (int64_t j = 0; j < nkp; j++) {
-                            if (j < nk) {
-                                const int64_t row = doc + (order ? order[first + j] : first + j);
-                                load_row(v, bf16, row, D, vs + j * D);
-                                load_row(k, bf16, row, D, qv);
-                            } else {
-                                for (int64_t d = 0; d < D; d++) qv[d] = 0.f;
-                            }
-                            for (int64_t d = 0; d < D; d++) kt[d * nkp + j] = qv[d];
+                    int64_t run = p + 1;
+                    while (run < p_end && lo_b[run] == first && hi_b[run] == first + nk) run++;
+                    for (int64_t j = 0; j < nkp; j++) {
+                        float *vj = vs + j * D;
+                        if (j < nk) {
+                            const int64_t row = doc + (order ? order[first + j] : first + j);
+                            load_row(v, bf16, row, D, vj);
+                            load_row(k, bf16, row, D, qt);
+                        } else {
+                            for (int64_t d = 0; d < D; d++) qt[d] = vj[d] = 0.f;
                         }
-                        run_lo = first;
-                        run_hi = first + nk;
+                        for (int64_t d = 0; d < D; d++) kt[d * nkp + j] = qt[d];
                     }
-                    load_row(q, bf16, doc + self, D, qv);
-                    for (int64_t d = 0; d < D; d++) qv[d] *= scale;
-                    const int64_t own = exclude[bp] ? p - first : -1;
-                    if (D == 32)
-                        attend(qv, kt, vs, nk, nkp, own, s, acc, 32);
-                    else if (D == 64)
-                        attend(qv, kt, vs, nk, nkp, own, s, acc, 64);
-                    else
-                        attend(qv, kt, vs, nk, nkp, own, s, acc, D);
-                    store_row(out, bf16, doc + self, D, acc);
+                    for (; p < run; p += QT) {
+                        int64_t own[QT];
+                        for (int i = 0; i < QT; i++) {
+                            float *qi = qt + i * D;
+                            own[i] = -1;
+                            if (p + i < run) {
+                                load_row(q, bf16, doc + (order ? order[p + i] : p + i), D, qi);
+                                for (int64_t d = 0; d < D; d++) qi[d] *= scale;
+                                if (exclude[b * N + p + i]) own[i] = p + i - first;
+                            } else {
+                                for (int64_t d = 0; d < D; d++) qi[d] = 0.f;
+                            }
+                        }
+                        if (D == 32)
+                            attend(qt, kt, vs, nk, nkp, own, acc, 32);
+                        else if (D == 64)
+                            attend(qt, kt, vs, nk, nkp, own, acc, 64);
+                        else
+                            attend(qt, kt, vs, nk, nkp, own, acc, D);
+                        for (int i = 0; i < QT && p + i < run; i++)
+                            store_row(out, bf16, doc + (order ? order[p + i] : p + i), D, acc + i * D);
+                    }
+                    p = run;
                 }
             }
             free(buf);

@@ -76,7 +76,7 @@ def _library():
         return None
     i64, ptr, i32, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     lib.attnsum_range_attention.argtypes = [ptr, ptr, ptr, ptr, i32, i64, i64, i64, i64, f32,
-                                            ptr, ptr, ptr, ptr, ptr, i32]
+                                            ptr, ptr, ptr, ptr, i32]
     lib.attnsum_range_attention.restype = i32
     lib.attnsum_add_layer_norm.argtypes = [ptr, i32, ptr, ptr, ptr, f32, ptr, ptr, i64, i64, i32]
     lib.attnsum_add_layer_norm.restype = None
@@ -87,11 +87,11 @@ def available() -> bool:
     return _library() is not None
 
 
-def range_attention(q, k, v, out, lo, hi, perm, exclude, full, scale: float) -> None:
+def range_attention(q, k, v, out, lo, hi, perm, exclude, scale: float) -> None:
     """Softmax attention of every query of heads (q, k, v: (heads, B, N, D), contiguous, CPU,
     bf16 or fp32) over its range (lo, hi: (B, N) int32 in the order `perm` (B, N) int64 or
-    None, minus itself where `exclude` (B, N) bool), written into `out` (same shape and dtype);
-    rows where `full` ((B, N) bool, or None) is set are left as they are. Needs `available()`."""
+    None, minus itself where `exclude` (B, N) bool), written into `out` (same shape and dtype).
+    Needs `available()`."""
     heads, B, N, D = q.shape
     dtype = q.dtype
     if dtype not in (torch.bfloat16, torch.float32):
@@ -101,13 +101,11 @@ def range_attention(q, k, v, out, lo, hi, perm, exclude, full, scale: float) -> 
             raise ValueError(f"{name}: expected a contiguous CPU tensor of {tuple(q.shape)}, {dtype}")
     lo, hi = (x.contiguous().to(torch.int32) for x in (lo, hi))
     exclude = exclude.contiguous().to(torch.uint8)
-    perm, full = (None if x is None else x.contiguous().to(dt)
-                  for x, dt in ((perm, torch.int64), (full, torch.uint8)))
+    perm = None if perm is None else perm.contiguous().to(torch.int64)
     failed = _library().attnsum_range_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
                         int(dtype == torch.bfloat16), heads, B, N, D, scale,
                         lo.data_ptr(), hi.data_ptr(), 0 if perm is None else perm.data_ptr(),
-                        exclude.data_ptr(), 0 if full is None else full.data_ptr(),
-                        torch.get_num_threads())
+                        exclude.data_ptr(), torch.get_num_threads())
     if failed:
         raise MemoryError("the CPU kernel of masked heads could not allocate its scratch rows")
 

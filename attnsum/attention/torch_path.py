@@ -101,16 +101,15 @@ def _coarse(n: int) -> int:
     return -(-n // step) * step
 
 
-def _build_segments(r: Ranges, N: int, banded: bool = True) -> _Segments:
+def _build_segments(r: Ranges, N: int) -> _Segments:
     """The index plan, computed in numpy on the host (a few hundred small steps: numpy's cost
-    per step is a fraction of torch's, and the plan needs its sizes on the host anyway).
-    `banded` False: the rows that attend every key only (the CPU kernel takes the others)."""
+    per step is a fraction of torch's, and the plan needs its sizes on the host anyway)."""
     lo_all, hi_all, ex_all = (t.cpu().numpy() for t in (r.lo, r.hi, r.exclude_self))
     B = lo_all.shape[0]
     perm = (r.perm.cpu().numpy() if r.perm is not None
             else np.broadcast_to(np.arange(N), (B, N)))
     full_all = r.full.cpu().numpy() if r.full is not None else None
-    banded = ((hi_all - lo_all - ex_all) > 0) & banded
+    banded = (hi_all - lo_all - ex_all) > 0
     if full_all is not None:
         banded &= ~full_all
     b, p = banded.nonzero()  # rows in (b, p) order
@@ -251,15 +250,14 @@ def _softmax_attention(q, k, v, bias, scale: float) -> torch.Tensor:
     return torch.bmm(p, v)
 
 
-def _masked_attention(q, k, v, plan: list[_Bucket], scale: float, out=None) -> torch.Tensor:
+def _masked_attention(q, k, v, plan: list[_Bucket], scale: float) -> torch.Tensor:
     """Softmax attention restricted to the ranges of every masked group of a layer at once:
     one batched attention per bucket. q, k, v: head-major (h, B, N, D), contiguous, the groups'
-    heads concatenated; returns (B, N, h, D), written into `out` (h, B, N, D) if given (rows of
-    no bucket keep its values), else zeros. Rows are gathered from (h * B * N, D) views, so a
+    heads concatenated; returns (B, N, h, D). Rows are gathered from (h * B * N, D) views, so a
     gather is the bucket's batch of matrices as it is."""
     h, B, N, D = q.shape
     xq, xk, xv = (x.view(h * B * N, D) for x in (q, k, v))
-    out = q.new_zeros(h * B * N, D) if out is None else out.view(h * B * N, D)
+    out = q.new_zeros(h * B * N, D)
     for bk in plan:
         bias = bk.bias_as(q.dtype, q.device)
         G, nk = bias.shape[0], bias.shape[2]
@@ -375,23 +373,20 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
         counts, N = [sizes[i] for i in masked], v.shape[1]
         # head-major (h, B, N, D) copies of the groups' q, k, v: one copy each
         parts = [torch.cat([x[i].permute(2, 0, 1, 3) for i in masked]) for x in (qs, ks, vs)]
-        # With the CPU kernel, rows of a range run there and the plan holds the rows that
-        # attend every key only (faster as batched products).
-        banded = not _kernel_applies(parts)
-        merged = ctx.memo(("masked", banded, *(sp.pattern for sp in specs), *counts),
-                          lambda: _merge_segments([ctx.memo(
-                              ("segments", banded, sp.pattern),
-                              lambda p=sp.pat: _build_segments(ctx.ranges(p), N, banded))
-                              for sp in specs], counts, v.shape[0], N, v.device))
-        out = None
-        if not banded:
-            out, first = torch.empty_like(parts[0]), 0  # every row: the kernel's or a full one
+        if _kernel_applies(parts):  # every row in the CPU kernel, no index plan
+            out, first = torch.empty_like(parts[0]), 0
             for sp, h in zip(specs, counts, strict=True):
                 r = ctx.ranges(sp.pat)
                 cpu_kernels.range_attention(*(x[first:first + h] for x in (*parts, out)), r.lo,
-                                           r.hi, r.perm, r.exclude_self, r.full, scale)
+                                            r.hi, r.perm, r.exclude_self, scale)
                 first += h
-        o = _masked_attention(*parts, merged, scale, out).to(v.dtype)
+            o = out.permute(1, 2, 0, 3)
+        else:
+            merged = ctx.memo(("masked", *(sp.pattern for sp in specs), *counts), lambda: _merge_segments(
+                [ctx.memo(("segments", sp.pattern), lambda p=sp.pat: _build_segments(ctx.ranges(p), N))
+                 for sp in specs], counts, v.shape[0], N, v.device))
+            o = _masked_attention(*parts, merged, scale)
+        o = o.to(v.dtype)
         for i, part in zip(masked, o.split(counts, dim=2), strict=True):
             outs[i] = part
     if len(outs) == 1:
