@@ -96,6 +96,70 @@ static inline __m512 exp_neg16(__m512 x) {
 #define KB 128
 #define QT 8
 
+/* One block of nb scores per query (s, fp32, scaled; keys j0.. of the range) folded into the
+ * running maximum m, sum l and output acc (QT x D) of each query: the block's weights are left
+ * in s (zero at keys past nk and at the query's own key when it leaves it out). */
+static inline __attribute__((always_inline)) void online_softmax(float s[QT][KB], int64_t nb,
+                                                                 int64_t j0, int64_t nk,
+                                                                 const int64_t *own, float *m,
+                                                                 float *l, float *acc,
+                                                                 const int64_t D) {
+#if defined(__AVX512F__)
+    for (int i = 0; i < QT; i++) {
+        const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        __mmask16 keep[KB / LANES];
+        __m512 top = _mm512_set1_ps(-INFINITY);
+        for (int64_t jv = 0; jv < nb; jv += LANES) {
+            const __m512i idx = _mm512_add_epi32(iota, _mm512_set1_epi32((int)(j0 + jv)));
+            keep[jv / LANES] = _mm512_cmplt_epi32_mask(idx, _mm512_set1_epi32((int)nk))
+                               & _mm512_cmpneq_epi32_mask(idx, _mm512_set1_epi32((int)own[i]));
+            top = _mm512_mask_max_ps(top, keep[jv / LANES], top, _mm512_loadu_ps(&s[i][jv]));
+        }
+        const float bm = _mm512_reduce_max_ps(top), mnew = bm > m[i] ? bm : m[i];
+        if (mnew == -INFINITY) { /* no key of this query so far */
+            for (int64_t j = 0; j < nb; j++) s[i][j] = 0.f;
+            continue;
+        }
+        const float rescale = exp_neg(m[i] - mnew); /* 0 while m[i] is -inf: l, acc are 0 */
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t jv = 0; jv < nb; jv += LANES) {
+            const __m512 w = _mm512_maskz_mov_ps(keep[jv / LANES], exp_neg16(_mm512_sub_ps(
+                _mm512_loadu_ps(&s[i][jv]), _mm512_set1_ps(mnew))));
+            _mm512_storeu_ps(&s[i][jv], w);
+            sum = _mm512_add_ps(sum, w);
+        }
+        l[i] = l[i] * rescale + _mm512_reduce_add_ps(sum);
+        m[i] = mnew;
+        for (int64_t d = 0; d < D; d++) acc[i * D + d] *= rescale;
+    }
+#else
+    for (int i = 0; i < QT; i++) {
+        float bm = -INFINITY;
+#pragma omp simd reduction(max : bm)
+        for (int64_t j = 0; j < nb; j++) {
+            const float x = (j0 + j < nk && j0 + j != own[i]) ? s[i][j] : -INFINITY;
+            bm = x > bm ? x : bm;
+        }
+        const float mnew = bm > m[i] ? bm : m[i];
+        if (mnew == -INFINITY) { /* no key of this query so far */
+            for (int64_t j = 0; j < nb; j++) s[i][j] = 0.f;
+            continue;
+        }
+        const float rescale = exp_neg(m[i] - mnew); /* 0 while m[i] is -inf: l, acc are 0 */
+        float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < nb; j++) {
+            const float w = exp_neg(s[i][j] - mnew);
+            s[i][j] = (j0 + j < nk && j0 + j != own[i]) ? w : 0.f;
+            sum += s[i][j];
+        }
+        l[i] = l[i] * rescale + sum;
+        m[i] = mnew;
+        for (int64_t d = 0; d < D; d++) acc[i * D + d] *= rescale;
+    }
+#endif
+}
+
 /* QT queries (qt: QT x D, scaled; rows past the real ones are zeros and never stored) against
  * the nk keys of their range, loaded in fp32: kt (D x nkp, keys transposed, nkp = nk rounded
  * up to LANES, zeros past nk) and vs (nkp x D). own[i]: query i's own key, left out (-1: none).
@@ -136,60 +200,7 @@ static inline __attribute__((always_inline)) void attend(const float *qt, const 
                 for (int j = 0; j < LANES; j++) s[i][jv + j] = t[i][j];
 #endif
         }
-#if defined(__AVX512F__)
-        for (int i = 0; i < QT; i++) {
-            const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-            __mmask16 keep[KB / LANES];
-            __m512 top = _mm512_set1_ps(-INFINITY);
-            for (int64_t jv = 0; jv < nb; jv += LANES) {
-                const __m512i idx = _mm512_add_epi32(iota, _mm512_set1_epi32((int)(j0 + jv)));
-                keep[jv / LANES] = _mm512_cmplt_epi32_mask(idx, _mm512_set1_epi32((int)nk))
-                                   & _mm512_cmpneq_epi32_mask(idx, _mm512_set1_epi32((int)own[i]));
-                top = _mm512_mask_max_ps(top, keep[jv / LANES], top, _mm512_loadu_ps(&s[i][jv]));
-            }
-            const float bm = _mm512_reduce_max_ps(top), mnew = bm > m[i] ? bm : m[i];
-            if (mnew == -INFINITY) { /* no key of this query so far */
-                for (int64_t j = 0; j < nb; j++) s[i][j] = 0.f;
-                continue;
-            }
-            const float rescale = exp_neg(m[i] - mnew); /* 0 while m[i] is -inf: l, acc are 0 */
-            __m512 sum = _mm512_setzero_ps();
-            for (int64_t jv = 0; jv < nb; jv += LANES) {
-                const __m512 w = _mm512_maskz_mov_ps(keep[jv / LANES], exp_neg16(_mm512_sub_ps(
-                    _mm512_loadu_ps(&s[i][jv]), _mm512_set1_ps(mnew))));
-                _mm512_storeu_ps(&s[i][jv], w);
-                sum = _mm512_add_ps(sum, w);
-            }
-            l[i] = l[i] * rescale + _mm512_reduce_add_ps(sum);
-            m[i] = mnew;
-            for (int64_t d = 0; d < D; d++) acc[i * D + d] *= rescale;
-        }
-#else
-        for (int i = 0; i < QT; i++) {
-            float bm = -INFINITY;
-#pragma omp simd reduction(max : bm)
-            for (int64_t j = 0; j < nb; j++) {
-                const float x = (j0 + j < nk && j0 + j != own[i]) ? s[i][j] : -INFINITY;
-                bm = x > bm ? x : bm;
-            }
-            const float mnew = bm > m[i] ? bm : m[i];
-            if (mnew == -INFINITY) { /* no key of this query so far */
-                for (int64_t j = 0; j < nb; j++) s[i][j] = 0.f;
-                continue;
-            }
-            const float rescale = exp_neg(m[i] - mnew); /* 0 while m[i] is -inf: l, acc are 0 */
-            float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t j = 0; j < nb; j++) {
-                const float w = exp_neg(s[i][j] - mnew);
-                s[i][j] = (j0 + j < nk && j0 + j != own[i]) ? w : 0.f;
-                sum += s[i][j];
-            }
-            l[i] = l[i] * rescale + sum;
-            m[i] = mnew;
-            for (int64_t d = 0; d < D; d++) acc[i * D + d] *= rescale;
-        }
-#endif
+        online_softmax(s, nb, j0, nk, own, m, l, acc, D);
         const int64_t nv = nk - j0 < nb ? nk - j0 : nb;
 #if defined(__AVX512F__)
         if (D % LANES == 0) { /* the accumulators of QT queries in registers, LANES values at a time */
@@ -220,6 +231,64 @@ static inline __attribute__((always_inline)) void attend(const float *qt, const 
         for (int64_t d = 0; d < D; d++) acc[i * D + d] *= inv;
     }
 }
+
+#if defined(__AVX512BF16__)
+/* `attend` for bf16 inputs with AVX512-BF16's dot products (two products a lane and
+ * instruction): qb (QT x D bf16, unscaled; zero rows past the real ones), keys as pairs of
+ * their dimensions (ktp: D/2 x nkp pairs) and values as pairs of keys (vp: nkp/2 x D pairs),
+ * zeros past nk. Scores and the softmax in fp32; the weights are rounded to bf16 for the
+ * product with the values, as a bf16 batched product of the PyTorch path rounds them. */
+static inline __attribute__((always_inline)) void attend_bf16(const uint16_t *qb,
+                                                              const uint32_t *ktp,
+                                                              const uint32_t *vp, int64_t nk,
+                                                              int64_t nkp, const int64_t *own,
+                                                              float scale, float *acc,
+                                                              const int64_t D) {
+    float m[QT], l[QT], s[QT][KB];
+    uint16_t w[QT][KB];
+    for (int i = 0; i < QT; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.f;
+    }
+    for (int64_t x = 0; x < QT * D; x++) acc[x] = 0.f;
+    const uint32_t *q32 = (const uint32_t *)qb;
+    for (int64_t j0 = 0; j0 < nkp; j0 += KB) {
+        const int64_t nb = nkp - j0 < KB ? nkp - j0 : KB;
+        for (int64_t jv = 0; jv < nb; jv += LANES) {
+            __m512 t[QT];
+            for (int i = 0; i < QT; i++) t[i] = _mm512_setzero_ps();
+            for (int64_t dp = 0; dp < D / 2; dp++) {
+                const __m512bh kd = (__m512bh)_mm512_loadu_si512(ktp + dp * nkp + j0 + jv);
+                for (int i = 0; i < QT; i++)
+                    t[i] = _mm512_dpbf16_ps(t[i], (__m512bh)_mm512_set1_epi32((int)q32[i * D / 2 + dp]), kd);
+            }
+            for (int i = 0; i < QT; i++)
+                _mm512_storeu_ps(&s[i][jv], _mm512_mul_ps(t[i], _mm512_set1_ps(scale)));
+        }
+        online_softmax(s, nb, j0, nk, own, m, l, acc, D);
+        for (int i = 0; i < QT; i++)
+            for (int64_t jv = 0; jv < nb; jv += LANES)
+                _mm256_storeu_si256((__m256i *)&w[i][jv], (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(&s[i][jv])));
+        for (int64_t dv = 0; dv < D; dv += LANES) {
+            __m512 a[QT];
+            for (int i = 0; i < QT; i++) a[i] = _mm512_loadu_ps(acc + i * D + dv);
+            for (int64_t jp = 0; jp < nb / 2; jp++) { /* nb is even: weights past nk are 0 */
+                const __m512bh vv = (__m512bh)_mm512_loadu_si512(vp + (j0 / 2 + jp) * D + dv);
+                for (int i = 0; i < QT; i++) {
+                    uint32_t pair;
+                    memcpy(&pair, &w[i][2 * jp], sizeof pair);
+                    a[i] = _mm512_dpbf16_ps(a[i], (__m512bh)_mm512_set1_epi32((int)pair), vv);
+                }
+            }
+            for (int i = 0; i < QT; i++) _mm512_storeu_ps(acc + i * D + dv, a[i]);
+        }
+    }
+    for (int i = 0; i < QT; i++) {
+        const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+        for (int64_t d = 0; d < D; d++) acc[i * D + d] *= inv;
+    }
+}
+#endif
 
 /* Queries are taken in chunks of CHUNK ordered positions (the units of parallel work); within a
  * chunk, consecutive queries with the same range (a sentence, a group of equal tokens, the rows
@@ -254,6 +323,42 @@ int attnsum_range_attention(const void *q, const void *k, const void *v, void *o
                     const int64_t nkp = (nk + LANES - 1) / LANES * LANES;
                     int64_t run = p + 1;
                     while (run < p_end && lo_b[run] == first && hi_b[run] == first + nk) run++;
+#if defined(__AVX512BF16__)
+                    if (bf16 && D % LANES == 0) {
+                        uint32_t *ktp = (uint32_t *)kt, *vp = (uint32_t *)vs;
+                        uint16_t *vp16 = (uint16_t *)vs, *qb = (uint16_t *)qt;
+                        for (int64_t j = 0; j < nkp; j++) { /* zeros past nk */
+                            const int64_t row = j < nk ? doc + (order ? order[first + j] : first + j) : -1;
+                            const uint16_t *kr16 = row < 0 ? NULL : (const uint16_t *)k + row * D;
+                            const uint32_t *kr = (const uint32_t *)kr16;
+                            const uint16_t *vr = row < 0 ? NULL : (const uint16_t *)v + row * D;
+                            for (int64_t dp = 0; dp < D / 2; dp++) ktp[dp * nkp + j] = row < 0 ? 0 : kr[dp];
+                            for (int64_t d = 0; d < D; d++)
+                                vp16[((j / 2) * D + d) * 2 + (j & 1)] = row < 0 ? 0 : vr[d];
+                        }
+                        for (; p < run; p += QT) {
+                            int64_t own[QT];
+                            for (int i = 0; i < QT; i++) {
+                                own[i] = -1;
+                                if (p + i < run) {
+                                    memcpy(qb + i * D, (const uint16_t *)q
+                                           + (doc + (order ? order[p + i] : p + i)) * D, (size_t)D * 2);
+                                    if (exclude[b * N + p + i]) own[i] = p + i - first;
+                                } else {
+                                    memset(qb + i * D, 0, (size_t)D * 2);
+                                }
+                            }
+                            if (D == 32)
+                                attend_bf16(qb, ktp, vp, nk, nkp, own, scale, acc, 32);
+                            else
+                                attend_bf16(qb, ktp, vp, nk, nkp, own, scale, acc, D);
+                            for (int i = 0; i < QT && p + i < run; i++)
+                                store_row(out, bf16, doc + (order ? order[p + i] : p + i), D, acc + i * D);
+                        }
+                        p = run;
+                        continue;
+                    }
+#endif
                     for (int64_t j = 0; j < nkp; j++) {
                         float *vj = vs + j * D;
                         if (j < nk) {

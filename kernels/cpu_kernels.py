@@ -20,8 +20,14 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-DISABLE_ENV = "ATTNSUM_CPU_KERNEL"  # set to 0: never build or use the kernel
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+DISABLE_ENV = "ATTNSUM_CPU_KERNEL"  # set to 0: never build or use the kernels
+# The instruction set compiled for: the build machine's by default; e.g. x86-64-v3 (AVX2) for a
+# cache shared by CPUs of several kinds (the tests build the paths of CPUs without AVX-512 so).
+MARCH_ENV = "ATTNSUM_CPU_MARCH"
+
+
+def _flags() -> list[str]:
+    return ["-O3", f"-march={os.environ.get(MARCH_ENV) or 'native'}", "-fopenmp", "-shared", "-fPIC"]
 
 
 def _cpu_flags() -> str:
@@ -42,7 +48,8 @@ def _build(compiler: str) -> Path:
     """The shared library for this source, compiler and CPU, compiled if not cached (written to
     a temporary name and renamed: processes building at once each finish with a whole file)."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), _cpu_flags(),
+    flags = _flags()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(flags), _cpu_flags(),
                                     platform.machine()]).encode()).hexdigest()[:16]
     lib = _cache_dir() / f"cpu_kernels-{key}.so"
     if not lib.exists():
@@ -50,7 +57,7 @@ def _build(compiler: str) -> Path:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
         os.close(fd)
         try:
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True,
+            subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True,
                            text=True, check=True)
             os.replace(tmp, lib)
         finally:

@@ -2,6 +2,8 @@
 against the dense reference and the PyTorch path they replace at inference, the residual add and
 LayerNorm against torch's, and the fallback without a compiler."""
 
+import platform
+
 import pytest
 import torch
 from helpers import MIXED, make_batch, poisoned_padding
@@ -15,9 +17,16 @@ OTHERS = ("*:0=window:2/mask; *:1=sent-cls/mask; *:2=offset:-2/mask; *:3=match-s
           "*:4=match/mask")
 
 
-@pytest.fixture
-def kernel(monkeypatch):
-    """Switch the kernel on or off for this test (it is built once per machine and cached)."""
+# The kernels' code paths: this CPU's (AVX-512 and its bf16 products where it has them), AVX2
+# only, and no AVX (the portable loops), each built for that instruction set.
+MARCHES = ["native", "x86-64-v3", "x86-64-v2"] if platform.machine() == "x86_64" else ["native"]
+
+
+@pytest.fixture(params=MARCHES)
+def kernel(request, monkeypatch):
+    """Switch the kernels on (built for one instruction set, once, then cached) or off."""
+    monkeypatch.setenv(cpu_kernels.MARCH_ENV, request.param)
+
     def use(on: bool) -> bool:
         monkeypatch.setenv(cpu_kernels.DISABLE_ENV, "1" if on else "0")
         cpu_kernels._library.cache_clear()
