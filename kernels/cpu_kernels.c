@@ -3,7 +3,8 @@
  *
  * attnsum_range_attention: masked heads in one call, softmax attention of each query over the
  * keys of its range (the range form of a pattern: attnsum/attention/patterns.py, `Ranges`).
- * q, k, v, out: (heads, B, N, D) contiguous, bf16 (as uint16) or fp32. Query p of the ordering
+ * q, k, v, out: (B, N, heads, D), bf16 (as uint16) or fp32, D contiguous; `strides` (12, in
+ * elements) gives for q, k, v and out in turn the steps of B, N and heads. Query p of the ordering
  * of document b is token perm[b, p] (p itself when perm is NULL); it attends the tokens
  * perm[b, lo[b, p]:hi[b, p]], minus its own when exclude[b, p]; a row with no key gets zeros.
  * Scores, softmax and the weighted sum run in fp32; the output is rounded once to its dtype.
@@ -31,21 +32,22 @@ static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch doe
     return (uint16_t)(u >> 16);
 }
 
-static inline void load_row(const void *base, int bf16, int64_t row, int64_t D, float *dst) {
+/* D values at element offset `at` of base, in fp32 */
+static inline void load_row(const void *base, int bf16, int64_t at, int64_t D, float *dst) {
     if (bf16) {
-        const uint16_t *p = (const uint16_t *)base + row * D;
+        const uint16_t *p = (const uint16_t *)base + at;
         for (int64_t d = 0; d < D; d++) dst[d] = from_bf16(p[d]);
     } else {
-        memcpy(dst, (const float *)base + row * D, (size_t)D * sizeof(float));
+        memcpy(dst, (const float *)base + at, (size_t)D * sizeof(float));
     }
 }
 
-static inline void store_row(void *base, int bf16, int64_t row, int64_t D, const float *src) {
+static inline void store_row(void *base, int bf16, int64_t at, int64_t D, const float *src) {
     if (bf16) {
-        uint16_t *p = (uint16_t *)base + row * D;
+        uint16_t *p = (uint16_t *)base + at;
         for (int64_t d = 0; d < D; d++) p[d] = to_bf16(src[d]);
     } else {
-        memcpy((float *)base + row * D, src, (size_t)D * sizeof(float));
+        memcpy((float *)base + at, src, (size_t)D * sizeof(float));
     }
 }
 
@@ -298,8 +300,9 @@ static inline __attribute__((always_inline)) void attend_bf16(const uint16_t *qb
 /* Returns 0, or 1 when a scratch buffer could not be allocated. */
 int attnsum_range_attention(const void *q, const void *k, const void *v, void *out, int bf16,
                             int64_t heads, int64_t B, int64_t N, int64_t D, float scale,
-                            const int32_t *lo, const int32_t *hi, const int64_t *perm,
-                            const uint8_t *exclude, int threads) {
+                            const int64_t *strides, const int32_t *lo, const int32_t *hi,
+                            const int64_t *perm, const uint8_t *exclude, int threads) {
+    const int64_t *sq = strides, *sk = strides + 3, *sv = strides + 6, *so = strides + 9;
     const int64_t chunks = (N + CHUNK - 1) / CHUNK, np = (N + LANES - 1) / LANES * LANES;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
@@ -312,8 +315,10 @@ int attnsum_range_attention(const void *q, const void *k, const void *v, void *o
             float *kt = buf, *vs = kt + D * np, *qt = vs + D * np, *acc = qt + QT * D;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t item = 0; item < heads * B * chunks; item++) {
-                const int64_t hb = item / chunks, b = hb % B;
-                const int64_t doc = hb * N; /* row of token 0 of (head, document) */
+                const int64_t hb = item / chunks, h = hb / B, b = hb % B;
+                /* where token 0 of (document, head) is in q, k, v and out; token t: + t * s[1] */
+                const int64_t q0 = b * sq[0] + h * sq[2], k0 = b * sk[0] + h * sk[2];
+                const int64_t v0 = b * sv[0] + h * sv[2], o0 = b * so[0] + h * so[2];
                 const int64_t *order = perm ? perm + b * N : NULL;
                 const int32_t *lo_b = lo + b * N, *hi_b = hi + b * N;
                 const int64_t p_end = (item % chunks + 1) * CHUNK < N ? (item % chunks + 1) * CHUNK : N;
@@ -328,21 +333,24 @@ int attnsum_range_attention(const void *q, const void *k, const void *v, void *o
                         uint32_t *ktp = (uint32_t *)kt, *vp = (uint32_t *)vs;
                         uint16_t *vp16 = (uint16_t *)vs, *qb = (uint16_t *)qt;
                         for (int64_t j = 0; j < nkp; j++) { /* zeros past nk */
-                            const int64_t row = j < nk ? doc + (order ? order[first + j] : first + j) : -1;
-                            const uint16_t *kr16 = row < 0 ? NULL : (const uint16_t *)k + row * D;
-                            const uint32_t *kr = (const uint32_t *)kr16;
-                            const uint16_t *vr = row < 0 ? NULL : (const uint16_t *)v + row * D;
-                            for (int64_t dp = 0; dp < D / 2; dp++) ktp[dp * nkp + j] = row < 0 ? 0 : kr[dp];
+                            const int64_t t = j < nk ? (order ? order[first + j] : first + j) : -1;
+                            const uint16_t *kr = t < 0 ? NULL : (const uint16_t *)k + k0 + t * sk[1];
+                            const uint16_t *vr = t < 0 ? NULL : (const uint16_t *)v + v0 + t * sv[1];
+                            for (int64_t dp = 0; dp < D / 2; dp++) {
+                                uint32_t pair = 0;
+                                if (kr) memcpy(&pair, kr + 2 * dp, sizeof pair);
+                                ktp[dp * nkp + j] = pair;
+                            }
                             for (int64_t d = 0; d < D; d++)
-                                vp16[((j / 2) * D + d) * 2 + (j & 1)] = row < 0 ? 0 : vr[d];
+                                vp16[((j / 2) * D + d) * 2 + (j & 1)] = vr ? vr[d] : 0;
                         }
                         for (; p < run; p += QT) {
                             int64_t own[QT];
                             for (int i = 0; i < QT; i++) {
                                 own[i] = -1;
                                 if (p + i < run) {
-                                    memcpy(qb + i * D, (const uint16_t *)q
-                                           + (doc + (order ? order[p + i] : p + i)) * D, (size_t)D * 2);
+                                    memcpy(qb + i * D, (const uint16_t *)q + q0
+                                           + (order ? order[p + i] : p + i) * sq[1], (size_t)D * 2);
                                     if (exclude[b * N + p + i]) own[i] = p + i - first;
                                 } else {
                                     memset(qb + i * D, 0, (size_t)D * 2);
@@ -353,7 +361,7 @@ int attnsum_range_attention(const void *q, const void *k, const void *v, void *o
                             else
                                 attend_bf16(qb, ktp, vp, nk, nkp, own, scale, acc, D);
                             for (int i = 0; i < QT && p + i < run; i++)
-                                store_row(out, bf16, doc + (order ? order[p + i] : p + i), D, acc + i * D);
+                                store_row(out, bf16, o0 + (order ? order[p + i] : p + i) * so[1], D, acc + i * D);
                         }
                         p = run;
                         continue;
@@ -362,9 +370,9 @@ int attnsum_range_attention(const void *q, const void *k, const void *v, void *o
                     for (int64_t j = 0; j < nkp; j++) {
                         float *vj = vs + j * D;
                         if (j < nk) {
-                            const int64_t row = doc + (order ? order[first + j] : first + j);
-                            load_row(v, bf16, row, D, vj);
-                            load_row(k, bf16, row, D, qt);
+                            const int64_t t = order ? order[first + j] : first + j;
+                            load_row(v, bf16, v0 + t * sv[1], D, vj);
+                            load_row(k, bf16, k0 + t * sk[1], D, qt);
                         } else {
                             for (int64_t d = 0; d < D; d++) qt[d] = vj[d] = 0.f;
                         }
@@ -376,7 +384,7 @@ int attnsum_range_attention(const void *q, const void *k, const void *v, void *o
                             float *qi = qt + i * D;
                             own[i] = -1;
                             if (p + i < run) {
-                                load_row(q, bf16, doc + (order ? order[p + i] : p + i), D, qi);
+                                load_row(q, bf16, q0 + (order ? order[p + i] : p + i) * sq[1], D, qi);
                                 for (int64_t d = 0; d < D; d++) qi[d] *= scale;
                                 if (exclude[b * N + p + i]) own[i] = p + i - first;
                             } else {
@@ -390,7 +398,7 @@ int attnsum_range_attention(const void *q, const void *k, const void *v, void *o
                         else
                             attend(qt, kt, vs, nk, nkp, own, acc, D);
                         for (int i = 0; i < QT && p + i < run; i++)
-                            store_row(out, bf16, doc + (order ? order[p + i] : p + i), D, acc + i * D);
+                            store_row(out, bf16, o0 + (order ? order[p + i] : p + i) * so[1], D, acc + i * D);
                     }
                     p = run;
                 }

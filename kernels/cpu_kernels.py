@@ -83,7 +83,7 @@ def _library():
         return None
     i64, ptr, i32, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     lib.attnsum_range_attention.argtypes = [ptr, ptr, ptr, ptr, i32, i64, i64, i64, i64, f32,
-                                            ptr, ptr, ptr, ptr, i32]
+                                            ptr, ptr, ptr, ptr, ptr, i32]
     lib.attnsum_range_attention.restype = i32
     lib.attnsum_add_layer_norm.argtypes = [ptr, i32, ptr, ptr, ptr, f32, ptr, ptr, i64, i64, i32]
     lib.attnsum_add_layer_norm.restype = None
@@ -95,24 +95,26 @@ def available() -> bool:
 
 
 def range_attention(q, k, v, out, lo, hi, perm, exclude, scale: float) -> None:
-    """Softmax attention of every query of heads (q, k, v: (heads, B, N, D), contiguous, CPU,
-    bf16 or fp32) over its range (lo, hi: (B, N) int32 in the order `perm` (B, N) int64 or
-    None, minus itself where `exclude` (B, N) bool), written into `out` (same shape and dtype).
-    Needs `available()`."""
-    heads, B, N, D = q.shape
+    """Softmax attention of every query of heads (q, k, v: (B, N, heads, D), CPU, bf16 or fp32,
+    any strides but the last) over its range (lo, hi: (B, N) int32 in the order `perm` (B, N)
+    int64 or None, minus itself where `exclude` (B, N) bool), written into `out` (the same shape
+    and dtype). Needs `available()`."""
+    B, N, heads, D = q.shape
     dtype = q.dtype
     if dtype not in (torch.bfloat16, torch.float32):
         raise TypeError(f"the CPU kernel takes bf16 or fp32, got {dtype}")
     for name, x in (("q", q), ("k", k), ("v", v), ("out", out)):
-        if x.shape != q.shape or x.dtype != dtype or x.device.type != "cpu" or not x.is_contiguous():
-            raise ValueError(f"{name}: expected a contiguous CPU tensor of {tuple(q.shape)}, {dtype}")
+        if x.shape != q.shape or x.dtype != dtype or x.device.type != "cpu" or x.stride(-1) != 1:
+            raise ValueError(f"{name}: expected a CPU tensor of {tuple(q.shape)}, {dtype}, its "
+                             "last dimension contiguous")
+    strides = torch.tensor([x.stride(i) for x in (q, k, v, out) for i in range(3)], dtype=torch.int64)
     lo, hi = (x.contiguous().to(torch.int32) for x in (lo, hi))
     exclude = exclude.contiguous().to(torch.uint8)
     perm = None if perm is None else perm.contiguous().to(torch.int64)
-    failed = _library().attnsum_range_attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-                        int(dtype == torch.bfloat16), heads, B, N, D, scale,
-                        lo.data_ptr(), hi.data_ptr(), 0 if perm is None else perm.data_ptr(),
-                        exclude.data_ptr(), torch.get_num_threads())
+    failed = _library().attnsum_range_attention(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), int(dtype == torch.bfloat16),
+        heads, B, N, D, scale, strides.data_ptr(), lo.data_ptr(), hi.data_ptr(),
+        0 if perm is None else perm.data_ptr(), exclude.data_ptr(), torch.get_num_threads())
     if failed:
         raise MemoryError("the CPU kernel of masked heads could not allocate its scratch rows")
 

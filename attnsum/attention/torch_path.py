@@ -271,11 +271,12 @@ def _masked_attention(q, k, v, plan: list[_Bucket], scale: float) -> torch.Tenso
     return out.view(h, B * N, D).transpose(0, 1).view(B, N, h, D)
 
 
-def _kernel_applies(parts) -> bool:
+def _kernel_applies(tensors) -> bool:
     """Inference on CPU in bf16 or fp32 with the compiled kernel (kernels/cpu_kernels.py)."""
-    q = parts[0]
+    q = tensors[0]
     return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float32)
-            and not (torch.is_grad_enabled() and any(x.requires_grad for x in parts))
+            and all(x.dtype == q.dtype and x.stride(-1) == 1 for x in tensors)
+            and not (torch.is_grad_enabled() and any(x.requires_grad for x in tensors))
             and cpu_kernels.available())
 
 
@@ -368,25 +369,24 @@ def torch_attention(q, k, v, plan: LayerPlan, ctx: PatternContext, scale: float 
             masked.append(i)
             o = None
         outs.append(o if o is None else o.to(v.dtype))
-    if masked:  # every masked group of the layer in one set of buckets (_merge_segments)
+    if masked:  # every masked group of the layer at once
         specs = [spec for i, spec in enumerate(groups) if i in masked]
         counts, N = [sizes[i] for i in masked], v.shape[1]
-        # head-major (h, B, N, D) copies of the groups' q, k, v: one copy each
-        parts = [torch.cat([x[i].permute(2, 0, 1, 3) for i in masked]) for x in (qs, ks, vs)]
-        if _kernel_applies(parts):  # every row in the CPU kernel, no index plan
-            out, first = torch.empty_like(parts[0]), 0
-            for sp, h in zip(specs, counts, strict=True):
+        if _kernel_applies([x[i] for i in masked for x in (qs, ks, vs)]):
+            # the CPU kernel reads each group's views and writes its heads: no copies, no plan
+            o = v.new_empty(*v.shape[:2], sum(counts), v.shape[3])
+            first = 0
+            for i, sp, h in zip(masked, specs, counts, strict=True):
                 r = ctx.ranges(sp.pat)
-                cpu_kernels.range_attention(*(x[first:first + h] for x in (*parts, out)), r.lo,
+                cpu_kernels.range_attention(qs[i], ks[i], vs[i], o[:, :, first:first + h], r.lo,
                                             r.hi, r.perm, r.exclude_self, scale)
                 first += h
-            o = out.permute(1, 2, 0, 3)
-        else:
+        else:  # one set of buckets (_merge_segments) over head-major copies of q, k, v
             merged = ctx.memo(("masked", *(sp.pattern for sp in specs), *counts), lambda: _merge_segments(
                 [ctx.memo(("segments", sp.pattern), lambda p=sp.pat: _build_segments(ctx.ranges(p), N))
                  for sp in specs], counts, v.shape[0], N, v.device))
-            o = _masked_attention(*parts, merged, scale)
-        o = o.to(v.dtype)
+            parts = [torch.cat([x[i].permute(2, 0, 1, 3) for i in masked]) for x in (qs, ks, vs)]
+            o = _masked_attention(*parts, merged, scale).to(v.dtype)
         for i, part in zip(masked, o.split(counts, dim=2), strict=True):
             outs[i] = part
     if len(outs) == 1:
