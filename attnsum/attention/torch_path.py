@@ -1,6 +1,7 @@
 """The fast PyTorch path of one layer under a head plan (CPU, and GPUs without Triton): learned
 heads through SDPA, synthesized heads by prefix sums (no q, k), masked heads as dense attention
-within the segments of their range tables (the range idea: attnsum/attention/__init__.py).
+within the segments of their range tables (the range idea: attnsum/attention/__init__.py), or
+at inference on CPU in the C kernel over the range tables themselves (kernels/cpu_kernels.c).
 Same contract as reference.py: (B, H, N, D) in and out."""
 
 from __future__ import annotations
