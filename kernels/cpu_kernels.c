@@ -292,9 +292,38 @@ static inline __attribute__((always_inline)) void attend_bf16(const uint16_t *qb
 }
 #endif
 
+/* One tile of QT queries of a run: with `dots` (bf16 inputs on AVX512-BF16), qt holds their raw
+ * bf16 rows and kt, vs the run's keys and values in pairs (`attend_bf16`), else their fp32 rows,
+ * already scaled, and the keys and values in fp32 (`attend`). D is made a constant where it is
+ * the model's. */
+static inline void attend_tile(int dots, const float *qt, const float *kt, const float *vs,
+                               int64_t nk, int64_t nkp, const int64_t *own, float scale,
+                               float *acc, int64_t D) {
+#if defined(__AVX512BF16__)
+    if (dots) {
+        const uint16_t *qb = (const uint16_t *)qt;
+        const uint32_t *ktp = (const uint32_t *)kt, *vp = (const uint32_t *)vs;
+        if (D == 32)
+            attend_bf16(qb, ktp, vp, nk, nkp, own, scale, acc, 32);
+        else
+            attend_bf16(qb, ktp, vp, nk, nkp, own, scale, acc, D);
+        return;
+    }
+#else
+    (void)dots;
+    (void)scale;
+#endif
+    if (D == 32)
+        attend(qt, kt, vs, nk, nkp, own, acc, 32);
+    else if (D == 64)
+        attend(qt, kt, vs, nk, nkp, own, acc, 64);
+    else
+        attend(qt, kt, vs, nk, nkp, own, acc, D);
+}
+
 /* Queries are taken in chunks of CHUNK ordered positions (the units of parallel work); within a
  * chunk, consecutive queries with the same range (a sentence, a group of equal tokens, the rows
- * that attend every key) share one copy of their keys and values in fp32. */
+ * that attend every key) share one copy of their keys and values. */
 #define CHUNK 256
 
 /* Returns 0, or 1 when a scratch buffer could not be allocated. */
@@ -304,15 +333,23 @@ int attnsum_range_attention(const void *q, const void *k, const void *v, void *o
                             const int64_t *perm, const uint8_t *exclude, int threads) {
     const int64_t *sq = strides, *sk = strides + 3, *sv = strides + 6, *so = strides + 9;
     const int64_t chunks = (N + CHUNK - 1) / CHUNK, np = (N + LANES - 1) / LANES * LANES;
+#if defined(__AVX512BF16__)
+    const int dots = bf16 && D % LANES == 0;
+#else
+    const int dots = 0;
+#endif
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        /* per thread: keys transposed (D x np), values (np x D), QT queries, their outputs */
+        /* per thread: keys transposed (D x np), values (np x D), QT queries, their outputs (the
+         * dot products' pairs take half of the first three) */
         float *buf = malloc((size_t)(2 * D * np + 2 * QT * D) * sizeof(float));
         if (!buf) {
             failed = 1;
         } else {
             float *kt = buf, *vs = kt + D * np, *qt = vs + D * np, *acc = qt + QT * D;
+            uint32_t *ktp = (uint32_t *)kt;
+            uint16_t *vp16 = (uint16_t *)vs, *qb = (uint16_t *)qt;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t item = 0; item < heads * B * chunks; item++) {
                 const int64_t hb = item / chunks, h = hb / B, b = hb % B;
@@ -328,12 +365,9 @@ int attnsum_range_attention(const void *q, const void *k, const void *v, void *o
                     const int64_t nkp = (nk + LANES - 1) / LANES * LANES;
                     int64_t run = p + 1;
                     while (run < p_end && lo_b[run] == first && hi_b[run] == first + nk) run++;
-#if defined(__AVX512BF16__)
-                    if (bf16 && D % LANES == 0) {
-                        uint32_t *ktp = (uint32_t *)kt, *vp = (uint32_t *)vs;
-                        uint16_t *vp16 = (uint16_t *)vs, *qb = (uint16_t *)qt;
-                        for (int64_t j = 0; j < nkp; j++) { /* zeros past nk */
-                            const int64_t t = j < nk ? (order ? order[first + j] : first + j) : -1;
+                    for (int64_t j = 0; j < nkp; j++) { /* its keys and values, zeros past nk */
+                        const int64_t t = j < nk ? (order ? order[first + j] : first + j) : -1;
+                        if (dots) { /* keys as pairs of dimensions, values as pairs of keys */
                             const uint16_t *kr = t < 0 ? NULL : (const uint16_t *)k + k0 + t * sk[1];
                             const uint16_t *vr = t < 0 ? NULL : (const uint16_t *)v + v0 + t * sv[1];
                             for (int64_t dp = 0; dp < D / 2; dp++) {
@@ -343,60 +377,35 @@ int attnsum_range_attention(const void *q, const void *k, const void *v, void *o
                             }
                             for (int64_t d = 0; d < D; d++)
                                 vp16[((j / 2) * D + d) * 2 + (j & 1)] = vr ? vr[d] : 0;
-                        }
-                        for (; p < run; p += QT) {
-                            int64_t own[QT];
-                            for (int i = 0; i < QT; i++) {
-                                own[i] = -1;
-                                if (p + i < run) {
-                                    memcpy(qb + i * D, (const uint16_t *)q + q0
-                                           + (order ? order[p + i] : p + i) * sq[1], (size_t)D * 2);
-                                    if (exclude[b * N + p + i]) own[i] = p + i - first;
-                                } else {
-                                    memset(qb + i * D, 0, (size_t)D * 2);
-                                }
+                        } else { /* fp32, keys transposed */
+                            float *vj = vs + j * D;
+                            if (t >= 0) {
+                                load_row(v, bf16, v0 + t * sv[1], D, vj);
+                                load_row(k, bf16, k0 + t * sk[1], D, qt);
+                            } else {
+                                for (int64_t d = 0; d < D; d++) qt[d] = vj[d] = 0.f;
                             }
-                            if (D == 32)
-                                attend_bf16(qb, ktp, vp, nk, nkp, own, scale, acc, 32);
-                            else
-                                attend_bf16(qb, ktp, vp, nk, nkp, own, scale, acc, D);
-                            for (int i = 0; i < QT && p + i < run; i++)
-                                store_row(out, bf16, o0 + (order ? order[p + i] : p + i) * so[1], D, acc + i * D);
+                            for (int64_t d = 0; d < D; d++) kt[d * nkp + j] = qt[d];
                         }
-                        p = run;
-                        continue;
-                    }
-#endif
-                    for (int64_t j = 0; j < nkp; j++) {
-                        float *vj = vs + j * D;
-                        if (j < nk) {
-                            const int64_t t = order ? order[first + j] : first + j;
-                            load_row(v, bf16, v0 + t * sv[1], D, vj);
-                            load_row(k, bf16, k0 + t * sk[1], D, qt);
-                        } else {
-                            for (int64_t d = 0; d < D; d++) qt[d] = vj[d] = 0.f;
-                        }
-                        for (int64_t d = 0; d < D; d++) kt[d * nkp + j] = qt[d];
                     }
                     for (; p < run; p += QT) {
                         int64_t own[QT];
-                        for (int i = 0; i < QT; i++) {
-                            float *qi = qt + i * D;
-                            own[i] = -1;
-                            if (p + i < run) {
-                                load_row(q, bf16, q0 + (order ? order[p + i] : p + i) * sq[1], D, qi);
-                                for (int64_t d = 0; d < D; d++) qi[d] *= scale;
-                                if (exclude[b * N + p + i]) own[i] = p + i - first;
+                        for (int i = 0; i < QT; i++) { /* zero rows past the run */
+                            const int64_t at = p + i < run ? q0 + (order ? order[p + i] : p + i) * sq[1] : -1;
+                            own[i] = at >= 0 && exclude[b * N + p + i] ? p + i - first : -1;
+                            if (dots) {
+                                if (at >= 0)
+                                    memcpy(qb + i * D, (const uint16_t *)q + at, (size_t)D * 2);
+                                else
+                                    memset(qb + i * D, 0, (size_t)D * 2);
                             } else {
-                                for (int64_t d = 0; d < D; d++) qi[d] = 0.f;
+                                float *qi = qt + i * D;
+                                if (at >= 0)
+                                    load_row(q, bf16, at, D, qi);
+                                for (int64_t d = 0; d < D; d++) qi[d] = at >= 0 ? qi[d] * scale : 0.f;
                             }
                         }
-                        if (D == 32)
-                            attend(qt, kt, vs, nk, nkp, own, acc, 32);
-                        else if (D == 64)
-                            attend(qt, kt, vs, nk, nkp, own, acc, 64);
-                        else
-                            attend(qt, kt, vs, nk, nkp, own, acc, D);
+                        attend_tile(dots, qt, kt, vs, nk, nkp, own, scale, acc, D);
                         for (int i = 0; i < QT && p + i < run; i++)
                             store_row(out, bf16, o0 + (order ? order[p + i] : p + i) * so[1], D, acc + i * D);
                     }
